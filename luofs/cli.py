@@ -1,0 +1,152 @@
+"""The `luofs` command: boot an emulated kernel, inspect it, stop it.
+
+Every command takes --root DIR (default: $LUOFS_ROOT), the directory where the
+emulated kernel serves dev/liveupdate, sys/ and proc/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from . import wire
+from .mounts import detach_mount, is_stale, mount_entry
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    pass
+
+
+def _root(args) -> str:
+    root = args.root or os.environ.get("LUOFS_ROOT")
+    if not root:
+        raise CliError("no root given: pass --root DIR or set LUOFS_ROOT")
+    return os.path.realpath(root)
+
+
+def _machine_answers(root: str) -> dict | None:
+    try:
+        return wire.request(root, {"op": "status"}, timeout=10)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return None
+
+
+def cmd_boot(args) -> int:
+    root = _root(args)
+    if not os.path.exists("/dev/fuse"):
+        raise CliError("FUSE is missing: /dev/fuse does not exist (modprobe fuse, or install fuse3)")
+    if not os.path.isdir(root):
+        raise CliError(f"{root} is not a directory")
+    if _machine_answers(root) is not None:
+        raise CliError(f"{root} is busy: a luofs kernel already serves it "
+                       f"(luofs shutdown --root {root})")
+    entry = mount_entry(root)
+    if entry is not None or is_stale(root):
+        if entry is not None and not entry[0].startswith("fuse"):
+            raise CliError(f"{root} is busy: a {entry[0]} file system is mounted there")
+        detach_mount(root)
+        print(f"luofs: cleaned a stale FUSE mount at {root}", file=sys.stderr)
+    if os.listdir(root):
+        raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
+    state = wire.state_dir(root)
+    kernel_args = []
+    if args.log_level:
+        kernel_args += ["--log-level", args.log_level]
+    read_end, write_end = os.pipe()
+    with open(os.path.join(state, "machine.log"), "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "luofs.machine", "--root", root, "--ready-fd", str(write_end),
+             "--state-dir", state, "--", *kernel_args],
+            pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True)
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        line = ready.readline().strip()
+    if not line.startswith("ready"):
+        proc.wait(10)
+        raise CliError(line.removeprefix("error: ") or
+                       f"the machine exited (status {proc.returncode}); "
+                       f"see {os.path.join(state, 'machine.log')}")
+    print(f"luofs: kernel #0 serves {root}/dev/liveupdate (machine pid {proc.pid})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    root = _root(args)
+    reply = _machine_answers(root)
+    if reply is None:
+        if mount_entry(root) is not None or is_stale(root):
+            raise CliError(f"{root} has a stale luofs mount and no machine; "
+                           f"`luofs boot --root {root}` cleans it")
+        raise CliError(f"no luofs kernel serves {root}")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    k, m = reply["kernel"], reply["machine"]
+    print(f"root:            {m['root']}")
+    print(f"machine:         pid {m['pid']}, up {m['uptime_s']} s, logs in {m['state_dir']}")
+    print(f"kernel:          pid {k['pid']}, liveupdate number {k['liveupdate_number']}")
+    print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
+    print(f"sessions:        {len(k['sessions'])}")
+    for s in k["sessions"]:
+        extra = " (retrieved)" if s["retrieved"] else ""
+        print(f"  {s['direction']:8} {s['name']}: {s['files']} file(s){extra}")
+    return 0
+
+
+def cmd_shutdown(args) -> int:
+    root = _root(args)
+    try:
+        reply = wire.request(root, {"op": "shutdown"}, timeout=60)
+    except (ConnectionRefusedError, FileNotFoundError):
+        if detach_mount(root):
+            print(f"luofs: no machine served {root}; removed its stale mount", file=sys.stderr)
+            return 0
+        raise CliError(f"no luofs kernel serves {root}")
+    if not reply.get("ok"):
+        raise CliError(reply.get("error", "shutdown failed"))
+    deadline = time.monotonic() + 10
+    while _machine_answers(root) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(f"luofs: {root} unmounted")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="luofs", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--root", help="directory the kernel serves (default: $LUOFS_ROOT)")
+        sp.set_defaults(func=func)
+        return sp
+
+    boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
+               "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
+    boot.add_argument("--log-level", help="kernel log level (DEBUG shows why requests fail)")
+    status = add("status", cmd_status, "show the machine, the kernel and its sessions")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"luofs {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

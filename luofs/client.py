@@ -1,0 +1,227 @@
+"""Python client for /dev/liveupdate, real or emulated.
+
+    from luofs.client import LiveUpdate
+    with LiveUpdate(root) as lu, lu.create_session("vm1") as s:
+        s.preserve_fd(memfd, token=1)
+        ...  # keep `s` open across `luofs kexec`
+
+Failures raise OSError with the kernel's errno and a message naming the operation.
+`ioctl()` below is the transport the emulator needs in place of the ioctl(2) system
+call: the same rules (and the same struct bytes) as the C shim.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import socket
+import threading
+
+from .uapi import frames, ioctl as nums, structs
+
+DEVICE_PATH = "dev/liveupdate"
+REQUEST_DIR = ".luofs"
+# Commands whose success hands the caller a new fd, and where its number goes.
+_SESSION_RETURNING = {nums.LIVEUPDATE_IOCTL_CREATE_SESSION, nums.LIVEUPDATE_IOCTL_RETRIEVE_SESSION}
+_FD_RETURNING = {nums.LIVEUPDATE_SESSION_RETRIEVE_FD}
+
+
+def _default_root(root) -> str:
+    root = root or os.environ.get("LUOFS_ROOT")
+    if not root:
+        raise ValueError("no luofs root: pass root= or set LUOFS_ROOT")
+    return os.fspath(root)
+
+
+class _ReplySocket(threading.local):
+    """A socket pair per thread (and per process, after fork) that receives returned fds."""
+
+    pid = -1
+    ours: socket.socket | None = None
+    theirs: socket.socket | None = None
+
+    def get(self) -> tuple[socket.socket, socket.socket]:
+        if self.pid != os.getpid() or self.ours is None:
+            self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            os.set_inheritable(self.ours.fileno(), False)
+            os.set_inheritable(self.theirs.fileno(), False)
+            self.pid = os.getpid()
+        return self.ours, self.theirs
+
+
+_reply = _ReplySocket()
+
+
+def _fd_table_full(probe_fd: int) -> bool:
+    try:
+        os.close(os.dup(probe_fd))
+    except OSError as e:
+        if e.errno == errno.EMFILE:
+            return True
+        raise
+    return False
+
+
+def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
+    """Issue `cmd` on emulated file `fd` with the caller's struct bytes `arg`.
+
+    Returns (bytes the kernel copied back, new fd or None); raises OSError(errno).
+    `arg` is the caller's whole buffer: the first u32 is `size`, as in the kernel.
+    """
+    arg = bytes(arg)
+    size = int.from_bytes(arg[:4], "little") if len(arg) >= 4 else 0
+    flags = {}
+    if len(arg) < 4:
+        flags["arg_fault"] = True
+        carried = b""
+    else:
+        want = frames.expected_arg_len(size)
+        carried = arg[:want]
+        if len(arg) < min(size, want):
+            flags["copy_fault"] = True  # the buffer ends before `size` bytes
+        elif size > want and any(arg[want:size]):
+            flags["tail_nonzero"] = True
+        if len(arg) < size:
+            flags["copy_fault"] = True
+    nonce = random.getrandbits(32)
+    if cmd in _SESSION_RETURNING:
+        frame = frames.encode_request(cmd, carried, file_fd=fd, nonce=nonce, **flags)
+        path = os.path.join(root, REQUEST_DIR, frames.request_create_name(frame).decode())
+        try:
+            new_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno != errno.EMFILE:
+                raise
+            # No fd to give: let the kernel decide which error comes first.
+            flags["fd_table_full"] = True
+            frame = frames.encode_request(cmd, carried, file_fd=fd, nonce=nonce, **flags)
+            os.getxattr(fd, frames.request_xattr_name(frame))
+            raise  # unreachable unless the kernel disagrees: the fd table is full
+        reply = carried[: structs.struct_size(structs.CreateSession)]
+        reply = reply[:4] + new_fd.to_bytes(4, "little", signed=True) + reply[8:]
+        return reply, new_fd
+    reply_fd = -1
+    ours = None
+    if cmd in _FD_RETURNING:
+        ours, theirs = _reply.get()
+        if _fd_table_full(ours.fileno()):
+            flags["fd_table_full"] = True
+        else:
+            reply_fd = theirs.fileno()
+    frame = frames.encode_request(cmd, carried, file_fd=fd, reply_fd=reply_fd, nonce=nonce, **flags)
+    # Replies are at most 80 bytes, inside os.getxattr's first 128-byte try: one request.
+    raw = os.getxattr(fd, frames.request_xattr_name(frame))
+    reply = frames.decode_reply(raw)
+    data = bytes(reply.data)
+    new_fd = None
+    if reply.flags.fd_sent:
+        _msg, fds, msg_flags, _addr = socket.recv_fds(ours, 16, 1, socket.MSG_CMSG_CLOEXEC)
+        if not fds or msg_flags & socket.MSG_CTRUNC:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        new_fd = fds[0]
+        if reply.fd_offset >= 0:
+            off = reply.fd_offset
+            data = data[:off] + new_fd.to_bytes(4, "little", signed=True) + data[off + 4:]
+    return data, new_fd
+
+
+def _fail(e: OSError, what: str) -> OSError:
+    return OSError(e.errno, f"{what}: {os.strerror(e.errno)}")
+
+
+def _name_bytes(name: str | bytes) -> bytes:
+    raw = name.encode() if isinstance(name, str) else bytes(name)
+    return raw.ljust(nums.LIVEUPDATE_SESSION_NAME_LENGTH, b"\0")[: nums.LIVEUPDATE_SESSION_NAME_LENGTH]
+
+
+class LiveUpdate:
+    """An open /dev/liveupdate (exclusive: a second opener gets EBUSY)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = _default_root(root)
+        try:
+            self.fd = os.open(os.path.join(self.root, DEVICE_PATH), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise _fail(e, "open /dev/liveupdate") from None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def _session(self, cmd: int, what: str, name: str | bytes) -> "Session":
+        arg = structs.CreateSession.build(dict(size=72, fd=-1, name=_name_bytes(name)))
+        try:
+            _reply, fd = ioctl(self.root, self.fd, cmd, arg)
+        except OSError as e:
+            raise _fail(e, f"{what} {name!r}") from None
+        raw = name.encode() if isinstance(name, str) else bytes(name)
+        return Session(self.root, fd, raw.split(b"\0")[0])
+
+    def create_session(self, name: str | bytes) -> "Session":
+        return self._session(nums.LIVEUPDATE_IOCTL_CREATE_SESSION, "CREATE_SESSION", name)
+
+    def retrieve_session(self, name: str | bytes) -> "Session":
+        return self._session(nums.LIVEUPDATE_IOCTL_RETRIEVE_SESSION, "RETRIEVE_SESSION", name)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Session:
+    """A session fd. Closing it unpreserves (outgoing) or finishes (retrieved) the session."""
+
+    def __init__(self, root: str, fd: int, name: bytes):
+        self.root = root
+        self.fd = fd
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name.decode(errors="surrogateescape")
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def _call(self, cmd: int, what: str, arg: bytes):
+        try:
+            return ioctl(self.root, self.fd, cmd, arg)
+        except OSError as e:
+            raise _fail(e, f"{what} on session {self.name!r}") from None
+
+    def preserve_fd(self, fd: int, token: int) -> None:
+        arg = structs.PreserveFd.build(dict(size=16, fd=fd, token=token))
+        self._call(nums.LIVEUPDATE_SESSION_PRESERVE_FD, f"PRESERVE_FD fd {fd} token {token:#x}", arg)
+
+    def retrieve_fd(self, token: int) -> int:
+        arg = structs.RetrieveFd.build(dict(size=16, fd=-1, token=token))
+        _reply, fd = self._call(nums.LIVEUPDATE_SESSION_RETRIEVE_FD,
+                                f"RETRIEVE_FD token {token:#x}", arg)
+        return fd
+
+    def finish(self) -> None:
+        self._call(nums.LIVEUPDATE_SESSION_FINISH, "FINISH",
+                   structs.Finish.build(dict(size=8, reserved=0)))
+
+    def get_name(self) -> bytes:
+        arg = structs.GetName.build(dict(size=72, reserved=0, name=bytes(64)))
+        reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", arg)
+        return structs.GetName.parse(reply).name.split(b"\0")[0]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

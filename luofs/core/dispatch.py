@@ -1,0 +1,117 @@
+"""The ioctl command tables and the common dispatch rules of spec/uapi.md §4.
+
+Each table maps `_IOC_NR` to a Command. `check()` applies the kernel's rules in
+the kernel's order and returns the parsed argument struct, so that the handler
+sees only well-formed input and every rejection carries the kernel's errno.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from construct import Struct
+
+from ..uapi import errnos, ioctl, structs
+from .errors import LuoError
+from .session import Direction
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    cmd: int  # the exact request number; any other encoding of `nr` is ENOTTY
+    struct: Struct
+    op: str  # the Luo method that runs it
+    direction: Direction | None = None  # sessions it applies to; None = both
+    fd_out_offset: int | None = None  # where the kernel writes a new fd's number
+
+    @property
+    def nr(self) -> int:
+        return ioctl.ioc_nr(self.cmd)
+
+    @property
+    def size(self) -> int:
+        return structs.struct_size(self.struct)
+
+
+@dataclass(frozen=True)
+class CommandTable:
+    """Commands of one file kind, numbered contiguously from `base`."""
+
+    kind: str  # "device" or "session", for messages
+    base: int
+    commands: tuple[Command, ...]
+
+    def __post_init__(self):
+        for i, c in enumerate(self.commands):
+            assert c.nr == self.base + i, f"{c.name} is not at nr {self.base + i:#x}"
+
+    def by_nr(self, nr: int) -> Command | None:
+        i = nr - self.base
+        return self.commands[i] if 0 <= i < len(self.commands) else None
+
+
+MAINLINE_DEVICE = CommandTable(
+    "device",
+    0x00,
+    (
+        Command("CREATE_SESSION", ioctl.LIVEUPDATE_IOCTL_CREATE_SESSION, structs.CreateSession,
+                "create_session", fd_out_offset=4),
+        Command("RETRIEVE_SESSION", ioctl.LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
+                structs.RetrieveSession, "retrieve_session", fd_out_offset=4),
+    ),
+)
+
+MAINLINE_SESSION = CommandTable(
+    "session",
+    0x40,
+    (
+        Command("PRESERVE_FD", ioctl.LIVEUPDATE_SESSION_PRESERVE_FD, structs.PreserveFd,
+                "preserve_fd", direction=Direction.OUTGOING),
+        Command("RETRIEVE_FD", ioctl.LIVEUPDATE_SESSION_RETRIEVE_FD, structs.RetrieveFd,
+                "retrieve_fd", direction=Direction.INCOMING, fd_out_offset=4),
+        Command("FINISH", ioctl.LIVEUPDATE_SESSION_FINISH, structs.Finish, "finish",
+                direction=Direction.INCOMING),
+        Command("GET_NAME", ioctl.LIVEUPDATE_SESSION_GET_NAME, structs.GetName, "get_name"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One ioctl as the kernel sees it: the number and what copy_from_user found."""
+
+    cmd: int
+    arg: bytes  # the first bytes of the caller's struct (all of it up to the struct size)
+    arg_fault: bool = False  # the u32 size could not be read
+    copy_fault: bool = False  # the struct could not be read in full
+    tail_nonzero: bool = False  # a nonzero byte lies past `arg`
+
+    @property
+    def size(self) -> int:
+        return int.from_bytes(self.arg[:4], "little")
+
+
+def check(table: CommandTable, req: Request, direction: Direction | None = None):
+    """Rules 1–6 of §4 in order; returns (command, parsed struct)."""
+    nr = ioctl.ioc_nr(req.cmd)
+    command = table.by_nr(nr)
+    if command is None:
+        raise LuoError(errnos.EINVAL, f"nr {nr:#x} is not a {table.kind} ioctl")
+    if req.arg_fault:
+        raise LuoError(errnos.EFAULT, f"{command.name}: the argument pointer is not readable")
+    if req.cmd != command.cmd:
+        raise LuoError(errnos.ENOTTY,
+                       f"{command.name}: request {req.cmd:#x} is not the encoding {command.cmd:#x}")
+    if direction is not None and command.direction not in (None, direction):
+        raise LuoError(errnos.EINVAL,
+                       f"{command.name} is only for {command.direction.value} sessions")
+    if req.size < command.size:
+        raise LuoError(errnos.EINVAL,
+                       f"{command.name}: size {req.size} is below the struct size {command.size}")
+    if req.copy_fault:
+        raise LuoError(errnos.EFAULT, f"{command.name}: the argument struct is not readable")
+    if req.size > command.size and (req.tail_nonzero or any(req.arg[command.size:])):
+        raise LuoError(errnos.E2BIG,
+                       f"{command.name}: nonzero bytes past the {command.size}-byte struct")
+    return command, command.struct.parse(req.arg[: command.size])

@@ -1,0 +1,71 @@
+"""File handlers: the per-file-kind ops table of spec/uapi.md §14, and their registry.
+
+A handler decides whether it can preserve a file and carries it across a reboot.
+The core only calls the ops in the kernel's order; what a "file" is (a file
+descriptor the daemon took from the caller, in practice) is the handler's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Protocol
+
+from ..uapi import errnos
+from .errors import LuoError
+
+
+class FileHandler(Protocol):
+    compatible: str  # at most 47 bytes: it is stored in a char[48]
+
+    def can_preserve(self, file: Any) -> bool: ...
+
+    def get_id(self, file: Any) -> Hashable:
+        """Identity for the global table that forbids preserving one file twice."""
+
+    def preserve(self, file: Any) -> int:
+        """Pin the file for hand-over; returns the u64 serialized-data handle."""
+
+    def unpreserve(self, file: Any, data: int) -> None: ...
+
+    def freeze(self, file: Any, data: int) -> int:
+        """Last chance before reboot to refresh the handle; may fail and veto the reboot."""
+
+    def unfreeze(self, file: Any, data: int) -> None: ...
+
+    def retrieve(self, data: int, handover: Any) -> Any:
+        """New kernel: rebuild the file from its handle (and what the machine handed over)."""
+
+    def can_finish(self, file: Any, data: int) -> bool: ...
+
+    def finish(self, file: Any, data: int, retrieved: bool) -> None: ...
+
+
+class HandlerRegistry:
+    """Handlers in registration order; the first that accepts a file wins (§14)."""
+
+    def __init__(self):
+        self._handlers: list[FileHandler] = []
+
+    def register(self, handler: FileHandler, *, sessions_exist: bool) -> None:
+        if sessions_exist:
+            raise LuoError(errnos.EBUSY, "file handlers change only while no session exists")
+        if len(handler.compatible.encode()) >= 48:
+            raise LuoError(errnos.EINVAL, f"compatible {handler.compatible!r} exceeds 47 bytes")
+        if any(h.compatible == handler.compatible for h in self._handlers):
+            raise LuoError(errnos.EEXIST, f"a handler {handler.compatible!r} is registered")
+        self._handlers.append(handler)
+
+    def unregister(self, handler: FileHandler, *, sessions_exist: bool) -> None:
+        if sessions_exist:
+            raise LuoError(errnos.EBUSY, "file handlers change only while no session exists")
+        if handler not in self._handlers:
+            raise LuoError(errnos.ENOENT, f"handler {handler.compatible!r} is not registered")
+        self._handlers.remove(handler)
+
+    def find_for(self, file: Any) -> FileHandler | None:
+        return next((h for h in self._handlers if h.can_preserve(file)), None)
+
+    def by_compatible(self, compatible: str) -> FileHandler | None:
+        return next((h for h in self._handlers if h.compatible == compatible), None)
+
+    def __iter__(self):
+        return iter(self._handlers)

@@ -1,0 +1,273 @@
+"""The LUO core: the device, sessions, preserved files and the reboot path, with no I/O.
+
+Every rule of spec/uapi.md (G2, mainline) lives here. The FUSE layer turns
+requests into calls on `Luo` and results back into bytes; it decides nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable
+
+from ..uapi import errnos, ioctl
+from .caller import Caller
+from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check
+from .errors import LuoError
+from .handler import HandlerRegistry
+from .session import Direction, PreservedFile, Session
+
+NAME_LENGTH = ioctl.LIVEUPDATE_SESSION_NAME_LENGTH
+
+
+class Rebooting(Exception):
+    """Raised for any session operation after a successful reboot serialization.
+
+    The kernel blocks such calls forever (§14 step 5); the FUSE layer parks them
+    until the connection goes away, so they end with an error, never a hang.
+    """
+
+
+@dataclass
+class Outcome:
+    """What an ioctl produced: bytes to copy back and, maybe, a new object to hand out."""
+
+    copy_back: bytes
+    command: Command
+    session: Session | None = None  # a session to open an fd for
+    file: Any = None  # a file to install as a new fd
+
+
+@dataclass(frozen=True)
+class CarriedFile:
+    token: int
+    compatible: str
+    data: int
+    file: Any
+
+
+@dataclass(frozen=True)
+class CarriedSession:
+    name: bytes
+    files: tuple[CarriedFile, ...]
+
+
+def session_name(raw: bytes) -> bytes:
+    """G2 name rule (§6): 1..63 bytes before the first NUL; the rest is ignored."""
+    end = raw.find(b"\0")
+    if end < 0:
+        raise LuoError(errnos.EINVAL, "session name is not NUL-terminated within 64 bytes")
+    if end == 0:
+        raise LuoError(errnos.EINVAL, "session name is empty")
+    return raw[:end]
+
+
+class Luo:
+    def __init__(
+        self,
+        handlers: HandlerRegistry,
+        *,
+        liveupdate_number: int = 0,
+        load_incoming: Callable[[], Iterable[Session]] | None = None,
+    ):
+        self.handlers = handlers
+        self.liveupdate_number = liveupdate_number
+        self.sessions: list[Session] = []  # live sessions, creation order
+        self._load_incoming = load_incoming
+        self._incoming_error: LuoError | None = None
+        self._incoming_loaded = load_incoming is None
+        self._device_open = False
+        self._identities: dict[Hashable, PreservedFile] = {}
+        self.rebooting = False
+
+    # ---- /dev/liveupdate (§5) -------------------------------------------------------
+
+    def open_device(self) -> None:
+        if self._device_open:
+            raise LuoError(errnos.EBUSY, "/dev/liveupdate is already open")
+        self._ensure_incoming()
+        self._device_open = True
+
+    def close_device(self) -> None:
+        self._device_open = False
+
+    @property
+    def device_open(self) -> bool:
+        return self._device_open
+
+    def _ensure_incoming(self) -> None:
+        """First open per boot rebuilds incoming sessions; a failure is final (EIO)."""
+        if self._incoming_error is not None:
+            raise self._incoming_error
+        if self._incoming_loaded:
+            return
+        try:
+            incoming = list(self._load_incoming())
+        except LuoError as e:
+            self._incoming_error = LuoError(errnos.EIO, f"incoming sessions are corrupt: {e}")
+            raise self._incoming_error from None
+        self._incoming_loaded = True
+        self.sessions[:0] = incoming
+
+    # ---- dispatch ---------------------------------------------------------------------
+
+    def device_ioctl(self, req: Request, caller: Caller) -> Outcome:
+        self._check_running()
+        command, arg = check(MAINLINE_DEVICE, req)
+        return self._run(command, arg, caller, None)
+
+    def session_ioctl(self, session: Session, req: Request, caller: Caller) -> Outcome:
+        self._check_running()
+        command, arg = check(MAINLINE_SESSION, req, session.direction)
+        return self._run(command, arg, caller, session)
+
+    def _run(self, command: Command, arg, caller: Caller, session: Session | None) -> Outcome:
+        out = Outcome(b"", command)
+        op = getattr(self, "_" + command.op)
+        if session is None:
+            op(arg, caller, out)
+        else:
+            op(session, arg, caller, out)
+        out.copy_back = command.struct.build(arg)  # inputs echoed back, outputs filled in
+        return out
+
+    def _check_running(self) -> None:
+        if self.rebooting:
+            raise Rebooting()
+
+    # ---- device ioctls (§6, §7) ----------------------------------------------------------
+
+    def _create_session(self, arg, caller: Caller, out: Outcome) -> None:
+        caller.reserve_fd()
+        name = session_name(arg.name)
+        if any(s.outgoing and s.name == name for s in self.sessions):
+            raise LuoError(errnos.EEXIST, f"an outgoing session {name!r} exists")
+        session = Session(name, Direction.OUTGOING, open=True)
+        self.sessions.append(session)
+        out.session = session
+
+    def _retrieve_session(self, arg, caller: Caller, out: Outcome) -> None:
+        caller.reserve_fd()
+        end = arg.name.find(b"\0")
+        name = arg.name if end < 0 else arg.name[:end]
+        session = next((s for s in self.sessions if not s.outgoing and s.name == name), None)
+        if session is None:
+            raise LuoError(errnos.ENOENT, f"no incoming session {name!r}")
+        if session.retrieved:
+            raise LuoError(errnos.EINVAL, f"incoming session {name!r} is already retrieved")
+        session.retrieved = session.open = True
+        out.session = session
+
+    # ---- session ioctls (§9–§12) -------------------------------------------------------
+
+    def _preserve_fd(self, session: Session, arg, caller: Caller, out: Outcome) -> None:
+        if arg.token in session.files:
+            raise LuoError(errnos.EEXIST, f"token {arg.token:#x} is used in this session")
+        file = caller.take_file(arg.fd)
+        try:
+            handler = self.handlers.find_for(file)
+            if handler is None:
+                raise LuoError(errnos.ENOENT, f"no file handler accepts fd {arg.fd}")
+            identity = (handler.compatible, handler.get_id(file))
+            if identity in self._identities:
+                raise LuoError(errnos.EBUSY, f"fd {arg.fd} refers to a file already preserved")
+            data = handler.preserve(file)
+        except BaseException:
+            file.close()
+            raise
+        pf = PreservedFile(arg.token, handler, data, file, identity=identity)
+        self._identities[identity] = pf
+        session.files[arg.token] = pf
+
+    def _retrieve_fd(self, session: Session, arg, caller: Caller, out: Outcome) -> None:
+        caller.reserve_fd()
+        pf = session.files.get(arg.token)
+        if pf is None:
+            raise LuoError(errnos.ENOENT, f"no token {arg.token:#x} in this session")
+        if pf.retrieve_errno is not None:
+            raise LuoError(pf.retrieve_errno, f"token {arg.token:#x} failed to retrieve before")
+        if pf.file is None:
+            try:
+                pf.file = pf.handler.retrieve(pf.data)
+            except LuoError as e:
+                pf.retrieve_errno = e.errno
+                raise
+            identity = (pf.handler.compatible, pf.handler.get_id(pf.file))
+            if identity not in self._identities:
+                pf.identity = identity
+                self._identities[identity] = pf
+        out.file = pf.file
+
+    def _finish(self, session: Session, arg, caller: Caller, out: Outcome) -> None:
+        self._finish_session(session)
+
+    def _get_name(self, session: Session, arg, caller: Caller, out: Outcome) -> None:
+        if arg.reserved != 0:
+            raise LuoError(errnos.EINVAL, "GET_NAME: reserved is not 0")
+        head = session.name + b"\0"
+        arg.name = head + arg.name[len(head):]  # past the NUL the caller's bytes stay
+
+    def _finish_session(self, session: Session) -> None:
+        files = list(session.files.values())
+        for pf in files:
+            if not pf.handler.can_finish(pf.file, pf.data):
+                raise LuoError(errnos.EBUSY, f"token {pf.token:#x} cannot finish yet")
+        for pf in reversed(files):
+            pf.handler.finish(pf.file, pf.data, pf.retrieved)
+            self._drop(pf)
+        session.files.clear()
+
+    def _drop(self, pf: PreservedFile) -> None:
+        if pf.identity is not None and self._identities.get(pf.identity) is pf:
+            del self._identities[pf.identity]
+        if pf.file is not None:
+            pf.file.close()
+            pf.file = None
+
+    # ---- closing a session fd (§13) ----------------------------------------------------
+
+    def close_session(self, session: Session) -> None:
+        self._check_running()
+        session.open = False
+        if session.outgoing:
+            for pf in reversed(list(session.files.values())):
+                pf.handler.unpreserve(pf.file, pf.data)
+                self._drop(pf)
+            session.files.clear()
+            self.sessions.remove(session)
+            return
+        try:
+            self._finish_session(session)
+        except LuoError:
+            return  # stays retrieved with no fd until the next reboot; close still succeeds
+        self.sessions.remove(session)
+
+    # ---- reboot (§14) ---------------------------------------------------------------------
+
+    def reboot(self) -> list[CarriedSession]:
+        """Freeze every outgoing session's files in order; all or nothing.
+
+        On success the core is frozen for good (further ioctls raise Rebooting) and the
+        caller hands the returned sessions to the next kernel. On failure everything
+        frozen so far is unfrozen in reverse and the LuoError propagates.
+        """
+        self._check_running()
+        carried = [s for s in self.sessions if s.outgoing and s.open]
+        frozen: list[PreservedFile] = []
+        try:
+            for session in carried:
+                for pf in session.files.values():
+                    pf.data = pf.handler.freeze(pf.file, pf.data)
+                    frozen.append(pf)
+        except LuoError:
+            for pf in reversed(frozen):
+                pf.handler.unfreeze(pf.file, pf.data)
+            raise
+        self.rebooting = True
+        return [
+            CarriedSession(
+                s.name,
+                tuple(CarriedFile(pf.token, pf.handler.compatible, pf.data, pf.file)
+                      for pf in s.files.values()),
+            )
+            for s in carried
+        ]

@@ -1,0 +1,82 @@
+"""The calling process, as the FUSE kernel module reported it (never as the client claims).
+
+pyfuse3 gives the calling *thread's* id on getxattr and create. A pidfd for that
+thread (PIDFD_THREAD) names it without a pid-reuse race from here on: the thread
+is blocked in our request, and pidfd_getfd(2) takes the caller's open file
+description itself, with its file position.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..core.errors import LuoError
+from ..fdutil import MountTypes, OwnedFile, close_off_loop, fdinfo, pidfd_getfd, pidfd_open_thread
+from ..uapi import errnos
+
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+
+class FuseCaller:
+    def __init__(self, tid: int, mounts: MountTypes, *, fd_table_full: bool = False):
+        self.tid = tid
+        self._mounts = mounts
+        self._fd_table_full = fd_table_full
+        self._pidfd: int | None = None
+
+    # Caller protocol -------------------------------------------------------------
+
+    def reserve_fd(self) -> None:
+        if self._fd_table_full:
+            raise LuoError(errnos.EMFILE, "the caller's fd table is full")
+
+    def take_file(self, fd: int) -> OwnedFile:
+        """EBADF for an fd the caller does not have open, or an O_PATH one (§9)."""
+        file = self._take(fd)
+        try:
+            flags = int(fdinfo("self", file.fd)["flags"], 8)
+        except (OSError, KeyError, ValueError):
+            flags = 0
+        if flags & _O_PATH:
+            file.close()
+            raise LuoError(errnos.EBADF, f"fd {fd} is an O_PATH descriptor")
+        return file
+
+    # -------------------------------------------------------------------------------
+
+    def take_socket(self, fd: int) -> OwnedFile:
+        return self._take(fd)
+
+    def _take(self, fd: int) -> OwnedFile:
+        if fd < 0:
+            raise LuoError(errnos.EBADF, f"fd {fd} is not a valid descriptor")
+        try:
+            if self._pidfd is None:
+                self._pidfd = pidfd_open_thread(self.tid)
+            newfd = pidfd_getfd(self._pidfd, fd)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise LuoError(errnos.EBADF, f"caller {self.tid} is gone") from None
+            raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}") from None
+        try:
+            mnt_id = int(fdinfo("self", newfd).get("mnt_id", "-1"))
+            fstype = self._mounts.fstype(mnt_id) if mnt_id > 0 else ""
+        except (OSError, ValueError):
+            close_off_loop(newfd)  # unknown kind of file: never risk a blocking close here
+            raise LuoError(errnos.EBADF, f"cannot classify fd {fd}") from None
+        return OwnedFile(newfd, fstype)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def holds_file(tid: int, fd: int, mnt_id: int, ino: int) -> bool:
+    """Does the calling thread's process have `fd` open on our inode `ino`?"""
+    try:
+        info = fdinfo(tid, fd)
+        return int(info["mnt_id"]) == mnt_id and int(info["ino"]) == ino
+    except (OSError, KeyError, ValueError):
+        return False

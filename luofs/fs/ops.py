@@ -1,0 +1,363 @@
+"""The FUSE front end: translates requests into calls on the LUO core and back.
+
+It decides nothing: every rule is in luofs.core. Only FUSEError(errno) leaves a
+handler. Requests that carry an ioctl arrive as getxattr (session ioctls, one
+round trip) or create (device ioctls that return a session fd: the new file *is*
+the session fd), because those operations tell us who is calling.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from ..core import Luo, LuoError, Rebooting, Request, Session
+from ..fdutil import MountTypes
+from ..uapi import errnos, frames
+from .caller import FuseCaller, holds_file
+from .escape import escape_name
+from .nodes import ROOT_INO, ControlFile, Dir, DynamicDir, InodeTable, Node, TextFile
+
+log = logging.getLogger("luofs.fs")
+
+STATIC_TIMEOUT = 60.0  # the layout never changes while mounted
+SYSFS_SIZE = 4096  # what sysfs reports for every attribute
+
+
+class SessionNode(ControlFile):
+    """The inode behind one session fd (an anon inode in the real kernel)."""
+
+    def __init__(self, session: Session):
+        super().__init__(0o600)
+        self.session = session
+        self.pinned = True  # until its file is released
+
+
+@dataclass
+class Handle:
+    node: Node
+    snapshot: bytes = b""
+
+
+def _never_crash(method):
+    """An unexpected exception in a handler would stop pyfuse3's main loop, i.e. kill
+    the kernel: log it and answer EIO instead."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except (pyfuse3.FUSEError, trio.Cancelled):
+            raise
+        except Exception:
+            log.exception("internal error in %s", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class KernelFS(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, luo: Luo, *, cmdline: str, extra_sys: dict[bytes, Node] | None = None):
+        super().__init__()
+        self.luo = luo
+        self.table = InodeTable()
+        self.mounts = MountTypes()
+        self.mnt_id = -1  # set once mounted: identifies our files in other processes' fdinfo
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self.device = ControlFile(0o600)
+        self.requests = Dir(0o700)  # create() target for device ioctls; never lists anything
+        liveupdate = {
+            b"state": TextFile(lambda: b"normal\n"),
+            b"sessions": Dir(0o555, {
+                b"outgoing": DynamicDir(lambda: self._session_dirs(outgoing=True), 0o555),
+                b"incoming": DynamicDir(lambda: self._session_dirs(outgoing=False), 0o555),
+            }),
+        }
+        liveupdate.update(extra_sys or {})
+        self.root = self.table.add_tree(Dir(0o755, {
+            b"dev": Dir(0o755, {b"liveupdate": self.device}),
+            b"sys": Dir(0o755, {b"kernel": Dir(0o755, {b"liveupdate": Dir(0o755, liveupdate)})}),
+            b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),
+            b".luofs": self.requests,
+        }))
+        assert self.root.ino == ROOT_INO
+
+    # ---- the sessions view (an emulator extension, read-only) -----------------------------
+
+    def _session_dirs(self, outgoing: bool) -> dict[bytes, Node]:
+        kind = "outgoing" if outgoing else "incoming"
+        out = {}
+        for s in self.luo.sessions:
+            if s.outgoing == outgoing:
+                out[escape_name(s.name)] = self.table.intern(
+                    ("view", kind, s.name), lambda s=s: self._session_dir(s))
+        return out
+
+    def _session_dir(self, s: Session) -> Node:
+        def render_files() -> bytes:
+            lines = [f"{pf.token:#x} {pf.handler.compatible}"
+                     f"{' retrieved' if pf.retrieved and not s.outgoing else ''}\n" for pf in s.files.values()]
+            return "".join(lines).encode()
+
+        def render_state() -> bytes:
+            if s.outgoing:
+                return b"outgoing\n"
+            return b"retrieved\n" if s.retrieved else b"incoming\n"
+
+        key = ("view", s.direction.value, s.name)
+        return Dir(0o555, {
+            b"name": self.table.intern(key + ("name",), lambda: TextFile(lambda: s.name + b"\n")),
+            b"state": self.table.intern(key + ("state",), lambda: TextFile(render_state)),
+            b"files": self.table.intern(key + ("files",), lambda: TextFile(render_files)),
+        })
+
+    # ---- attributes and names ------------------------------------------------------------
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.st_mode = node.mode
+        a.st_nlink = 2 if node.is_dir else 1
+        a.st_uid = a.st_gid = 0
+        a.st_size = SYSFS_SIZE if isinstance(node, TextFile) else 0
+        a.st_blksize = 4096
+        timeout = 0.0 if (node.dynamic or isinstance(node, SessionNode)) else STATIC_TIMEOUT
+        a.attr_timeout = a.entry_timeout = timeout
+        return a
+
+    def _node(self, ino: int) -> Node:
+        node = self.table.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._node(parent_inode)
+        if not isinstance(parent, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        child = parent.children().get(name)
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.table.remember(child)
+        return self._attrs(child)
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.table.forget(ino, count)
+
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self._node(inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if isinstance(node, TextFile) and node.store and fields.update_size:
+            return self._attrs(node)  # `echo > file` truncates first, as sysfs allows
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        node = self._node(fh)
+        if node is self.requests:
+            return
+        entries = sorted(node.children().items())
+        for i, (name, child) in enumerate(entries[start_id:], start_id + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(child), i):
+                break
+            self.table.remember(child)
+
+    async def releasedir(self, fh):
+        pass
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = frames.NAME_MAX
+        return s
+
+    # ---- files -----------------------------------------------------------------------------
+
+    def _new_handle(self, node: Node, snapshot: bytes = b"") -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(node, snapshot)
+        return fh
+
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node is self.device:
+            self._luo_call(self.luo.open_device)
+            return pyfuse3.FileInfo(fh=self._new_handle(node), direct_io=True, nonseekable=True)
+        if isinstance(node, SessionNode):
+            raise pyfuse3.FUSEError(errno.ENXIO)  # an anon inode cannot be reopened by path
+        if isinstance(node, TextFile):
+            # sysfs semantics: a reader sees the value as of open; a writer needs none
+            snapshot = b"" if flags & os.O_ACCMODE == os.O_WRONLY else node.render()
+            return pyfuse3.FileInfo(fh=self._new_handle(node, snapshot), direct_io=True)
+        raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EACCES)
+
+    async def read(self, fh, off, size):
+        handle = self.handles[fh]
+        if isinstance(handle.node, ControlFile):
+            raise pyfuse3.FUSEError(errno.EINVAL)  # LUO files have no read op
+        return handle.snapshot[off : off + size]
+
+    async def write(self, fh, off, buf):
+        handle = self.handles[fh]
+        node = handle.node
+        if isinstance(node, ControlFile):
+            log.debug("write of %d bytes to a control file refused", len(buf))
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if not isinstance(node, TextFile) or node.store is None:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        self._luo_call(node.store, buf)
+        return len(buf)
+
+    async def flush(self, fh):
+        pass
+
+    async def release(self, fh):
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        node = handle.node
+        if node is self.device:
+            self.luo.close_device()
+        elif isinstance(node, SessionNode):
+            node.pinned = False
+            try:
+                self.luo.close_session(node.session)
+            except Rebooting:
+                pass  # the old kernel is on its way out; the session was already carried
+            if node.lookups <= 0:
+                self.table.drop(node)
+
+    # ---- ioctls ----------------------------------------------------------------------------
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        """Device ioctls that return a session fd (CREATE/RETRIEVE_SESSION)."""
+        if parent_inode != self.requests.ino:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        req = self._decode(frames.frame_from_create_name, name)
+        caller = FuseCaller(ctx.pid, self.mounts, fd_table_full=req.flags.fd_table_full)
+        try:
+            outcome = await self._device_ioctl(req, ctx, caller)
+        finally:
+            caller.close()
+        if outcome.session is None:  # a command that returns no fd cannot travel this way
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        node = self.table.add(SessionNode(outcome.session))
+        self.table.remember(node)
+        fh = self._new_handle(node)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True), self._attrs(node)
+
+    async def getxattr(self, inode, name, ctx):
+        if not name.startswith(frames.XATTR_PREFIX):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        node = self._node(inode)
+        if not isinstance(node, ControlFile):
+            raise pyfuse3.FUSEError(errno.ENOTTY)  # ioctl on a file that has none
+        req = self._decode(frames.frame_from_xattr_name, name)
+        # A reply through getxattr cannot carry a session fd: only the create path can.
+        caller = FuseCaller(ctx.pid, self.mounts,
+                            fd_table_full=req.flags.fd_table_full or node is self.device)
+        try:
+            if node is self.device:
+                outcome = await self._device_ioctl(req, ctx, caller)
+            else:
+                outcome = await self._guarded(self.luo.session_ioctl, node.session,
+                                              self._request(req), caller)
+            fd_sent = False
+            if outcome.file is not None:
+                self._send_fd(caller, req.reply_fd, outcome.file.fd)
+                fd_sent = True
+        finally:
+            caller.close()
+        offset = outcome.command.fd_out_offset if fd_sent else -1
+        return frames.encode_reply(outcome.copy_back, offset if offset is not None else -1,
+                                   fd_sent)
+
+    async def _device_ioctl(self, req, ctx, caller):
+        if not holds_file(ctx.pid, req.file_fd, self.mnt_id, self.device.ino):
+            log.debug("tid %d: fd %d is not our /dev/liveupdate", ctx.pid, req.file_fd)
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self._guarded(self.luo.device_ioctl, self._request(req), caller)
+
+    def _decode(self, unwrap: Callable[[bytes], bytes], name: bytes):
+        try:
+            return frames.decode_request(unwrap(name))
+        except frames.FrameError as e:
+            log.debug("bad request frame: %s", e)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+
+    @staticmethod
+    def _request(req) -> Request:
+        return Request(req.cmd, req.arg, arg_fault=req.flags.arg_fault,
+                       copy_fault=req.flags.copy_fault, tail_nonzero=req.flags.tail_nonzero)
+
+    async def _guarded(self, fn, *args):
+        try:
+            return fn(*args)
+        except LuoError as e:
+            log.debug("%s", e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Rebooting:
+            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
+
+    def _luo_call(self, fn, *args):
+        try:
+            return fn(*args)
+        except LuoError as e:
+            log.debug("%s", e)
+            raise pyfuse3.FUSEError(e.errno) from None
+
+    def _send_fd(self, caller: FuseCaller, reply_fd: int, fd: int) -> None:
+        try:
+            sock_file = caller.take_socket(reply_fd)
+        except LuoError as e:
+            log.debug("reply socket: %s", e)
+            raise pyfuse3.FUSEError(errno.EFAULT) from None
+        try:
+            if sock_file.is_fuse or not stat.S_ISSOCK(os.fstat(sock_file.fd).st_mode):
+                raise OSError(errno.ENOTSOCK, "reply fd is not a socket")
+            with socket.socket(fileno=os.dup(sock_file.fd)) as sock:
+                socket.send_fds(sock, [b"F"], [fd], flags=socket.MSG_DONTWAIT)
+        except OSError as e:
+            log.debug("cannot send the fd back: %s", e)
+            raise pyfuse3.FUSEError(errno.EFAULT) from None
+        finally:
+            sock_file.close()
+
+    # ---- extended attributes other than requests ------------------------------------------
+
+    async def setxattr(self, inode, name, value, ctx):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # never ENOSYS: it would disable getxattr
+
+    async def listxattr(self, inode, ctx):
+        return []
+
+    async def removexattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+
+for _name in ("lookup", "forget", "getattr", "setattr", "opendir", "readdir", "statfs", "open",
+              "read", "write", "release", "create", "getxattr", "setxattr", "listxattr",
+              "removexattr"):
+    setattr(KernelFS, _name, _never_crash(getattr(KernelFS, _name)))

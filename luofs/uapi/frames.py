@@ -1,0 +1,138 @@
+"""Frames: how an ioctl travels from a client process to the emulated kernel.
+
+pyfuse3 has no ioctl operation and tells a handler who is calling only on some
+operations. getxattr and create carry the caller's identity (the calling thread's
+id, from the kernel, not from the client), so a request is encoded into the
+*name* of a getxattr ("user.luo.<hex>") or of a create ("luo.<hex>"), and the
+reply comes back as the getxattr value (or as the newly opened file). One FUSE
+request per ioctl, and no trust in what the client claims about itself beyond
+its own memory.
+
+The client acts as the kernel's copy_from_user: it reads the caller's struct and
+reports what it could not read as flags, so the daemon can apply the dispatch
+rules of spec/uapi.md §4 in the kernel's order.
+"""
+
+from construct import (
+    Const,
+    FlagsEnum,
+    GreedyBytes,
+    Int8ul,
+    Int16sl,
+    Int16ul,
+    Int32sl,
+    Int32ul,
+    Struct,
+    StreamError,
+    ConstructError,
+)
+
+XATTR_PREFIX = b"user.luo."
+CREATE_PREFIX = b"luo."
+NAME_MAX = 255  # a path component and an xattr name share this limit
+
+RequestFlags = FlagsEnum(
+    Int8ul,
+    arg_fault=0x01,  # the u32 `size` could not be read: EFAULT after the nr check
+    copy_fault=0x02,  # reading `size` bytes faulted: EFAULT in copy_struct_from_user
+    tail_nonzero=0x04,  # a nonzero byte lies past the bytes carried in `arg`
+    fd_table_full=0x08,  # the caller has no free fd: EMFILE where the kernel allocates one
+)
+
+Request = Struct(
+    "magic" / Const(b"LU"),
+    "version" / Const(1, Int8ul),
+    "flags" / RequestFlags,
+    "cmd" / Int32ul,
+    "file_fd" / Int32sl,  # the caller's fd the ioctl was issued on
+    "reply_fd" / Int32sl,  # the caller's unix socket that receives returned fds, or -1
+    "nonce" / Int32ul,  # makes every create name unique, so no dentry is ever reused
+    "arg" / GreedyBytes,  # the first bytes of the caller's struct, `size` first
+)
+REQUEST_HEADER_SIZE = 20
+# Struct bytes a request carries: more than the largest struct (72), and small
+# enough that the hex-encoded frame fits in a name behind the longer prefix.
+MAX_ARG = 96
+assert len(XATTR_PREFIX) + 2 * (REQUEST_HEADER_SIZE + MAX_ARG) <= NAME_MAX
+
+ReplyFlags = FlagsEnum(Int8ul, fd_sent=0x01)
+
+Reply = Struct(
+    "magic" / Const(b"LR"),
+    "version" / Const(1, Int8ul),
+    "flags" / ReplyFlags,
+    "fd_offset" / Int16sl,  # where the received fd's number is written into `data`, or -1
+    "_reserved" / Const(0, Int16ul),
+    "data" / GreedyBytes,  # the bytes the kernel copies back: min(size, struct size)
+)
+
+
+class FrameError(ValueError):
+    """A frame that is not well formed; the daemon answers EINVAL and logs why."""
+
+
+def expected_arg_len(size: int) -> int:
+    """How many struct bytes a well-formed request carries for a given `size`."""
+    return min(max(size, 4), MAX_ARG)
+
+
+def encode_request(cmd, arg, *, file_fd=-1, reply_fd=-1, nonce=0, **flags) -> bytes:
+    return Request.build(
+        dict(flags=flags, cmd=cmd, file_fd=file_fd, reply_fd=reply_fd, nonce=nonce, arg=bytes(arg))
+    )
+
+
+def decode_request(frame: bytes):
+    try:
+        req = Request.parse(frame)
+    except (StreamError, ConstructError) as e:
+        raise FrameError(f"malformed request frame: {e}") from None
+    if req.flags.arg_fault:
+        if req.arg:
+            raise FrameError("request says the argument faulted but carries bytes")
+        return req
+    if len(req.arg) < 4:
+        raise FrameError(f"request carries {len(req.arg)} argument bytes, fewer than the u32 size")
+    size = int.from_bytes(req.arg[:4], "little")
+    if not req.flags.copy_fault and len(req.arg) != expected_arg_len(size):
+        raise FrameError(
+            f"request carries {len(req.arg)} argument bytes for size {size}, "
+            f"expected {expected_arg_len(size)}"
+        )
+    return req
+
+
+def _from_hex_name(name: bytes, prefix: bytes) -> bytes:
+    if not name.startswith(prefix):
+        raise FrameError(f"name {name[:16]!r}… lacks the {prefix!r} prefix")
+    try:
+        return bytes.fromhex(name[len(prefix):].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise FrameError("request name is not hex") from None
+
+
+def request_xattr_name(frame: bytes) -> bytes:
+    return XATTR_PREFIX + frame.hex().encode()
+
+
+def request_create_name(frame: bytes) -> bytes:
+    return CREATE_PREFIX + frame.hex().encode()
+
+
+def frame_from_xattr_name(name: bytes) -> bytes:
+    return _from_hex_name(name, XATTR_PREFIX)
+
+
+def frame_from_create_name(name: bytes) -> bytes:
+    return _from_hex_name(name, CREATE_PREFIX)
+
+
+def encode_reply(data: bytes, fd_offset: int = -1, fd_sent: bool = False) -> bytes:
+    return Reply.build(dict(flags=dict(fd_sent=fd_sent), fd_offset=fd_offset, data=data))
+
+
+def decode_reply(frame: bytes):
+    try:
+        return Reply.parse(frame)
+    except (StreamError, ConstructError) as e:
+        raise FrameError(f"malformed reply frame: {e}") from None
