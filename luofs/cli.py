@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import subprocess
 import sys
-import time
 
 from . import wire
 from .mounts import detach_mount, is_stale, mount_entry
@@ -33,8 +33,8 @@ def _root(args) -> str:
 def _machine_answers(root: str) -> dict | None:
     try:
         return wire.request(root, {"op": "status"}, timeout=10)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return None
+    except (ConnectionError, FileNotFoundError):
+        return None  # none listens, or it is on its way out
 
 
 def cmd_boot(args) -> int:
@@ -102,18 +102,22 @@ def cmd_status(args) -> int:
 
 def cmd_shutdown(args) -> int:
     root = _root(args)
-    try:
-        reply = wire.request(root, {"op": "shutdown"}, timeout=60)
-    except (ConnectionRefusedError, FileNotFoundError):
+    status = _machine_answers(root)
+    if status is None:
         if detach_mount(root):
             print(f"luofs: no machine served {root}; removed its stale mount", file=sys.stderr)
             return 0
         raise CliError(f"no luofs kernel serves {root}")
-    if not reply.get("ok"):
-        raise CliError(reply.get("error", "shutdown failed"))
-    deadline = time.monotonic() + 10
-    while _machine_answers(root) is not None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    machine = os.pidfd_open(status["machine"]["pid"])
+    try:
+        reply = wire.request(root, {"op": "shutdown"}, timeout=60)
+        if not reply.get("ok"):
+            raise CliError(reply.get("error", "shutdown failed"))
+        # Return only once the machine is gone: no stray process, no mount.
+        if not select.select([machine], [], [], 15)[0]:
+            raise CliError(f"the machine (pid {status['machine']['pid']}) did not exit")
+    finally:
+        os.close(machine)
     print(f"luofs: {root} unmounted")
     return 0
 

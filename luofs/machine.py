@@ -146,7 +146,10 @@ class Machine:
                                 "kernel_log": self.kernel_log}
         elif op == "shutdown":
             self.running = False
-            self.shutdown()
+            if self.kernel is not None:
+                self.kernel.stop()
+                self.kernel = None
+            detach_mount(self.root)
             reply = {"ok": True}
         else:
             reply = {"ok": False, "error": f"unknown op {op!r}"}
@@ -156,6 +159,7 @@ class Machine:
             pass
 
     def shutdown(self) -> None:
+        self.listener.close()  # from now on `luofs` sees no machine here
         if self.kernel is not None:
             self.kernel.stop()
             self.kernel = None

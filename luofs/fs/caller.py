@@ -73,10 +73,16 @@ class FuseCaller:
             self._pidfd = None
 
 
-def holds_file(tid: int, fd: int, mnt_id: int, ino: int) -> bool:
-    """Does the calling thread's process have `fd` open on our inode `ino`?"""
+def inode_behind(tid: int, fd: int, mnt_id: int) -> int | None:
+    """The inode number of our mount that the caller's `fd` refers to, if any.
+
+    Read from procfs, so the caller's word (the fd number) is checked against what
+    the kernel says the calling process really holds.
+    """
     try:
         info = fdinfo(tid, fd)
-        return int(info["mnt_id"]) == mnt_id and int(info["ino"]) == ino
+        if int(info["mnt_id"]) == mnt_id:
+            return int(info["ino"])
     except (OSError, KeyError, ValueError):
-        return False
+        pass
+    return None

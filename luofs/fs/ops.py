@@ -23,7 +23,7 @@ import trio
 from ..core import Luo, LuoError, Rebooting, Request, Session
 from ..fdutil import MountTypes
 from ..uapi import errnos, frames
-from .caller import FuseCaller, holds_file
+from .caller import FuseCaller, inode_behind
 from .escape import escape_name
 from .nodes import ROOT_INO, ControlFile, Dir, DynamicDir, InodeTable, Node, TextFile
 
@@ -134,8 +134,11 @@ class KernelFS(pyfuse3.Operations):
         a.st_uid = a.st_gid = 0
         a.st_size = SYSFS_SIZE if isinstance(node, TextFile) else 0
         a.st_blksize = 4096
-        timeout = 0.0 if (node.dynamic or isinstance(node, SessionNode)) else STATIC_TIMEOUT
-        a.attr_timeout = a.entry_timeout = timeout
+        # Views change, so their names and attributes are never cached; a session's
+        # attributes never change (fstat stays off the wire) but its name must never
+        # resolve again once its create is done.
+        a.attr_timeout = 0.0 if node.dynamic else STATIC_TIMEOUT
+        a.entry_timeout = 0.0 if (node.dynamic or isinstance(node, SessionNode)) else STATIC_TIMEOUT
         return a
 
     def _node(self, ino: int) -> Node:
@@ -208,6 +211,8 @@ class KernelFS(pyfuse3.Operations):
         if isinstance(node, SessionNode):
             raise pyfuse3.FUSEError(errno.ENXIO)  # an anon inode cannot be reopened by path
         if isinstance(node, TextFile):
+            if flags & os.O_ACCMODE != os.O_RDONLY and node.store is None:
+                raise pyfuse3.FUSEError(errno.EACCES)  # as sysfs: no write op, even for root
             # sysfs semantics: a reader sees the value as of open; a writer needs none
             snapshot = b"" if flags & os.O_ACCMODE == os.O_WRONLY else node.render()
             return pyfuse3.FileInfo(fh=self._new_handle(node, snapshot), direct_io=True)
@@ -256,9 +261,10 @@ class KernelFS(pyfuse3.Operations):
         if parent_inode != self.requests.ino:
             raise pyfuse3.FUSEError(errno.EACCES)
         req = self._decode(frames.frame_from_create_name, name)
+        node = self._node_held(ctx.pid, req.file_fd)
         caller = FuseCaller(ctx.pid, self.mounts, fd_table_full=req.flags.fd_table_full)
         try:
-            outcome = await self._device_ioctl(req, ctx, caller)
+            outcome = await self._ioctl(node, req, caller)
         finally:
             caller.close()
         if outcome.session is None:  # a command that returns no fd cannot travel this way
@@ -272,18 +278,14 @@ class KernelFS(pyfuse3.Operations):
         if not name.startswith(frames.XATTR_PREFIX):
             raise pyfuse3.FUSEError(errno.ENODATA)
         node = self._node(inode)
-        if not isinstance(node, ControlFile):
-            raise pyfuse3.FUSEError(errno.ENOTTY)  # ioctl on a file that has none
         req = self._decode(frames.frame_from_xattr_name, name)
         # A reply through getxattr cannot carry a session fd: only the create path can.
         caller = FuseCaller(ctx.pid, self.mounts,
                             fd_table_full=req.flags.fd_table_full or node is self.device)
         try:
-            if node is self.device:
-                outcome = await self._device_ioctl(req, ctx, caller)
-            else:
-                outcome = await self._guarded(self.luo.session_ioctl, node.session,
-                                              self._request(req), caller)
+            if node is self.device and self._node_held(ctx.pid, req.file_fd) is not node:
+                raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
+            outcome = await self._ioctl(node, req, caller)
             fd_sent = False
             if outcome.file is not None:
                 self._send_fd(caller, req.reply_fd, outcome.file.fd)
@@ -294,11 +296,22 @@ class KernelFS(pyfuse3.Operations):
         return frames.encode_reply(outcome.copy_back, offset if offset is not None else -1,
                                    fd_sent)
 
-    async def _device_ioctl(self, req, ctx, caller):
-        if not holds_file(ctx.pid, req.file_fd, self.mnt_id, self.device.ino):
-            log.debug("tid %d: fd %d is not our /dev/liveupdate", ctx.pid, req.file_fd)
+    def _node_held(self, tid: int, fd: int) -> Node:
+        """Our node behind the caller's fd; EBADF unless the caller really holds one."""
+        ino = inode_behind(tid, fd, self.mnt_id)
+        node = self.table.get(ino) if ino is not None else None
+        if node is None:
+            log.debug("tid %d: fd %d is not a file of this mount", tid, fd)
             raise pyfuse3.FUSEError(errno.EBADF)
-        return await self._guarded(self.luo.device_ioctl, self._request(req), caller)
+        return node
+
+    async def _ioctl(self, node: Node, req, caller: FuseCaller):
+        request = self._request(req)
+        if node is self.device:
+            return await self._guarded(self.luo.device_ioctl, request, caller)
+        if isinstance(node, SessionNode):
+            return await self._guarded(self.luo.session_ioctl, node.session, request, caller)
+        raise pyfuse3.FUSEError(errno.ENOTTY)  # an ordinary file has no ioctls
 
     def _decode(self, unwrap: Callable[[bytes], bytes], name: bytes):
         try:

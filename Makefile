@@ -1,0 +1,55 @@
+# luofs: `make demo` and `make test` set up everything they need on a fresh Debian machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SYS_PACKAGES := fuse3 libfuse3-dev pkg-config gcc make device-tree-compiler
+SYS_STAMP := .stamp-sys
+VENV_STAMP := $(VENV)/.stamp
+NATIVE := native/build
+PYTEST_ARGS ?=
+
+.PHONY: all deps native test test-python test-scripts demo bench fuzz clean
+
+all: deps native
+
+deps: $(SYS_STAMP) $(VENV_STAMP)
+
+# System packages: install only what is missing (apt-get update once, only if needed).
+$(SYS_STAMP):
+	@missing=""; for p in $(SYS_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@test -e /dev/fuse || modprobe fuse 2>/dev/null || { echo "/dev/fuse is missing"; exit 1; }
+	@touch $@
+
+$(VENV_STAMP): pyproject.toml $(SYS_STAMP)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+native: $(SYS_STAMP)
+	@if [ -f native/Makefile ]; then $(MAKE) -s -C native; fi
+
+test: deps native
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	@if [ -x scripts/run-tests.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run-tests.sh; fi
+
+demo: deps native
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo.sh
+
+bench: deps native
+	$(PY) -m bench
+
+fuzz: deps native
+	$(PY) -m pytest -q -m slow tests/fuzz
+
+clean:
+	rm -rf $(VENV) $(NATIVE) $(SYS_STAMP) .pytest_cache .hypothesis
+	@if [ -f native/Makefile ]; then $(MAKE) -s -C native clean; fi

@@ -1,0 +1,86 @@
+"""Test tools shipped to users: boot an emulated kernel in a temp dir, tear it down.
+
+As a pytest plugin (registered automatically when luofs is installed) it provides:
+
+    def test_something(luofs_instance):
+        with luofs_instance.client() as lu: ...
+        luofs_instance.kexec()
+
+Each instance has its own root, so tests run in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from contextlib import contextmanager
+
+import pytest
+
+from . import cli, wire
+from .client import LiveUpdate
+from .mounts import detach_mount
+
+
+class Instance:
+    def __init__(self, root: str, boot_args=()):
+        self.root = os.path.realpath(root)
+        self.boot_args = list(boot_args)
+        self.machine_pid: int | None = None
+
+    def _cli(self, *args) -> None:
+        code = cli.main([*args, "--root", self.root])
+        if code != 0:
+            raise RuntimeError(f"luofs {' '.join(args)} failed with status {code}")
+
+    def boot(self) -> "Instance":
+        self._cli("boot", *self.boot_args)
+        self.machine_pid = self.status()["machine"]["pid"]
+        return self
+
+    def status(self) -> dict:
+        return wire.request(self.root, {"op": "status"})
+
+    def kexec(self) -> None:
+        self._cli("kexec")
+
+    def shutdown(self) -> None:
+        """Unmount and stop every process of this instance, whatever state it is in."""
+        try:
+            self._cli("shutdown")
+        except Exception:
+            if self.machine_pid is not None:
+                try:
+                    os.killpg(self.machine_pid, signal.SIGKILL)  # machine leads its session
+                except ProcessLookupError:
+                    pass
+            detach_mount(self.root)
+            raise
+
+    def client(self) -> LiveUpdate:
+        return LiveUpdate(self.root)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def read(self, *parts: str) -> str:
+        with open(self.path(*parts)) as f:
+            return f.read()
+
+
+@contextmanager
+def booted(boot_args=(), root: str | None = None):
+    """An instance in a fresh temp dir (or `root`), always shut down and removed."""
+    with tempfile.TemporaryDirectory(prefix="luofs-") as tmp:
+        instance = Instance(root or tmp, boot_args).boot()
+        try:
+            yield instance
+        finally:
+            instance.shutdown()
+
+
+@pytest.fixture
+def luofs_instance():
+    with booted() as instance:
+        yield instance
