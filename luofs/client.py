@@ -149,7 +149,7 @@ class LiveUpdate:
         return self.fd
 
     def _session(self, cmd: int, what: str, name: str | bytes) -> "Session":
-        arg = structs.CreateSession.build(dict(size=72, fd=-1, name=_name_bytes(name)))
+        arg = structs.compiled(structs.CreateSession).build(dict(size=72, fd=-1, name=_name_bytes(name)))
         try:
             _reply, fd = ioctl(self.root, self.fd, cmd, arg)
         except OSError as e:
@@ -197,23 +197,23 @@ class Session:
             raise _fail(e, f"{what} on session {self.name!r}") from None
 
     def preserve_fd(self, fd: int, token: int) -> None:
-        arg = structs.PreserveFd.build(dict(size=16, fd=fd, token=token))
+        arg = structs.compiled(structs.PreserveFd).build(dict(size=16, fd=fd, token=token))
         self._call(nums.LIVEUPDATE_SESSION_PRESERVE_FD, f"PRESERVE_FD fd {fd} token {token:#x}", arg)
 
     def retrieve_fd(self, token: int) -> int:
-        arg = structs.RetrieveFd.build(dict(size=16, fd=-1, token=token))
+        arg = structs.compiled(structs.RetrieveFd).build(dict(size=16, fd=-1, token=token))
         _reply, fd = self._call(nums.LIVEUPDATE_SESSION_RETRIEVE_FD,
                                 f"RETRIEVE_FD token {token:#x}", arg)
         return fd
 
     def finish(self) -> None:
         self._call(nums.LIVEUPDATE_SESSION_FINISH, "FINISH",
-                   structs.Finish.build(dict(size=8, reserved=0)))
+                   structs.compiled(structs.Finish).build(dict(size=8, reserved=0)))
 
     def get_name(self) -> bytes:
-        arg = structs.GetName.build(dict(size=72, reserved=0, name=bytes(64)))
+        arg = structs.compiled(structs.GetName).build(dict(size=72, reserved=0, name=bytes(64)))
         reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", arg)
-        return structs.GetName.parse(reply).name.split(b"\0")[0]
+        return structs.compiled(structs.GetName).parse(reply).name.split(b"\0")[0]
 
     def close(self) -> None:
         if self.fd >= 0:

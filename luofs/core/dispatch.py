@@ -114,4 +114,4 @@ def check(table: CommandTable, req: Request, direction: Direction | None = None)
     if req.size > command.size and (req.tail_nonzero or any(req.arg[command.size:])):
         raise LuoError(errnos.E2BIG,
                        f"{command.name}: nonzero bytes past the {command.size}-byte struct")
-    return command, command.struct.parse(req.arg[: command.size])
+    return command, structs.compiled(command.struct).parse(req.arg[: command.size])

@@ -67,6 +67,10 @@ Reply = Struct(
 )
 
 
+_request_codec = Request.compile()  # every ioctl passes here twice: compiled is ~4× faster
+_reply_codec = Reply.compile()
+
+
 class FrameError(ValueError):
     """A frame that is not well formed; the daemon answers EINVAL and logs why."""
 
@@ -77,14 +81,14 @@ def expected_arg_len(size: int) -> int:
 
 
 def encode_request(cmd, arg, *, file_fd=-1, reply_fd=-1, nonce=0, **flags) -> bytes:
-    return Request.build(
+    return _request_codec.build(
         dict(flags=flags, cmd=cmd, file_fd=file_fd, reply_fd=reply_fd, nonce=nonce, arg=bytes(arg))
     )
 
 
 def decode_request(frame: bytes):
     try:
-        req = Request.parse(frame)
+        req = _request_codec.parse(frame)
     except (StreamError, ConstructError) as e:
         raise FrameError(f"malformed request frame: {e}") from None
     if req.flags.arg_fault:
@@ -128,11 +132,11 @@ def frame_from_create_name(name: bytes) -> bytes:
 
 
 def encode_reply(data: bytes, fd_offset: int = -1, fd_sent: bool = False) -> bytes:
-    return Reply.build(dict(flags=dict(fd_sent=fd_sent), fd_offset=fd_offset, data=data))
+    return _reply_codec.build(dict(flags=dict(fd_sent=fd_sent), fd_offset=fd_offset, data=data))
 
 
 def decode_reply(frame: bytes):
     try:
-        return Reply.parse(frame)
+        return _reply_codec.parse(frame)
     except (StreamError, ConstructError) as e:
         raise FrameError(f"malformed reply frame: {e}") from None

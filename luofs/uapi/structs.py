@@ -57,3 +57,9 @@ GetName = Struct(
 def struct_size(s: Struct) -> int:
     """Bytes of a struct without its `Terminated` marker (which has no size)."""
     return sum(sc.sizeof() for sc in s.subcons if sc is not Terminated)
+
+
+@lru_cache(maxsize=None)
+def compiled(s: Struct):
+    """The same struct compiled to Python code: ~3× faster, for the per-ioctl path."""
+    return s.compile()
