@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from . import wire
+from .core import faults
 from .mounts import detach_mount, is_stale, mount_entry
 
 EXIT_USAGE = 2
@@ -43,7 +44,16 @@ def cmd_boot(args) -> int:
         raise CliError("FUSE is missing: /dev/fuse does not exist (modprobe fuse, or install fuse3)")
     if not os.path.isdir(root):
         raise CliError(f"{root} is not a directory")
-    if _machine_answers(root) is not None:
+    running = _machine_answers(root)
+    if running is not None:
+        panic = running["machine"].get("panic")
+        if panic and args.cold:
+            _ok(wire.request(root, {"op": "cold-boot"}, timeout=120), "cold boot")
+            print(f"luofs: kernel #0 serves {root}/dev/liveupdate (cold boot; dropped: {panic})")
+            return 0
+        if panic:
+            raise CliError(f"{root}: the machine has no kernel ({panic}); "
+                           f"`luofs boot --cold --root {root}` starts fresh")
         raise CliError(f"{root} is busy: a luofs kernel already serves it "
                        f"(luofs shutdown --root {root})")
     entry = mount_entry(root)
@@ -55,14 +65,20 @@ def cmd_boot(args) -> int:
     if os.listdir(root):
         raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
     state = wire.state_dir(root)
-    kernel_args = []
+    kernel_args = ["--cmdline", args.cmdline]
+    for fault in args.fault:
+        try:
+            faults.parse(fault)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        kernel_args += ["--fault", fault]
     if args.log_level:
         kernel_args += ["--log-level", args.log_level]
     read_end, write_end = os.pipe()
     with open(os.path.join(state, "machine.log"), "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "luofs.machine", "--root", root, "--ready-fd", str(write_end),
-             "--state-dir", state, "--", *kernel_args],
+             "--state-dir", state, "--memory", str(args.memory), "--", *kernel_args],
             pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True)
     os.close(write_end)
@@ -77,6 +93,33 @@ def cmd_boot(args) -> int:
     return 0
 
 
+def _ok(reply: dict, what: str) -> dict:
+    if not reply.get("ok"):
+        raise CliError(reply.get("error") or f"{what} failed")
+    return reply
+
+
+def cmd_kexec(args) -> int:
+    root = _root(args)
+    try:
+        reply = wire.request(root, {"op": "kexec"}, timeout=600)
+    except (ConnectionError, FileNotFoundError):
+        raise CliError(f"no luofs kernel serves {root}") from None
+    if not reply.get("ok"):
+        code = reply.get("errno")
+        print(f"luofs kexec: {reply.get('error')}", file=sys.stderr)
+        if code:  # the freeze refused: the old kernel keeps running, nothing changed
+            print("luofs kexec: the running kernel keeps serving; nothing was changed",
+                  file=sys.stderr)
+            return code if code > 1 else 1
+        return 1
+    print(f"luofs: live update done: kernel #{reply['liveupdate_number']} serves {root}; "
+          f"carried {reply['sessions']} session(s), {reply['files']} file(s); "
+          f"blackout {reply['blackout_ms']:.1f} ms (freeze + hand-over {reply['freeze_ms']:.1f}, "
+          f"next kernel up {reply['start_ms']:.1f})")
+    return 0
+
+
 def cmd_status(args) -> int:
     root = _root(args)
     reply = _machine_answers(root)
@@ -88,9 +131,13 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
         return 0
-    k, m = reply["kernel"], reply["machine"]
+    k, m = reply.get("kernel"), reply["machine"]
     print(f"root:            {m['root']}")
     print(f"machine:         pid {m['pid']}, up {m['uptime_s']} s, logs in {m['state_dir']}")
+    print(f"live updates:    {m['kexecs']}, last blackout {m['last_blackout_ms']} ms")
+    if k is None:
+        print(f"kernel:          none — {m['panic']}")
+        return 0
     print(f"kernel:          pid {k['pid']}, liveupdate number {k['liveupdate_number']}")
     print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
     print(f"sessions:        {len(k['sessions'])}")
@@ -122,6 +169,18 @@ def cmd_shutdown(args) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        value = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0 or value % 4096:
+        raise argparse.ArgumentTypeError("memory must be a positive multiple of 4096")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="luofs", description=__doc__,
@@ -137,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
                "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
     boot.add_argument("--log-level", help="kernel log level (DEBUG shows why requests fail)")
+    boot.add_argument("--cold", action="store_true",
+                      help="after a kernel panic, start kernel #0 fresh (preserved state is lost)")
+    boot.add_argument("--memory", type=_size, default=1 << 30,
+                      help="emulated physical memory, e.g. 256M or 4G (sparse; default 1G)")
+    boot.add_argument("--fault", action="append", default=[], metavar="POINT[:ERRNO]",
+                      help="make a named callback fail in every kernel of this instance "
+                           f"(default errno EIO); points: {', '.join(faults.POINTS)}")
+    boot.add_argument("--cmdline", default="liveupdate=on kho=on",
+                      help="what proc/cmdline shows (default: %(default)s)")
+    add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel process; "
+        "returns when it serves. On a freeze failure the running kernel keeps serving and "
+        "the exit status is the errno")
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT")

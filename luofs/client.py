@@ -116,14 +116,39 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
     data = bytes(reply.data)
     new_fd = None
     if reply.flags.fd_sent:
-        _msg, fds, msg_flags, _addr = socket.recv_fds(ours, 16, 1, socket.MSG_CMSG_CLOEXEC)
-        if not fds or msg_flags & socket.MSG_CTRUNC:
-            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        new_fd = fds[0]
+        new_fd = _recv_fd(ours)
         if reply.fd_offset >= 0:
             off = reply.fd_offset
             data = data[:off] + new_fd.to_bytes(4, "little", signed=True) + data[off + 4:]
     return data, new_fd
+
+
+def _recv_fd(sock: socket.socket) -> int:
+    """One fd from SCM_RIGHTS, close-on-exec as the kernel allocates it. (socket.recv_fds
+    would do, but it drops its flags argument, and with it MSG_CMSG_CLOEXEC.)"""
+    _msg, ancdata, msg_flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(4),
+                                                   socket.MSG_CMSG_CLOEXEC)
+    fds = [int.from_bytes(data[:4], "little", signed=True)
+           for level, kind, data in ancdata
+           if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4]
+    if not fds or msg_flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+    return fds[0]
+
+
+def _close(obj) -> None:
+    fd, obj.fd = obj.fd, -1
+    if fd < 0:
+        return
+    try:
+        os.close(fd)
+    except OSError as e:
+        # The fd is released either way; a file of a kernel replaced by a live update
+        # reports ENOTCONN from its flush, and that is no error for the closer.
+        if e.errno != errno.ENOTCONN:
+            raise
 
 
 def _fail(e: OSError, what: str) -> OSError:
@@ -164,9 +189,7 @@ class LiveUpdate:
         return self._session(nums.LIVEUPDATE_IOCTL_RETRIEVE_SESSION, "RETRIEVE_SESSION", name)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        _close(self)
 
     def __enter__(self):
         return self
@@ -216,9 +239,7 @@ class Session:
         return structs.compiled(structs.GetName).parse(reply).name.split(b"\0")[0]
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        _close(self)
 
     def __enter__(self):
         return self

@@ -1,9 +1,11 @@
-"""The kernel process: LUO core + handlers + FUSE front end, driven by the machine.
+"""The kernel process: LUO core + handlers + KHO + FUSE front end, driven by the machine.
 
-Started by the machine process (never by hand). It mounts ROOT, says "ready" on
-its control socket, and obeys the machine: status, shutdown (and, with the KHO
-issue, reboot). A kernel process is replaced at every live update; the machine
-outlives it.
+Started by the machine (never by hand), ahead of time, as `kexec -l` loads an image:
+it imports everything, says "loaded" and waits. The machine then sends "boot" with
+the emulated RAM and, after a live update, the hand-over (root address and the
+preserved files' fds). It mounts ROOT and says "ready" — or "panic" if the
+hand-over cannot be trusted. Later commands: status, reboot (the live update's
+old-kernel half), shutdown.
 """
 
 from __future__ import annotations
@@ -17,20 +19,14 @@ import sys
 import pyfuse3
 import trio
 
-from . import wire
-from .core import HandlerRegistry, Luo
+from . import handover, limits, wire
+from .core import LuoError
+from .core.faults import Faults
 from .fs.escape import escape_name
 from .fs.ops import KernelFS
 from .fs.server import Mount
-from .handlers import MemfdHandler
 
 log = logging.getLogger("luofs.kernel")
-
-
-def build_luo(number: int) -> Luo:
-    handlers = HandlerRegistry()
-    handlers.register(MemfdHandler(), sessions_exist=False)
-    return Luo(handlers, liveupdate_number=number)
 
 
 def status(fs: KernelFS) -> dict:
@@ -47,59 +43,114 @@ def status(fs: KernelFS) -> dict:
     }
 
 
-async def control_loop(sock: socket.socket, fs: KernelFS, cancel: trio.CancelScope) -> None:
-    while True:
-        await trio.lowlevel.wait_readable(sock)
+class Kernel:
+    def __init__(self, sock: socket.socket, root: str, cmdline: str, faults: Faults):
+        self.sock = sock
+        self.faults = faults
+        self.root = root
+        self.cmdline = cmdline
+        self.boot: handover.Boot | None = None
+        self.fs: KernelFS | None = None
+        self.handed_over = False
+
+    def receive_boot(self) -> bool:
+        """Block until the machine says boot; False after a panic (reported, not served)."""
+        wire.send(self.sock, {"event": "loaded", "pid": os.getpid()})
+        message, fds = wire.recv(self.sock)
+        if message is None or message.get("op") != "boot":
+            for fd in fds:
+                os.close(fd)
+            raise SystemExit("the machine went away before boot")
+        ram_fd, file_fds = fds[0], fds[1:]
         try:
-            message, fds = wire.recv(sock)
-        except BlockingIOError:
-            continue
-        for fd in fds:
-            os.close(fd)
-        if message is None:  # the machine is gone: a kernel without a machine stops
-            log.warning("machine went away; shutting down")
-            cancel.cancel()
-            return
-        op = message.get("op")
-        if op == "status":
-            wire.send(sock, {"ok": True, "kernel": status(fs)})
-        elif op == "shutdown":
-            wire.send(sock, {"ok": True})
-            cancel.cancel()
-            return
-        else:
-            wire.send(sock, {"ok": False, "error": f"unknown op {op!r}"})
+            if "root_phys" in message:
+                self.boot = handover.handover_boot(ram_fd, message["root_phys"],
+                                                   message["root_size"], file_fds, self.faults)
+            else:
+                self.boot = handover.cold_boot(ram_fd, self.faults)
+        except handover.Panic as e:
+            log.critical("panic: %s", e)
+            wire.send(self.sock, {"event": "panic", "error": str(e)})
+            return False
+        self.fs = KernelFS(self.boot.luo, cmdline=self.cmdline)
+        return True
 
+    async def serve(self) -> None:
+        self.sock.setblocking(False)
+        with Mount(self.fs, self.root) as mount:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pyfuse3.main)
+                self._send({"event": "ready", "pid": os.getpid(), "mnt_id": self.fs.mnt_id,
+                            "liveupdate_number": self.boot.luo.liveupdate_number})
+                await self.control_loop(nursery.cancel_scope)
+            mount.unmount()
+        if self.handed_over:
+            self._send({"event": "unmounted"})
+        log.info("unmounted %s", self.root)
 
-async def run(fs: KernelFS, root: str, sock: socket.socket) -> None:
-    with Mount(fs, root):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
-            wire.send(sock, {"event": "ready", "pid": os.getpid(), "mnt_id": fs.mnt_id})
-            await control_loop(sock, fs, nursery.cancel_scope)
-    log.info("unmounted %s", root)
+    def _send(self, message: dict, fds=()) -> None:
+        self.sock.setblocking(True)
+        try:
+            wire.send(self.sock, message, fds)
+        finally:
+            self.sock.setblocking(False)
+
+    async def control_loop(self, cancel: trio.CancelScope) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                message, fds = wire.recv(self.sock)
+            except BlockingIOError:
+                continue
+            for fd in fds:
+                os.close(fd)
+            if message is None:  # a kernel without a machine stops
+                log.warning("machine went away; shutting down")
+                cancel.cancel()
+                return
+            op = message.get("op")
+            if op == "status":
+                self._send({"ok": True, "kernel": status(self.fs)})
+            elif op == "shutdown":
+                self._send({"ok": True})
+                cancel.cancel()
+                return
+            elif op == "reboot":
+                try:
+                    reply, fds = handover.reboot(self.boot)
+                except LuoError as e:
+                    log.warning("live update refused: %s", e)
+                    self._send({"ok": False, "errno": e.errno, "error": str(e)})
+                    continue
+                self._send({"ok": True, **reply}, fds)
+                self.handed_over = True
+                cancel.cancel()
+                return
+            else:
+                self._send({"ok": False, "error": f"unknown op {op!r}"})
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="luofs-kernel", description=__doc__)
     p.add_argument("--root", required=True)
     p.add_argument("--control-fd", type=int, required=True)
-    p.add_argument("--number", type=int, default=0)
     p.add_argument("--cmdline", default="liveupdate=on kho=on")
     p.add_argument("--log-level", default=os.environ.get("LUOFS_LOG", "INFO"))
+    p.add_argument("--fault", action="append", default=[])
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
-    sock = socket.socket(fileno=args.control_fd)
-    sock.setblocking(False)
-    fs = KernelFS(build_luo(args.number), cmdline=args.cmdline)
+    limits.raise_fd_limit()
+    kernel = Kernel(socket.socket(fileno=args.control_fd), os.path.realpath(args.root),
+                    args.cmdline, Faults.from_env(",".join(args.fault)))
+    if not kernel.receive_boot():
+        return 1
     try:
-        trio.run(run, fs, args.root, sock)
+        trio.run(kernel.serve)
     except Exception as e:
         log.exception("kernel failed")
         try:
-            sock.setblocking(True)
-            wire.send(sock, {"event": "failed", "error": str(e)})
+            kernel._send({"event": "failed", "error": str(e)})
         except OSError:
             pass
         return 1

@@ -1,7 +1,10 @@
 """The machine process: what survives every live update.
 
-It owns the control socket that the `luofs` command talks to, starts kernel #0,
-and (with the KHO issue) emulated physical memory, devices, and each next kernel.
+It owns the emulated physical memory (a sparse memfd), the control socket the
+`luofs` command talks to, and each kernel process. A live update starts the next
+kernel ahead of time (it imports and waits, as `kexec -l` loads an image), then
+asks the running kernel to freeze and hand over, and passes what it handed over —
+the RAM, the KHO root address and the preserved files themselves — to the next.
 It never imports pyfuse3 or trio: it must stay small and always responsive.
 """
 
@@ -17,13 +20,18 @@ import subprocess
 import sys
 import time
 
-from . import wire
+from . import limits, wire
 from .mounts import detach_mount
 
 log = logging.getLogger("luofs.machine")
 
-KERNEL_START_TIMEOUT = 30.0
+KERNEL_START_TIMEOUT = 60.0
 KERNEL_STOP_TIMEOUT = 10.0
+DEFAULT_MEMORY = 1 << 30
+
+
+class KernelError(RuntimeError):
+    pass
 
 
 class KernelProcess:
@@ -32,101 +40,196 @@ class KernelProcess:
     def __init__(self, root: str, number: int, log_path: str, extra_args=()):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
+        self.number = number
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "luofs.kernel", "--root", root,
-                 "--control-fd", str(theirs.fileno()), "--number", str(number), *extra_args],
+                 "--control-fd", str(theirs.fileno()), *extra_args],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file)
         theirs.close()
-        self.number = number
 
-    def wait_ready(self, timeout: float) -> dict:
+    def expect(self, event: str, timeout: float) -> dict:
         self.sock.settimeout(timeout)
         try:
-            message, _fds = wire.recv(self.sock)
+            message, fds = wire.recv(self.sock)
         except socket.timeout:
-            raise RuntimeError(f"kernel did not serve within {timeout:.0f} s") from None
+            raise KernelError(f"kernel did not answer within {timeout:.0f} s") from None
         finally:
             self.sock.settimeout(None)
-        if message is None or message.get("event") != "ready":
-            error = (message or {}).get("error", "it exited before serving")
-            raise RuntimeError(f"kernel #{self.number} failed to start: {error}")
+        for fd in fds:
+            os.close(fd)
+        if message is None:
+            raise KernelError("the kernel process exited")
+        if message.get("event") == "panic":
+            raise KernelError(f"kernel panic: {message['error']}")
+        if message.get("event") != event:
+            raise KernelError(message.get("error") or f"unexpected message {message}")
         return message
 
-    def ask(self, message: dict, timeout: float = 30.0) -> dict:
+    def ask(self, message: dict, timeout: float = 60.0) -> tuple[dict, list[int]]:
         self.sock.settimeout(timeout)
         try:
             wire.send(self.sock, message)
             reply, fds = wire.recv(self.sock)
         finally:
             self.sock.settimeout(None)
-        for fd in fds:
-            os.close(fd)
-        return reply or {"ok": False, "error": "kernel went away"}
+        return reply or {"ok": False, "error": "the kernel went away"}, fds
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.ask({"op": "shutdown"}, timeout=KERNEL_STOP_TIMEOUT)
+                _reply, fds = self.ask({"op": "shutdown"}, timeout=KERNEL_STOP_TIMEOUT)
+                for fd in fds:
+                    os.close(fd)
                 self.proc.wait(KERNEL_STOP_TIMEOUT)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.sock.close()
+                pass
+        self.kill()
 
 
 class Machine:
-    def __init__(self, root: str, state: str, kernel_args: list[str]):
+    def __init__(self, root: str, state: str, memory: int, kernel_args: list[str]):
         self.root = os.path.realpath(root)
         self.state = state
         self.kernel_args = kernel_args
         self.kernel: KernelProcess | None = None
+        self.panic: str | None = None
         self.started = time.time()
         self.running = True
+        self.kexecs = 0
+        self.last_blackout_ms: float | None = None
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(wire.control_address(root))  # EADDRINUSE: already served
         self.listener.listen(16)
+        self.ram = os.memfd_create("luofs-ram", os.MFD_CLOEXEC)
+        os.ftruncate(self.ram, memory)
+        self.memory = memory
 
     @property
     def kernel_log(self) -> str:
         return os.path.join(self.state, "kernel.log")
 
-    def boot(self) -> None:
-        self.kernel = KernelProcess(self.root, 0, self.kernel_log, self.kernel_args)
+    def _load(self, number: int) -> KernelProcess:
+        kernel = KernelProcess(self.root, number, self.kernel_log, self.kernel_args)
         try:
-            self.kernel.wait_ready(KERNEL_START_TIMEOUT)
-        except Exception:
-            self.kernel.proc.kill()
-            self.kernel.proc.wait()
+            kernel.expect("loaded", KERNEL_START_TIMEOUT)
+        except BaseException:
+            kernel.kill()
+            raise
+        return kernel
+
+    def _start(self, kernel: KernelProcess, boot: dict, fds=()) -> dict:
+        wire.send(kernel.sock, {"op": "boot", **boot}, [self.ram, *fds])
+        try:
+            return kernel.expect("ready", KERNEL_START_TIMEOUT)
+        except BaseException:
+            kernel.kill()
             detach_mount(self.root)
             raise
+
+    def cold_boot(self) -> None:
+        """Kernel #0 on fresh memory: nothing is carried."""
+        os.ftruncate(self.ram, 0)  # forget every page of a previous life
+        os.ftruncate(self.ram, self.memory)
+        self.kernel = self._load(0)
+        self._start(self.kernel, {})
+        self.panic = None
+
+    def kexec(self) -> dict:
+        if self.kernel is None:
+            return {"ok": False, "error": f"no kernel is running ({self.panic or 'stopped'}); "
+                                          "`luofs boot --cold` starts a fresh one"}
+        old = self.kernel
+        nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
+        t_freeze = time.perf_counter()
+        reply, fds = old.ask({"op": "reboot"})
+        if not reply.get("ok"):
+            for fd in fds:
+                os.close(fd)
+            nxt.kill()
+            return {"ok": False, "errno": reply.get("errno"), "error": reply.get("error")}
+        try:
+            old.expect("unmounted", KERNEL_STOP_TIMEOUT)
+        except KernelError as e:
+            log.warning("old kernel: %s; detaching its mount", e)
+            detach_mount(self.root)
+        t_handed = time.perf_counter()
+        self.kernel = nxt
+        try:
+            ready = self._start(nxt, {"root_phys": reply["root_phys"],
+                                      "root_size": reply["root_size"]}, fds)
+        except KernelError as e:
+            self.kernel = None
+            self.panic = str(e)
+            log.error("kernel #%d did not come up: %s", nxt.number, e)
+            return {"ok": False, "error": str(e)}
+        finally:
+            for fd in fds:
+                os.close(fd)
+            old.kill()
+        t_ready = time.perf_counter()
+        self.kexecs += 1
+        self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
+        return {"ok": True, "liveupdate_number": ready["liveupdate_number"],
+                "sessions": reply["sessions"], "files": reply["files"],
+                "blackout_ms": self.last_blackout_ms,
+                "freeze_ms": round((t_handed - t_freeze) * 1000, 3),
+                "start_ms": round((t_ready - t_handed) * 1000, 3)}
 
     def serve(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listener")
-        sel.register(self.kernel.sock, selectors.EVENT_READ, "kernel")
+        watched = None
         while self.running:
+            if self.kernel is not None and watched is not self.kernel:
+                if watched is not None:
+                    sel.unregister(watched.sock)
+                sel.register(self.kernel.sock, selectors.EVENT_READ, "kernel")
+                watched = self.kernel
             for key, _ in sel.select(timeout=1.0):
                 if key.data == "listener":
                     conn, _ = self.listener.accept()
                     with conn:
                         self.handle(conn)
-                elif key.data == "kernel":
+                elif key.data == "kernel" and watched is self.kernel:
                     message, fds = wire.recv(self.kernel.sock)
                     for fd in fds:
                         os.close(fd)
                     if message is None:
-                        sel.unregister(self.kernel.sock)
+                        sel.unregister(watched.sock)
+                        watched = None
                         self.kernel_died()
         self.shutdown()
 
     def kernel_died(self) -> None:
         code = self.kernel.proc.wait()
-        log.error("kernel #%d exited unexpectedly (status %s); see %s",
-                  self.kernel.number, code, self.kernel_log)
+        self.panic = (f"kernel #{self.kernel.number} exited unexpectedly (status {code}); "
+                      f"see {self.kernel_log}")
+        log.error("%s", self.panic)
+        self.kernel.sock.close()
+        self.kernel = None
         detach_mount(self.root)
-        self.running = False
+
+    def status(self) -> dict:
+        reply = {"ok": True}
+        if self.kernel is not None:
+            kreply, fds = self.kernel.ask({"op": "status"})
+            for fd in fds:
+                os.close(fd)
+            reply["kernel"] = kreply.get("kernel")
+        reply["machine"] = {"pid": os.getpid(), "root": self.root, "state_dir": self.state,
+                            "uptime_s": round(time.time() - self.started, 3),
+                            "kernel_log": self.kernel_log, "memory": self.memory,
+                            "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
+                            "panic": self.panic}
+        return reply
 
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(30)
@@ -139,20 +242,29 @@ class Machine:
         if message is None:
             return
         op = message.get("op")
-        if op == "status":
-            reply = self.kernel.ask({"op": "status"})
-            reply["machine"] = {"pid": os.getpid(), "root": self.root, "state_dir": self.state,
-                                "uptime_s": round(time.time() - self.started, 3),
-                                "kernel_log": self.kernel_log}
-        elif op == "shutdown":
-            self.running = False
-            if self.kernel is not None:
-                self.kernel.stop()
-                self.kernel = None
-            detach_mount(self.root)
-            reply = {"ok": True}
-        else:
-            reply = {"ok": False, "error": f"unknown op {op!r}"}
+        try:
+            if op == "status":
+                reply = self.status()
+            elif op == "kexec":
+                reply = self.kexec()
+            elif op == "cold-boot":
+                if self.kernel is not None:
+                    self.kernel.stop()
+                    self.kernel = None
+                detach_mount(self.root)
+                self.cold_boot()
+                reply = {"ok": True}
+            elif op == "shutdown":
+                self.running = False
+                if self.kernel is not None:
+                    self.kernel.stop()
+                    self.kernel = None
+                detach_mount(self.root)
+                reply = {"ok": True}
+            else:
+                reply = {"ok": False, "error": f"unknown op {op!r}"}
+        except KernelError as e:
+            reply = {"ok": False, "error": str(e)}
         try:
             wire.send(conn, reply)
         except OSError:
@@ -171,20 +283,22 @@ def main(argv=None) -> int:
     p.add_argument("--root", required=True)
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--state-dir", required=True)
+    p.add_argument("--memory", type=int, default=DEFAULT_MEMORY)
     p.add_argument("kernel_args", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s machine[{os.getpid()}] %(levelname)s %(message)s")
+    limits.raise_fd_limit()
     ready = os.fdopen(args.ready_fd, "w")
     try:
-        machine = Machine(args.root, args.state_dir, args.kernel_args)
+        machine = Machine(args.root, args.state_dir, args.memory, args.kernel_args)
     except OSError as e:
         ready.write(f"error: {args.root} is already served by another luofs machine ({e})\n")
         return 1
     signal.signal(signal.SIGTERM, lambda *_: setattr(machine, "running", False))
     try:
-        machine.boot()
-    except Exception as e:
+        machine.cold_boot()
+    except KernelError as e:
         ready.write(f"error: {e} (log: {machine.kernel_log})\n")
         return 1
     ready.write(f"ready {os.getpid()}\n")

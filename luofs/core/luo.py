@@ -78,6 +78,7 @@ class Luo:
         self._device_open = False
         self._identities: dict[Hashable, PreservedFile] = {}
         self.rebooting = False
+        self._frozen: list[PreservedFile] = []
 
     # ---- /dev/liveupdate (§5) -------------------------------------------------------
 
@@ -263,6 +264,7 @@ class Luo:
                 pf.handler.unfreeze(pf.file, pf.data)
             raise
         self.rebooting = True
+        self._frozen = frozen
         return [
             CarriedSession(
                 s.name,
@@ -271,3 +273,10 @@ class Luo:
             )
             for s in carried
         ]
+
+    def cancel_reboot(self) -> None:
+        """The hand-over after a successful freeze failed: thaw in reverse, run on."""
+        for pf in reversed(self._frozen):
+            pf.handler.unfreeze(pf.file, pf.data)
+        self._frozen = []
+        self.rebooting = False

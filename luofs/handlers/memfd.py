@@ -12,7 +12,11 @@ import fcntl
 import os
 import stat
 
+from kho import KhoFormatError, MemfdRecord, decode_memfd_record, encode_memfd_record
+from kho.memfd_record import MEMFD_RECORD_SIZE
+
 from ..core.errors import LuoError
+from ..core.faults import NONE, Faults
 from ..fdutil import TMPFS_MAGIC, OwnedFile, fstatfs_type
 from ..uapi import errnos
 
@@ -31,10 +35,16 @@ def _seals(fd: int) -> int:
 
 
 class MemfdHandler:
+    """`kho` stores and reads records in preserved memory (store(bytes) -> phys,
+    drop(phys), read(phys, n)); without it (unit tests) freeze records nothing."""
+
     compatible = COMPATIBLE
 
-    def __init__(self, handed_over: dict[int, OwnedFile] | None = None):
-        # New kernel: data handle → the file the previous kernel handed over.
+    def __init__(self, kho=None, handed_over: dict[int, OwnedFile] | None = None,
+                 faults: Faults = NONE):
+        self._kho = kho
+        self._faults = faults
+        # New kernel: data handle (the record's address) → the file handed over.
         self._handed_over = dict(handed_over or {})
 
     def can_preserve(self, file: OwnedFile) -> bool:
@@ -49,6 +59,7 @@ class MemfdHandler:
         return (st.st_dev, st.st_ino)
 
     def preserve(self, file: OwnedFile) -> int:
+        self._faults.check("memfd.preserve")
         seals = _seals(file.fd)
         if seals & ~KNOWN_SEALS:
             raise LuoError(errnos.EOPNOTSUPP, f"memfd has unknown seals {seals:#x}")
@@ -69,15 +80,37 @@ class MemfdHandler:
         pass  # nothing is pinned beyond LUO's reference, which the core drops
 
     def freeze(self, file: OwnedFile, data: int) -> int:
-        return data
+        """Record position, size and seals as of now; the record's address is the handle."""
+        self._faults.check("memfd.freeze")
+        if self._kho is None:
+            return data
+        record = MemfdRecord(pos=os.lseek(file.fd, 0, os.SEEK_CUR),
+                             size=os.fstat(file.fd).st_size, seals=_seals(file.fd),
+                             flags=fcntl.fcntl(file.fd, fcntl.F_GETFL) & ~os.O_CLOEXEC)
+        try:
+            return self._kho.store(encode_memfd_record(record))
+        except MemoryError:
+            raise LuoError(errnos.ENOMEM, "no preserved memory left for a memfd record") from None
 
     def unfreeze(self, file: OwnedFile, data: int) -> None:
-        pass
+        if self._kho is not None and data:
+            self._kho.drop(data)
 
     def retrieve(self, data: int) -> OwnedFile:
         file = self._handed_over.pop(data, None)
         if file is None:
             raise LuoError(errnos.ENOENT, f"no handed-over memfd for handle {data:#x}")
+        if self._kho is not None:
+            try:
+                record = decode_memfd_record(self._kho.read(data, MEMFD_RECORD_SIZE))
+            except KhoFormatError as e:
+                file.close()
+                raise LuoError(errnos.EIO, f"memfd record at {data:#x}: {e}") from None
+            size = os.fstat(file.fd).st_size
+            if size != record.size:
+                file.close()
+                raise LuoError(errnos.EIO, f"memfd at {data:#x} is {size} bytes, "
+                                           f"its record says {record.size}")
         return file
 
     def can_finish(self, file, data: int) -> bool:

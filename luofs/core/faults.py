@@ -1,0 +1,60 @@
+"""Named fault points, so every failure and rollback path can be driven from tests.
+
+`luofs boot --fault POINT[:ERRNO]` (repeatable) or LUOFS_FAULT="POINT[:ERRNO],…" arm
+points in every kernel of an instance. Code calls `faults.check("memfd.freeze")`
+where the real kernel's callback could fail; an armed point raises LuoError there.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from .errors import LuoError
+
+# Every point the code checks, with what failing there emulates.
+POINTS = {
+    "memfd.preserve": "the memfd handler's preserve() (PRESERVE_FD fails)",
+    "memfd.freeze": "the memfd handler's freeze() (the live update is refused)",
+    "kho.finalize": "KHO finalize at the end of the freeze (the live update is refused)",
+    "handover.corrupt": "the hand-over is damaged in transit (the next kernel panics)",
+}
+
+
+def parse(spec: str) -> dict[str, int]:
+    """'memfd.freeze:EIO,kho.finalize' → {point: errno}; ValueError names what is wrong."""
+    armed = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        point, _, code = item.partition(":")
+        if not any(point == p or point.startswith(p.split(".")[0] + ".") for p in POINTS):
+            raise ValueError(f"unknown fault point {point!r}; known: {', '.join(POINTS)}")
+        if not code:
+            value = _errno.EIO
+        elif code.isdigit():
+            value = int(code)
+        elif hasattr(_errno, code.upper()):
+            value = getattr(_errno, code.upper())
+        else:
+            raise ValueError(f"fault {point!r}: {code!r} is not an errno name or number")
+        armed[point] = value
+    return armed
+
+
+class Faults:
+    def __init__(self, armed: dict[str, int] | None = None):
+        self.armed = dict(armed or {})
+
+    @classmethod
+    def from_env(cls, extra: str = "") -> "Faults":
+        return cls(parse(",".join(filter(None, [os.environ.get("LUOFS_FAULT", ""), extra]))))
+
+    def check(self, point: str) -> None:
+        code = self.armed.get(point)
+        if code is not None:
+            raise LuoError(code, f"fault injected at {point}")
+
+    def __contains__(self, point: str) -> bool:
+        return point in self.armed
+
+
+NONE = Faults()

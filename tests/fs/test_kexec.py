@@ -1,0 +1,253 @@
+"""Live update through real mounts: spec/uapi.md §7, §10, §11, §13, §14 and kho.md."""
+
+import errno
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from luofs import wire
+from luofs.testing import booted
+
+MiB = 1 << 20
+
+
+def raises_errno(code, fn, *args):
+    with pytest.raises(OSError) as e:
+        fn(*args)
+    assert e.value.errno == code, f"expected {errno.errorcode[code]}, got {e.value}"
+
+
+def filled_memfd(size: int, seed: bytes = b"luofs") -> tuple[int, str]:
+    fd = os.memfd_create("guest")
+    block = hashlib.sha256(seed).digest() * (MiB // 32)
+    written = 0
+    while written < size:
+        written += os.write(fd, block[: size - written])
+    return fd, digest(fd)
+
+
+def digest(fd: int) -> str:
+    h = hashlib.sha256()
+    off = 0
+    while chunk := os.pread(fd, MiB, off):
+        h.update(chunk)
+        off += len(chunk)
+    return h.hexdigest()
+
+
+def test_preserve_kexec_retrieve_every_byte_three_times_in_a_row(luofs_instance):
+    lu = luofs_instance.client()
+    s = lu.create_session("vm")
+    fd, want = filled_memfd(3 * MiB + 123)
+    os.lseek(fd, 4242, os.SEEK_SET)
+    s.preserve_fd(fd, 1)
+    os.close(fd)
+    lu.close()
+    for number in (1, 2, 3):
+        luofs_instance.kexec()
+        assert luofs_instance.status()["kernel"]["liveupdate_number"] == number
+        lu = luofs_instance.client()
+        s = lu.retrieve_session("vm")
+        got = s.retrieve_fd(1)
+        assert digest(got) == want
+        assert os.lseek(got, 0, os.SEEK_CUR) == 4242
+        assert os.fstat(got).st_size == 3 * MiB + 123
+        s.finish()
+        s.close()
+        # carry it forward into a new outgoing session for the next round
+        s = lu.create_session("vm")
+        s.preserve_fd(got, 1)
+        os.close(got)
+        lu.close()
+    s.close()
+
+
+def test_only_sessions_with_open_fds_are_carried_in_creation_order(luofs_instance):
+    with luofs_instance.client() as lu:
+        kept_b = lu.create_session("b")
+        dropped = lu.create_session("dropped")
+        kept_a = lu.create_session("a")
+        m = [os.memfd_create(str(i)) for i in range(3)]
+        for tok, fd in zip((30, 10, 20), m):
+            kept_b.preserve_fd(fd, tok)
+        dropped.preserve_fd(os.memfd_create("x"), 1)
+        dropped.close()
+    luofs_instance.kexec()
+    incoming = luofs_instance.path("sys/kernel/liveupdate/sessions/incoming")
+    assert os.listdir(incoming) == []  # rebuilt lazily, at the first open of the device
+    luofs_instance.client().close()
+    assert sorted(os.listdir(incoming)) == ["a", "b"]
+    assert luofs_instance.read("sys/kernel/liveupdate/sessions/incoming/b/files") == \
+        "0x1e memfd-v2\n0xa memfd-v2\n0x14 memfd-v2\n"
+    names = [s["name"] for s in luofs_instance.status()["kernel"]["sessions"]]
+    assert names == ["b", "a"]
+    kept_a.close()
+    kept_b.close()
+
+
+def test_retrieve_rules_in_the_new_kernel(luofs_instance):
+    fd, want = filled_memfd(8192)
+    with luofs_instance.client() as lu:
+        s = lu.create_session("vm")
+        s.preserve_fd(fd, 5)
+        s.preserve_fd(os.memfd_create("unretrieved"), 6)
+    luofs_instance.kexec()
+    with luofs_instance.client() as lu:
+        raises_errno(errno.ENOENT, lu.retrieve_session, "nope")
+        new = lu.create_session("vm")  # incoming names do not block CREATE_SESSION
+        raises_errno(errno.EINVAL, new.retrieve_fd, 5)  # outgoing: direction rule
+        r = lu.retrieve_session("vm")
+        raises_errno(errno.EINVAL, lu.retrieve_session, "vm")  # retrieved and open
+        raises_errno(errno.EINVAL, r.preserve_fd, fd, 9)  # PRESERVE_FD on a retrieved session
+        raises_errno(errno.ENOENT, r.retrieve_fd, 99)
+        a = r.retrieve_fd(5)
+        b = r.retrieve_fd(5)
+        assert fcntl.fcntl(a, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert fcntl.fcntl(b, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        os.lseek(a, 100, os.SEEK_SET)
+        assert os.lseek(b, 0, os.SEEK_CUR) == 100  # same open file description
+        raises_errno(errno.EBUSY, new.preserve_fd, a, 1)  # retrieved but unfinished
+        r.finish()
+        r.finish()  # idempotent
+        raises_errno(errno.ENOENT, r.retrieve_fd, 6)  # unretrieved files went with FINISH
+        new.preserve_fd(a, 1)  # finished: preservable again
+        assert digest(b) == want
+        r.close()
+        raises_errno(errno.ENOENT, lu.retrieve_session, "vm")  # gone after a clean close
+        new.close()
+        for x in (a, b, fd):
+            os.close(x)
+
+
+def test_closing_a_retrieved_session_is_an_implicit_finish(luofs_instance):
+    with luofs_instance.client() as lu:
+        s = lu.create_session("vm")
+        s.preserve_fd(os.memfd_create("m"), 1)
+    luofs_instance.kexec()
+    with luofs_instance.client() as lu:
+        r = lu.retrieve_session("vm")
+        fd = r.retrieve_fd(1)
+        r.close()
+        raises_errno(errno.ENOENT, lu.retrieve_session, "vm")
+        os.write(fd, b"still valid after the session closed")
+        os.close(fd)
+    s.close()
+
+
+def test_incoming_sessions_never_retrieved_are_dropped_at_the_next_kexec(luofs_instance):
+    with luofs_instance.client() as lu:
+        s = lu.create_session("forgotten")
+        s.preserve_fd(os.memfd_create("m"), 1)
+    luofs_instance.kexec()
+    luofs_instance.client().close()
+    assert os.listdir(luofs_instance.path("sys/kernel/liveupdate/sessions/incoming")) == ["forgotten"]
+    luofs_instance.kexec()
+    luofs_instance.client().close()
+    assert os.listdir(luofs_instance.path("sys/kernel/liveupdate/sessions/incoming")) == []
+    with luofs_instance.client() as lu:
+        raises_errno(errno.ENOENT, lu.retrieve_session, "forgotten")
+    s.close()
+
+
+def test_seals_and_size_are_carried(luofs_instance):
+    fd = os.memfd_create("sealed", os.MFD_ALLOW_SEALING)
+    os.write(fd, b"abc" * 1000)
+    seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    with luofs_instance.client() as lu:
+        s = lu.create_session("sealed")
+        s.preserve_fd(fd, 1)
+    luofs_instance.kexec()
+    with luofs_instance.client() as lu, lu.retrieve_session("sealed") as r:
+        got = r.retrieve_fd(1)
+        assert fcntl.fcntl(got, fcntl.F_GET_SEALS) == seals
+        assert os.fstat(got).st_size == 3000
+        os.close(got)
+    s.close()
+    os.close(fd)
+
+
+def test_retrieve_failure_is_sticky(luofs_instance):
+    fd = os.memfd_create("shrinks")
+    os.write(fd, b"x" * 8192)
+    with luofs_instance.client() as lu:
+        s = lu.create_session("vm")
+        s.preserve_fd(fd, 1)
+    luofs_instance.kexec()
+    os.ftruncate(fd, 4096)  # only possible because this process outlived the "reboot"
+    with luofs_instance.client() as lu, lu.retrieve_session("vm") as r:
+        raises_errno(errno.EIO, r.retrieve_fd, 1)
+        os.ftruncate(fd, 8192)
+        raises_errno(errno.EIO, r.retrieve_fd, 1)  # not retried
+    s.close()
+    os.close(fd)
+
+
+def test_old_fds_are_dead_and_closing_them_changes_nothing(luofs_instance):
+    lu = luofs_instance.client()
+    s = lu.create_session("vm")
+    s.preserve_fd(os.memfd_create("m"), 1)
+    luofs_instance.kexec()
+    t0 = time.monotonic()
+    raises_errno(errno.ENOTCONN, s.get_name)
+    raises_errno(errno.ENOTCONN, s.preserve_fd, 0, 2)
+    assert time.monotonic() - t0 < 1.0  # an error, promptly: never a hang
+    with luofs_instance.client() as lu2:  # the old device fd is dead: no EBUSY
+        lu.close()
+        s.close()
+        r = lu2.retrieve_session("vm")  # closing the old session did not disturb it
+        os.close(r.retrieve_fd(1))
+        r.close()
+
+
+def test_freeze_failure_keeps_the_old_kernel_serving():
+    with booted(["--fault", "memfd.freeze:EBUSY"]) as inst:
+        with inst.client() as lu:
+            s = lu.create_session("vm")
+            s.preserve_fd(os.memfd_create("m"), 1)
+        result = subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", inst.root],
+                                capture_output=True, text=True)
+        assert result.returncode == errno.EBUSY
+        assert "EBUSY" in result.stderr and "memfd.freeze" in result.stderr
+        assert inst.status()["kernel"]["liveupdate_number"] == 0
+        assert s.get_name() == b"vm"  # the session is intact and usable
+        s.preserve_fd(os.memfd_create("more"), 2)
+        s.close()
+
+
+def test_kho_finalize_failure_unfreezes_and_keeps_serving():
+    with booted(["--fault", "kho.finalize:ENOMEM"]) as inst:
+        with inst.client() as lu, lu.create_session("vm") as s:
+            s.preserve_fd(os.memfd_create("m"), 1)
+            result = subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", inst.root],
+                                    capture_output=True, text=True)
+            assert result.returncode == errno.ENOMEM
+            assert s.get_name() == b"vm"
+
+
+def test_corrupt_handover_panics_and_cold_boot_starts_fresh():
+    with booted(["--fault", "handover.corrupt"]) as inst:
+        with inst.client() as lu:
+            s = lu.create_session("vm")
+            s.preserve_fd(os.memfd_create("m"), 1)
+        result = subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", inst.root],
+                                capture_output=True, text=True)
+        assert result.returncode == 1
+        assert "panic" in result.stderr and "KHO root" in result.stderr
+        status = wire.request(inst.root, {"op": "status"})
+        assert "kernel" not in status and "panic" in status["machine"]["panic"]
+        assert not os.path.exists(inst.path("dev/liveupdate"))  # nothing serves
+        refused = subprocess.run([sys.executable, "-m", "luofs", "boot", "--root", inst.root],
+                                 capture_output=True, text=True)
+        assert refused.returncode == 1 and "--cold" in refused.stderr
+        subprocess.run([sys.executable, "-m", "luofs", "boot", "--cold", "--root", inst.root],
+                       check=True, capture_output=True)
+        assert inst.status()["kernel"]["liveupdate_number"] == 0
+        with inst.client() as lu:
+            raises_errno(errno.ENOENT, lu.retrieve_session, "vm")
+        s.close()
