@@ -31,7 +31,7 @@ $(SYS_STAMP):
 $(VENV_STAMP): pyproject.toml $(SYS_STAMP)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	@touch $@
 
 native: $(SYS_STAMP)

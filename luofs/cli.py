@@ -65,7 +65,7 @@ def cmd_boot(args) -> int:
     if os.listdir(root):
         raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
     state = wire.state_dir(root)
-    kernel_args = ["--cmdline", args.cmdline]
+    kernel_args = ["--cmdline", args.cmdline] + (["--debugfs"] if args.debugfs else [])
     for fault in args.fault:
         try:
             faults.parse(fault)
@@ -117,6 +117,32 @@ def cmd_kexec(args) -> int:
           f"carried {reply['sessions']} session(s), {reply['files']} file(s); "
           f"blackout {reply['blackout_ms']:.1f} ms (freeze + hand-over {reply['freeze_ms']:.1f}, "
           f"next kernel up {reply['start_ms']:.1f})")
+    return 0
+
+
+def cmd_kho_dump(args) -> int:
+    fmt = "dts" if args.dts else "json"
+    if args.file:
+        import kho  # only this subcommand needs it
+
+        with open(args.file, "rb") as f:
+            blob = f.read()
+        try:
+            if fmt == "dts":
+                print(kho.dump_dts(blob), end="")
+            else:
+                print(json.dumps(kho.dump_json(blob), indent=2))
+        except kho.KhoFormatError as e:
+            raise CliError(f"{args.file}: {e}") from None
+        return 0
+    root = _root(args)
+    try:
+        reply = wire.request(root, {"op": "kho-dump", "which": "in" if args.incoming else "out",
+                                    "format": fmt})
+    except (ConnectionError, FileNotFoundError):
+        raise CliError(f"no luofs kernel serves {root}") from None
+    _ok(reply, "kho dump")
+    print(reply["text"], end="") if fmt == "dts" else print(json.dumps(reply["json"], indent=2))
     return 0
 
 
@@ -196,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
                "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
     boot.add_argument("--log-level", help="kernel log level (DEBUG shows why requests fail)")
+    boot.add_argument("--debugfs", action="store_true",
+                      help="serve KHO's debugfs under sys/kernel/debug/kho/{out,in}")
     boot.add_argument("--cold", action="store_true",
                       help="after a kernel panic, start kernel #0 fresh (preserved state is lost)")
     boot.add_argument("--memory", type=_size, default=1 << 30,
@@ -208,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel process; "
         "returns when it serves. On a freeze failure the running kernel keeps serving and "
         "the exit status is the errno")
+    khop = sub.add_parser("kho", help="inspect KHO hand-over blobs",
+                          description="inspect KHO hand-over blobs")
+    kho_sub = khop.add_subparsers(dest="kho_command", required=True, metavar="KHO_COMMAND")
+    dump = kho_sub.add_parser(
+        "dump", help="print a KHO root tree as JSON (default) or DTS",
+        description="print a KHO root tree: from FILE (e.g. a copy of "
+                    "sys/kernel/debug/kho/out/fdt), or from the kernel serving --root, "
+                    "with LUO's sessions and files decoded from its memory")
+    dump.add_argument("file", nargs="?", help="a blob file (default: the live kernel's)")
+    dump.add_argument("--root", help="directory the kernel serves (default: $LUOFS_ROOT)")
+    dump.add_argument("--in", dest="incoming", action="store_true",
+                      help="what the running kernel received, not what it would hand over")
+    dump.add_argument("--dts", action="store_true", help="device-tree source via dtc")
+    dump.set_defaults(func=cmd_kho_dump)
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT")

@@ -115,7 +115,7 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
     reply = frames.decode_reply(raw)
     data = bytes(reply.data)
     new_fd = None
-    if reply.flags.fd_sent:
+    if reply.fd_sent:
         new_fd = _recv_fd(ours)
         if reply.fd_offset >= 0:
             off = reply.fd_offset
@@ -160,6 +160,9 @@ def _name_bytes(name: str | bytes) -> bytes:
     return raw.ljust(nums.LIVEUPDATE_SESSION_NAME_LENGTH, b"\0")[: nums.LIVEUPDATE_SESSION_NAME_LENGTH]
 
 
+_GET_NAME_ARG = structs.GetName.build(dict(size=72, reserved=0, name=bytes(64)))
+
+
 class LiveUpdate:
     """An open /dev/liveupdate (exclusive: a second opener gets EBUSY)."""
 
@@ -174,7 +177,7 @@ class LiveUpdate:
         return self.fd
 
     def _session(self, cmd: int, what: str, name: str | bytes) -> "Session":
-        arg = structs.compiled(structs.CreateSession).build(dict(size=72, fd=-1, name=_name_bytes(name)))
+        arg = structs.codec(structs.CreateSession).build(dict(size=72, fd=-1, name=_name_bytes(name)))
         try:
             _reply, fd = ioctl(self.root, self.fd, cmd, arg)
         except OSError as e:
@@ -220,23 +223,22 @@ class Session:
             raise _fail(e, f"{what} on session {self.name!r}") from None
 
     def preserve_fd(self, fd: int, token: int) -> None:
-        arg = structs.compiled(structs.PreserveFd).build(dict(size=16, fd=fd, token=token))
+        arg = structs.codec(structs.PreserveFd).build(dict(size=16, fd=fd, token=token))
         self._call(nums.LIVEUPDATE_SESSION_PRESERVE_FD, f"PRESERVE_FD fd {fd} token {token:#x}", arg)
 
     def retrieve_fd(self, token: int) -> int:
-        arg = structs.compiled(structs.RetrieveFd).build(dict(size=16, fd=-1, token=token))
+        arg = structs.codec(structs.RetrieveFd).build(dict(size=16, fd=-1, token=token))
         _reply, fd = self._call(nums.LIVEUPDATE_SESSION_RETRIEVE_FD,
                                 f"RETRIEVE_FD token {token:#x}", arg)
         return fd
 
     def finish(self) -> None:
         self._call(nums.LIVEUPDATE_SESSION_FINISH, "FINISH",
-                   structs.compiled(structs.Finish).build(dict(size=8, reserved=0)))
+                   structs.codec(structs.Finish).build(dict(size=8, reserved=0)))
 
     def get_name(self) -> bytes:
-        arg = structs.compiled(structs.GetName).build(dict(size=72, reserved=0, name=bytes(64)))
-        reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", arg)
-        return structs.compiled(structs.GetName).parse(reply).name.split(b"\0")[0]
+        reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", _GET_NAME_ARG)
+        return structs.codec(structs.GetName).parse(reply).name.split(b"\0")[0]
 
     def close(self) -> None:
         _close(self)

@@ -19,10 +19,13 @@ import sys
 import pyfuse3
 import trio
 
+import kho
+
 from . import handover, limits, wire
 from .core import LuoError
 from .core.faults import Faults
 from .fs.escape import escape_name
+from .fs.debugfs import kho_debugfs
 from .fs.ops import KernelFS
 from .fs.server import Mount
 
@@ -44,8 +47,10 @@ def status(fs: KernelFS) -> dict:
 
 
 class Kernel:
-    def __init__(self, sock: socket.socket, root: str, cmdline: str, faults: Faults):
+    def __init__(self, sock: socket.socket, root: str, cmdline: str, faults: Faults,
+                 debugfs: bool = False):
         self.sock = sock
+        self.debugfs = debugfs
         self.faults = faults
         self.root = root
         self.cmdline = cmdline
@@ -72,7 +77,11 @@ class Kernel:
             log.critical("panic: %s", e)
             wire.send(self.sock, {"event": "panic", "error": str(e)})
             return False
-        self.fs = KernelFS(self.boot.luo, cmdline=self.cmdline)
+        boot = self.boot
+        extra = None
+        if self.debugfs:
+            extra = lambda fs: {b"debug": kho_debugfs(boot, fs.table.intern)}  # noqa: E731
+        self.fs = KernelFS(boot.luo, cmdline=self.cmdline, extra_kernel=extra)
         return True
 
     async def serve(self) -> None:
@@ -95,6 +104,20 @@ class Kernel:
         finally:
             self.sock.setblocking(False)
 
+    def kho_dump(self, which: str, fmt: str) -> dict:
+        if which == "in":
+            if self.boot.incoming is None:
+                return {"ok": False, "error": "this kernel booted cold: there is no incoming KHO"}
+            blob = self.boot.incoming.root_blob
+        else:
+            blob = self.boot.handover.root_blob
+        try:
+            if fmt == "dts":
+                return {"ok": True, "text": kho.dump_dts(blob)}
+            return {"ok": True, "json": kho.dump_json(blob, self.boot.memory)}
+        except kho.KhoFormatError as e:
+            return {"ok": False, "error": str(e)}
+
     async def control_loop(self, cancel: trio.CancelScope) -> None:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
@@ -111,6 +134,8 @@ class Kernel:
             op = message.get("op")
             if op == "status":
                 self._send({"ok": True, "kernel": status(self.fs)})
+            elif op == "kho-dump":
+                self._send(self.kho_dump(message.get("which", "out"), message.get("format")))
             elif op == "shutdown":
                 self._send({"ok": True})
                 cancel.cancel()
@@ -137,12 +162,13 @@ def main(argv=None) -> int:
     p.add_argument("--cmdline", default="liveupdate=on kho=on")
     p.add_argument("--log-level", default=os.environ.get("LUOFS_LOG", "INFO"))
     p.add_argument("--fault", action="append", default=[])
+    p.add_argument("--debugfs", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
     kernel = Kernel(socket.socket(fileno=args.control_fd), os.path.realpath(args.root),
-                    args.cmdline, Faults.from_env(",".join(args.fault)))
+                    args.cmdline, Faults.from_env(",".join(args.fault)), args.debugfs)
     if not kernel.receive_boot():
         return 1
     try:

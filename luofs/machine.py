@@ -245,6 +245,12 @@ class Machine:
         try:
             if op == "status":
                 reply = self.status()
+            elif op == "kho-dump":
+                if self.kernel is None:
+                    raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
+                reply, fds = self.kernel.ask(message)
+                for fd in fds:
+                    os.close(fd)
             elif op == "kexec":
                 reply = self.kexec()
             elif op == "cold-boot":

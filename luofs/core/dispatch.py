@@ -29,9 +29,10 @@ class Command:
     def nr(self) -> int:
         return ioctl.ioc_nr(self.cmd)
 
-    @property
-    def size(self) -> int:
-        return structs.struct_size(self.struct)
+    def __post_init__(self):
+        # Looked up on every ioctl: derive once.
+        object.__setattr__(self, "size", structs.struct_size(self.struct))
+        object.__setattr__(self, "codec", structs.codec(self.struct))
 
 
 @dataclass(frozen=True)
@@ -77,19 +78,22 @@ MAINLINE_SESSION = CommandTable(
 )
 
 
-@dataclass(frozen=True)
 class Request:
-    """One ioctl as the kernel sees it: the number and what copy_from_user found."""
+    """One ioctl as the kernel sees it: the number and what copy_from_user found.
 
-    cmd: int
-    arg: bytes  # the first bytes of the caller's struct (all of it up to the struct size)
-    arg_fault: bool = False  # the u32 size could not be read
-    copy_fault: bool = False  # the struct could not be read in full
-    tail_nonzero: bool = False  # a nonzero byte lies past `arg`
+    A plain slotted class: one is built per ioctl, on the hot path.
+    """
 
-    @property
-    def size(self) -> int:
-        return int.from_bytes(self.arg[:4], "little")
+    __slots__ = ("cmd", "arg", "arg_fault", "copy_fault", "tail_nonzero", "size")
+
+    def __init__(self, cmd: int, arg: bytes, arg_fault: bool = False, copy_fault: bool = False,
+                 tail_nonzero: bool = False):
+        self.cmd = cmd
+        self.arg = arg  # the first bytes of the caller's struct, `size` first
+        self.arg_fault = arg_fault  # the u32 size could not be read
+        self.copy_fault = copy_fault  # the struct could not be read in full
+        self.tail_nonzero = tail_nonzero  # a nonzero byte lies past `arg`
+        self.size = int.from_bytes(arg[:4], "little")
 
 
 def check(table: CommandTable, req: Request, direction: Direction | None = None):
@@ -106,12 +110,13 @@ def check(table: CommandTable, req: Request, direction: Direction | None = None)
     if direction is not None and command.direction not in (None, direction):
         raise LuoError(errnos.EINVAL,
                        f"{command.name} is only for {command.direction.value} sessions")
-    if req.size < command.size:
+    size = req.size
+    if size < command.size:
         raise LuoError(errnos.EINVAL,
-                       f"{command.name}: size {req.size} is below the struct size {command.size}")
+                       f"{command.name}: size {size} is below the struct size {command.size}")
     if req.copy_fault:
         raise LuoError(errnos.EFAULT, f"{command.name}: the argument struct is not readable")
-    if req.size > command.size and (req.tail_nonzero or any(req.arg[command.size:])):
+    if size > command.size and (req.tail_nonzero or any(req.arg[command.size:])):
         raise LuoError(errnos.E2BIG,
                        f"{command.name}: nonzero bytes past the {command.size}-byte struct")
-    return command, structs.compiled(command.struct).parse(req.arg[: command.size])
+    return command, command.codec.parse(req.arg[: command.size])

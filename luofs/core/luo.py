@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
-from ..uapi import errnos, ioctl, structs
+from ..uapi import errnos, ioctl
 from .caller import Caller
 from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check
 from .errors import LuoError
@@ -128,7 +128,7 @@ class Luo:
             op(arg, caller, out)
         else:
             op(session, arg, caller, out)
-        out.copy_back = structs.compiled(command.struct).build(arg)  # inputs echoed, outputs filled
+        out.copy_back = command.codec.build(arg)  # inputs echoed back, outputs filled in
         return out
 
     def _check_running(self) -> None:

@@ -68,7 +68,7 @@ class FuseCaller:
         return OwnedFile(newfd, fstype)
 
     def close(self) -> None:
-        if self._pidfd is not None:
+        if self._pidfd is not None:  # opened only if a file was taken
             os.close(self._pidfd)
             self._pidfd = None
 

@@ -69,7 +69,9 @@ class KernelFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, luo: Luo, *, cmdline: str, extra_sys: dict[bytes, Node] | None = None):
+    def __init__(self, luo: Luo, *, cmdline: str,
+                 extra_liveupdate: dict[bytes, Node] | None = None,
+                 extra_kernel: Callable[["KernelFS"], dict[bytes, Node]] | None = None):
         super().__init__()
         self.luo = luo
         self.table = InodeTable()
@@ -86,10 +88,12 @@ class KernelFS(pyfuse3.Operations):
                 b"incoming": DynamicDir(lambda: self._session_dirs(outgoing=False), 0o555),
             }),
         }
-        liveupdate.update(extra_sys or {})
+        liveupdate.update(extra_liveupdate or {})
+        kernel = {b"liveupdate": Dir(0o755, liveupdate)}
+        kernel.update(extra_kernel(self) if extra_kernel else {})
         self.root = self.table.add_tree(Dir(0o755, {
             b"dev": Dir(0o755, {b"liveupdate": self.device}),
-            b"sys": Dir(0o755, {b"kernel": Dir(0o755, {b"liveupdate": Dir(0o755, liveupdate)})}),
+            b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel)}),
             b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),
             b".luofs": self.requests,
         }))
@@ -264,7 +268,9 @@ class KernelFS(pyfuse3.Operations):
         node = self._node_held(ctx.pid, req.file_fd)
         caller = FuseCaller(ctx.pid, self.mounts, fd_table_full=req.flags.fd_table_full)
         try:
-            outcome = await self._ioctl(node, req, caller)
+            outcome = self._ioctl(node, req, caller)
+        except Rebooting:
+            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         finally:
             caller.close()
         if outcome.session is None:  # a command that returns no fd cannot travel this way
@@ -285,16 +291,15 @@ class KernelFS(pyfuse3.Operations):
         try:
             if node is self.device and self._node_held(ctx.pid, req.file_fd) is not node:
                 raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
-            outcome = await self._ioctl(node, req, caller)
-            fd_sent = False
-            if outcome.file is not None:
-                self._send_fd(caller, req.reply_fd, outcome.file.fd)
-                fd_sent = True
+            outcome = self._ioctl(node, req, caller)
+            if outcome.file is None:
+                return frames.encode_reply(outcome.copy_back)
+            self._send_fd(caller, req.reply_fd, outcome.file.fd)
+            return frames.encode_reply(outcome.copy_back, outcome.command.fd_out_offset, True)
+        except Rebooting:
+            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         finally:
             caller.close()
-        offset = outcome.command.fd_out_offset if fd_sent else -1
-        return frames.encode_reply(outcome.copy_back, offset if offset is not None else -1,
-                                   fd_sent)
 
     def _node_held(self, tid: int, fd: int) -> Node:
         """Our node behind the caller's fd; EBADF unless the caller really holds one."""
@@ -305,12 +310,18 @@ class KernelFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return node
 
-    async def _ioctl(self, node: Node, req, caller: FuseCaller):
-        request = self._request(req)
-        if node is self.device:
-            return await self._guarded(self.luo.device_ioctl, request, caller)
-        if isinstance(node, SessionNode):
-            return await self._guarded(self.luo.session_ioctl, node.session, request, caller)
+    def _ioctl(self, node: Node, req, caller: FuseCaller):
+        """Run one ioctl in the core; LuoError becomes the FUSE errno, Rebooting passes."""
+        request = Request(req.cmd, req.arg, req.flags.arg_fault, req.flags.copy_fault,
+                          req.flags.tail_nonzero)
+        try:
+            if node is self.device:
+                return self.luo.device_ioctl(request, caller)
+            if isinstance(node, SessionNode):
+                return self.luo.session_ioctl(node.session, request, caller)
+        except LuoError as e:
+            log.debug("%s", e)
+            raise pyfuse3.FUSEError(e.errno) from None
         raise pyfuse3.FUSEError(errno.ENOTTY)  # an ordinary file has no ioctls
 
     def _decode(self, unwrap: Callable[[bytes], bytes], name: bytes):
@@ -319,20 +330,6 @@ class KernelFS(pyfuse3.Operations):
         except frames.FrameError as e:
             log.debug("bad request frame: %s", e)
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-
-    @staticmethod
-    def _request(req) -> Request:
-        return Request(req.cmd, req.arg, arg_fault=req.flags.arg_fault,
-                       copy_fault=req.flags.copy_fault, tail_nonzero=req.flags.tail_nonzero)
-
-    async def _guarded(self, fn, *args):
-        try:
-            return fn(*args)
-        except LuoError as e:
-            log.debug("%s", e)
-            raise pyfuse3.FUSEError(e.errno) from None
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
 
     def _luo_call(self, fn, *args):
         try:
