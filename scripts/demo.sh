@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make demo`: a live update with luofs, start to finish, leaving nothing behind.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(mktemp -d /tmp/luofs-demo.XXXXXX)"
+fifo="$(mktemp -u /tmp/luofs-demo-fifo.XXXXXX)"
+vmm_pid=""
+cleanup() {
+  [ -n "$vmm_pid" ] && kill "$vmm_pid" 2>/dev/null && wait "$vmm_pid" 2>/dev/null || true
+  luofs shutdown --root "$root" >/dev/null 2>&1 || true
+  rm -f "$fifo"; rmdir "$root" 2>/dev/null || true
+}
+trap cleanup EXIT
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+
+step "Boot the emulated machine and kernel #0 at $root"
+show luofs boot --root "$root" --debugfs
+show cat "$root/sys/kernel/liveupdate/state"
+show cat "$root/proc/cmdline"
+
+step "A VMM preserves its guest RAM in a LUO session and keeps the session fd open"
+mkfifo "$fifo"
+# stdin is a pipe we hold: the VMM exits when we close it.
+exec 3> >(python "$here/demo_vmm.py" stage1 --root "$root" --ready "$fifo")
+vmm_pid=$!
+read -r _ < "$fifo"
+
+step "The sessions view (an emulator extension) and KHO's debugfs"
+show ls "$root/sys/kernel/liveupdate/sessions/outgoing"
+show cat "$root/sys/kernel/liveupdate/sessions/outgoing/vm-42/files"
+show ls "$root/sys/kernel/debug/kho/out"
+show luofs status --root "$root"
+
+step "Live update: freeze, hand over through KHO, kernel #1 takes over"
+show luofs kexec --root "$root"
+exec 3>&-   # the old VMM process ends, as a real reboot would end it
+wait "$vmm_pid" 2>/dev/null || true; vmm_pid=""
+show cat "$root/sys/kernel/liveupdate/state"
+show sh -c "dtc -I dtb -O dts $root/sys/kernel/debug/kho/in/sub_fdts/LUO 2>/dev/null | head -12"
+
+step "The new VMM retrieves guest RAM and checks every page"
+show python "$here/demo_vmm.py" stage2 --root "$root"
+show luofs status --root "$root"
+
+step "Shut down: no mount and no process left behind"
+show luofs shutdown --root "$root"
+if grep -q " $root " /proc/mounts; then echo "a mount was left behind"; exit 1; fi
+echo "demo done"
