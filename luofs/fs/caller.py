@@ -58,6 +58,9 @@ class FuseCaller:
         except OSError as e:
             if e.errno == errno.ESRCH:
                 raise LuoError(errnos.EBADF, f"caller {self.tid} is gone") from None
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # our table, not the caller's
+                raise LuoError(errnos.ENOMEM, "the emulated kernel cannot hold more files "
+                                              "(its RLIMIT_NOFILE is reached)") from None
             raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}") from None
         try:
             mnt_id = int(fdinfo("self", newfd).get("mnt_id", "-1"))

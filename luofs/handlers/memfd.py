@@ -12,8 +12,9 @@ import fcntl
 import os
 import stat
 
-from kho import KhoFormatError, MemfdRecord, decode_memfd_record, encode_memfd_record
-from kho.memfd_record import MEMFD_RECORD_SIZE
+from kho import KhoFormatError, decode_memfd_record
+from kho.memfd_record import MEMFD_RECORD_SIZE, MemfdLuoSer
+from kho.struct_mirror import struct_mirror
 
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
@@ -25,6 +26,7 @@ PAGE_SIZE = 4096
 KNOWN_SEALS = (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                | fcntl.F_SEAL_WRITE | 0x10 | 0x20)  # FUTURE_WRITE, EXEC
 MAX_PAGES = 2**32 - 1
+_RECORD = struct_mirror(MemfdLuoSer)  # freeze packs one per file: construct is too slow
 
 
 def _seals(fd: int) -> int:
@@ -84,11 +86,12 @@ class MemfdHandler:
         self._faults.check("memfd.freeze")
         if self._kho is None:
             return data
-        record = MemfdRecord(pos=os.lseek(file.fd, 0, os.SEEK_CUR),
-                             size=os.fstat(file.fd).st_size, seals=_seals(file.fd),
-                             flags=fcntl.fcntl(file.fd, fcntl.F_GETFL) & ~os.O_CLOEXEC)
+        fd = file.fd
+        # The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
+        record = _RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size, _seals(fd),
+                              os.O_RDWR | 0o100000, 0, 0, 0, 0, 0)
         try:
-            return self._kho.store(encode_memfd_record(record))
+            return self._kho.store(record)
         except MemoryError:
             raise LuoError(errnos.ENOMEM, "no preserved memory left for a memfd record") from None
 
