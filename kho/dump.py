@@ -30,8 +30,12 @@ def dump_dts(blob: bytes) -> str:
     return result.stdout.decode()
 
 
-def dump_json(root_blob: bytes, memory=None) -> dict:
+def dump_json(root_blob: bytes, memory=None, preserved=None) -> dict:
     """Describe a root tree; with ``memory``, also what it points to.
+
+    ``preserved`` gives the preserved blocks directly: a running kernel's map is
+    not serialized before finalize, and an incoming map lives in pages the new
+    kernel may already have reused, so it must not be read again.
 
     A subtree that cannot be decoded gets an ``error`` entry instead of
     aborting the whole dump: a dump is most needed when something is broken.
@@ -44,7 +48,8 @@ def dump_json(root_blob: bytes, memory=None) -> dict:
     }
     if memory is None:
         return dump
-    preserved = PreservedMemory.deserialize(memory, root.mem_map_phys)
+    if preserved is None:
+        preserved = PreservedMemory.deserialize(memory, root.mem_map_phys)
     dump["preserved_memory"] = [{"phys": hex(block.phys), "order": block.order,
                                  "size": hex(block.size)} for block in preserved]
     for name, phys in root.subtrees.items():

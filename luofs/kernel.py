@@ -108,13 +108,13 @@ class Kernel:
         if which == "in":
             if self.boot.incoming is None:
                 return {"ok": False, "error": "this kernel booted cold: there is no incoming KHO"}
-            blob = self.boot.incoming.root_blob
+            blob, preserved = self.boot.incoming.root_blob, self.boot.incoming.preserved
         else:
-            blob = self.boot.handover.root_blob
+            blob, preserved = self.boot.handover.root_blob, self.boot.handover.preserved
         try:
             if fmt == "dts":
                 return {"ok": True, "text": kho.dump_dts(blob)}
-            return {"ok": True, "json": kho.dump_json(blob, self.boot.memory)}
+            return {"ok": True, "json": kho.dump_json(blob, self.boot.memory, preserved)}
         except kho.KhoFormatError as e:
             return {"ok": False, "error": str(e)}
 

@@ -251,3 +251,66 @@ def test_corrupt_handover_panics_and_cold_boot_starts_fresh():
         with inst.client() as lu:
             raises_errno(errno.ENOENT, lu.retrieve_session, "vm")
         s.close()
+
+
+def dtc_decodes(path: str) -> str:
+    result = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", path], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_debugfs_out_and_in_decode_with_dtc():
+    with booted(["--debugfs"]) as inst:
+        kho_dir = inst.path("sys/kernel/debug/kho")
+        assert sorted(os.listdir(kho_dir)) == ["out"]  # no `in/` on a cold boot
+        assert sorted(os.listdir(f"{kho_dir}/out")) == ["fdt", "scratch_len", "scratch_phys",
+                                                         "sub_fdts"]
+        assert 'compatible = "kho-v1"' in dtc_decodes(f"{kho_dir}/out/fdt")
+        assert 'compatible = "luo-v1"' in dtc_decodes(f"{kho_dir}/out/sub_fdts/LUO")
+        phys = inst.read("sys/kernel/debug/kho/out/scratch_phys").split()
+        lens = inst.read("sys/kernel/debug/kho/out/scratch_len").split()
+        assert len(phys) == len(lens) == 3 and all(x.startswith("0x") for x in phys + lens)
+        with inst.client() as lu:
+            s = lu.create_session("vm")
+            s.preserve_fd(os.memfd_create("m"), 1)
+        inst.kexec()
+        assert sorted(os.listdir(kho_dir)) == ["in", "out"]
+        root = dtc_decodes(f"{kho_dir}/in/fdt")
+        assert "preserved-memory-map" in root and "LUO {" in root
+        assert "luo-session-v2" in dtc_decodes(f"{kho_dir}/in/sub_fdts/LUO")
+        mode = os.stat(f"{kho_dir}/in/fdt").st_mode & 0o777
+        assert mode == 0o400
+        s.close()
+
+
+def test_kho_dump_live_and_from_a_file(tmp_path):
+    import json
+
+    with booted(["--debugfs"]) as inst:
+        with inst.client() as lu:
+            s = lu.create_session("dumped")
+            s.preserve_fd(os.memfd_create("m"), 0x2A)
+        inst.kexec()
+        luofs = [sys.executable, "-m", "luofs", "kho", "dump", "--root", inst.root]
+        received = json.loads(subprocess.run(luofs + ["--in"], check=True, capture_output=True,
+                                             text=True).stdout)
+        luo = received["subtrees"]["LUO"]["luo"]
+        assert luo["liveupdate_number"] == 0
+        assert luo["sessions"] == [{"name": "dumped", "files": [
+            {"compatible": "memfd-v2", "data": luo["sessions"][0]["files"][0]["data"],
+             "token": "0x2a"}]}]
+        assert received["preserved_memory"]
+        dts = subprocess.run(luofs + ["--dts"], check=True, capture_output=True, text=True).stdout
+        assert 'compatible = "kho-v1"' in dts
+        blob = tmp_path / "fdt"
+        blob.write_bytes(open(inst.path("sys/kernel/debug/kho/in/fdt"), "rb").read())
+        offline = json.loads(subprocess.run([sys.executable, "-m", "luofs", "kho", "dump",
+                                             str(blob)], check=True, capture_output=True,
+                                            text=True).stdout)
+        assert offline["compatible"] == "kho-v1" and "LUO" in offline["subtrees"]
+        blob.write_bytes(b"\xd0\x0d\xfe\xed" + b"\0" * 60)
+        bad = subprocess.run([sys.executable, "-m", "luofs", "kho", "dump", str(blob)],
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and "luofs kho" in bad.stderr
+        s.close()
