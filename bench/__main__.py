@@ -2,18 +2,22 @@
 
 Never part of `make test`. The machine is shared and noisy: figures are medians
 with min and max, and ratios are taken against a reference measured in the same run.
+Progress goes to stderr as each figure is measured.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
+import resource
+import sys
 
 from luofs.testing import booted
 
-from . import ioctl_roundtrip
+from . import ioctl_roundtrip, kexec_blackout
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -23,17 +27,39 @@ def machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, {platform.release()}"
 
 
-def main() -> int:
+def progress(row) -> None:
+    print(f"  {row.name}: {row.median} {row.unit}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    args = p.parse_args(argv)
     rows = []
+    print("ioctl round trips …", file=sys.stderr, flush=True)
     with booted() as instance:
         rows += ioctl_roundtrip.run(instance)
+    for row in rows:
+        progress(row)
+    print("kexec blackout against preserved bytes …", file=sys.stderr, flush=True)
+    rows += kexec_blackout.blackout_by_size(progress, rounds=5 if args.quick else 15)
+    # A kernel process holds every preserved file open: fit the shape to its fd limit.
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    print(f"many sessions (fd hard limit {limit}) …", file=sys.stderr, flush=True)
+    rows += kexec_blackout.many_sessions(progress, 10_000, 1)
+    if limit >= 110_000:
+        rows += kexec_blackout.many_sessions(progress, 10_000, 10)
+    else:
+        rows += kexec_blackout.many_sessions(progress, (limit - 1_000) // 10, 10)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"luofs bench — {when} — {machine()}")
     print(table(rows))
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+    out = os.path.join(RESULTS, "latest.json")
+    with open(out, "w") as f:
         json.dump({"date": when, "machine": machine(), "rows": [r.as_dict() for r in rows]},
                   f, indent=2)
+    print(f"written: {out}", file=sys.stderr)
     return 0
 
 

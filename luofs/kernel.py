@@ -131,28 +131,37 @@ class Kernel:
                 log.warning("machine went away; shutting down")
                 cancel.cancel()
                 return
-            op = message.get("op")
-            if op == "status":
-                self._send({"ok": True, "kernel": status(self.fs)})
-            elif op == "kho-dump":
-                self._send(self.kho_dump(message.get("which", "out"), message.get("format")))
-            elif op == "shutdown":
-                self._send({"ok": True})
-                cancel.cancel()
-                return
-            elif op == "reboot":
-                try:
-                    reply, fds = handover.reboot(self.boot)
-                except LuoError as e:
-                    log.warning("live update refused: %s", e)
-                    self._send({"ok": False, "errno": e.errno, "error": str(e)})
-                    continue
-                self._send({"ok": True, **reply}, fds)
-                self.handed_over = True
-                cancel.cancel()
-                return
-            else:
-                self._send({"ok": False, "error": f"unknown op {op!r}"})
+            try:
+                if self.obey(message, cancel):
+                    return
+            except OSError as e:  # a reply that could not be sent must not stop the kernel
+                log.error("control message %r: %s", message.get("op"), e)
+
+    def obey(self, message: dict, cancel: trio.CancelScope) -> bool:
+        """Carry out one command of the machine; True when the kernel is done serving."""
+        op = message.get("op")
+        if op == "status":
+            self._send({"ok": True, "kernel": status(self.fs)})
+        elif op == "kho-dump":
+            self._send(self.kho_dump(message.get("which", "out"), message.get("format")))
+        elif op == "shutdown":
+            self._send({"ok": True})
+            cancel.cancel()
+            return True
+        elif op == "reboot":
+            try:
+                reply, fds = handover.reboot(self.boot)
+            except LuoError as e:
+                log.warning("live update refused: %s", e)
+                self._send({"ok": False, "errno": e.errno, "error": str(e)})
+                return False
+            self._send({"ok": True, **reply}, fds)
+            self.handed_over = True
+            cancel.cancel()
+            return True
+        else:
+            self._send({"ok": False, "error": f"unknown op {op!r}"})
+        return False
 
 
 def main(argv=None) -> int:

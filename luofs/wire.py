@@ -10,7 +10,7 @@ import json
 import os
 import socket
 
-MAX_MESSAGE = 1 << 20
+MAX_DATAGRAM = 32 << 10  # well inside the default socket buffers
 MAX_FDS_PER_MESSAGE = 250  # below the kernel's SCM_MAX_FD (253)
 
 
@@ -31,28 +31,41 @@ def state_dir(root: str) -> str:
 
 
 def send(sock: socket.socket, message: dict, fds=()) -> None:
+    """A small message goes in one datagram; a large one, or one with many fds, is
+    announced by a header datagram saying how many data and fd datagrams follow."""
     data = json.dumps(message).encode()
     fds = list(fds)
-    if len(fds) <= MAX_FDS_PER_MESSAGE:
+    if len(data) <= MAX_DATAGRAM and len(fds) <= MAX_FDS_PER_MESSAGE:
         socket.send_fds(sock, [data], fds)
         return
-    # Many fds: the header says how many follow in fd-only datagrams.
-    chunks = [fds[i:i + MAX_FDS_PER_MESSAGE] for i in range(0, len(fds), MAX_FDS_PER_MESSAGE)]
-    socket.send_fds(sock, [json.dumps({**message, "_fd_chunks": len(chunks)}).encode()], [])
-    for chunk in chunks:
-        socket.send_fds(sock, [b"{}"], chunk)
+    parts = [data[i:i + MAX_DATAGRAM] for i in range(0, len(data), MAX_DATAGRAM)]
+    fd_parts = [fds[i:i + MAX_FDS_PER_MESSAGE] for i in range(0, len(fds), MAX_FDS_PER_MESSAGE)]
+    header = json.dumps({"_parts": len(parts), "_fd_parts": len(fd_parts)}).encode()
+    socket.send_fds(sock, [header], [])
+    for part in parts:
+        sock.sendall(part)
+    for chunk in fd_parts:
+        socket.send_fds(sock, [b"."], chunk)
 
 
 def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
     """(message, fds); (None, []) when the peer has gone."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS_PER_MESSAGE)
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_DATAGRAM, MAX_FDS_PER_MESSAGE)
     if not data:
         return None, list(fds)
     message = json.loads(data)
     fds = list(fds)
-    for _ in range(message.pop("_fd_chunks", 0)):
-        _data, more, _f, _a = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS_PER_MESSAGE)
-        fds.extend(more)
+    if "_parts" in message:
+        blocking = sock.getblocking()
+        sock.setblocking(True)  # the rest is already on its way
+        try:
+            data = b"".join(sock.recv(MAX_DATAGRAM) for _ in range(message["_parts"]))
+            for _ in range(message["_fd_parts"]):
+                _data, more, _f, _a = socket.recv_fds(sock, 16, MAX_FDS_PER_MESSAGE)
+                fds.extend(more)
+        finally:
+            sock.setblocking(blocking)
+        message = json.loads(data)
     return message, fds
 
 

@@ -1,0 +1,120 @@
+"""Live-update blackout (freeze start → next kernel serving) against preserved bytes, and
+for 10,000 sessions × 10 memfds; resident memory of the kernel and machine processes.
+Targets (issue 3): 4 GiB ≤ 1.1× 4 KiB; median ≤ 50 ms at small sizes; 10k × 10 ≤ 500 ms
+with RSS ≤ 150 MB."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from luofs.client import LiveUpdate
+from luofs.testing import booted
+
+from .common import Row, summarize
+
+SIZES = [("4 KiB", 4 << 10), ("64 MiB", 64 << 20), ("1 GiB", 1 << 30), ("4 GiB", 4 << 30)]
+ROUNDS = 15
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _kexec(instance) -> float:
+    from luofs import wire
+
+    reply = wire.request(instance.root, {"op": "kexec"}, timeout=600)
+    if not reply.get("ok"):
+        raise RuntimeError(reply.get("error"))
+    return reply["blackout_ms"]
+
+
+def _carry_forward(instance, tokens: int) -> None:
+    """Retrieve what the last kernel carried and preserve it again for the next round."""
+    with LiveUpdate(instance.root) as lu:
+        old = lu.retrieve_session("bench")
+        fds = [old.retrieve_fd(t) for t in range(tokens)]
+        old.finish()
+        old.close()
+        session = lu.create_session("bench")
+        for t, fd in enumerate(fds):
+            session.preserve_fd(fd, t)
+            os.close(fd)
+    return session
+
+
+def blackout_by_size(progress, rounds: int = ROUNDS) -> list[Row]:
+    """All sizes booted side by side and live-updated in turn, round after round, so
+    the machine's drift and noise fall on every size alike."""
+    from contextlib import ExitStack
+
+    samples: dict[str, list[float]] = {label: [] for label, _ in SIZES}
+    with ExitStack() as stack:
+        instances = {}
+        for label, size in SIZES:
+            instance = stack.enter_context(booted(["--memory", "256M"]))
+            fd = os.memfd_create("bench")
+            os.ftruncate(fd, size)
+            with LiveUpdate(instance.root) as lu:
+                session = lu.create_session("bench")
+                session.preserve_fd(fd, 0)  # populates every page: really `size` bytes
+            os.close(fd)
+            instances[label] = [instance, session]
+        for r in range(rounds):
+            order = list(instances.items())
+            order = order[r % len(order):] + order[: r % len(order)]
+            for label, held in order:
+                samples[label].append(_kexec(held[0]))
+                held[1].close()
+                held[1] = _carry_forward(held[0], 1)
+        for _instance, session in instances.values():
+            session.close()
+    rows, reference = [], None
+    for label, size in SIZES:
+        row = summarize(f"kexec blackout, {label} preserved", samples[label], reference,
+                        unit="ms", target="≤ 50 ms" if size <= 64 << 20 else "≤ 1.1× 4 KiB")
+        reference = reference or row.median
+        rows.append(row)
+        progress(row)
+    return rows
+
+
+def many_sessions(progress, sessions=10_000, files=10) -> list[Row]:
+    """A kernel process holds every preserved file open, so sessions × files must stay
+    below its RLIMIT_NOFILE hard limit (the caller picks the shape to fit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rows = []
+    with booted(["--memory", "1G"]) as instance:
+        held = []
+        with LiveUpdate(instance.root) as lu:
+            for i in range(sessions):
+                s = lu.create_session(f"s{i}")
+                for t in range(files):
+                    fd = os.memfd_create("m")
+                    s.preserve_fd(fd, t)
+                    os.close(fd)
+                held.append(s)
+        status = instance.status()
+        kernel_rss = rss_mb(status["kernel"]["pid"])
+        machine_rss = rss_mb(status["machine"]["pid"])
+        blackout = _kexec(instance)
+        status = instance.status()
+        for s in held:
+            s.close()
+        new_kernel_rss = rss_mb(status["kernel"]["pid"])
+    rows.append(summarize(f"kexec blackout, {sessions} sessions × {files} memfds", [blackout],
+                          unit="ms", target="≤ 500 ms"))
+    rows.append(summarize("RSS of the kernel holding them", [kernel_rss], unit="MB",
+                          target="≤ 150 MB"))
+    rows.append(summarize("RSS of the next kernel after the hand-over", [new_kernel_rss],
+                          unit="MB", target="≤ 150 MB"))
+    rows.append(summarize("RSS of the machine", [machine_rss], unit="MB"))
+    for row in rows:
+        progress(row)
+    return rows
