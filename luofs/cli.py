@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 
@@ -146,6 +147,35 @@ def cmd_kho_dump(args) -> int:
     return 0
 
 
+def shim_path() -> str:
+    """The LD_PRELOAD shim: $LUOFS_SHIM, else the one `make` built in this checkout."""
+    path = os.environ.get("LUOFS_SHIM") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "native", "build", "libluofs-shim.so")
+    if not os.path.exists(path):
+        raise CliError(f"the shim {path} is not built: run `make native` (or set LUOFS_SHIM)")
+    return path
+
+
+def cmd_run(args) -> int:
+    root = _root(args)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise CliError("nothing to run: luofs run --root DIR -- PROG ARGS…")
+    if not os.path.exists(os.path.join(root, "dev", "liveupdate")):
+        raise CliError(f"no luofs kernel serves {root} (luofs boot --root {root})")
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [shim_path(), env.get("LD_PRELOAD")]))
+    env["LUOFS_ROOT"] = root
+    # reboot(LINUX_REBOOT_CMD_KEXEC) in the program runs this very `luofs`.
+    env.setdefault("LUOFS_BIN", os.path.abspath(sys.argv[0]) if os.path.basename(
+        sys.argv[0]) == "luofs" else shutil.which("luofs") or "luofs")
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        raise CliError(f"{argv[0]}: {e.strerror}") from None
+
+
 def cmd_status(args) -> int:
     root = _root(args)
     reply = _machine_answers(root)
@@ -236,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel process; "
         "returns when it serves. On a freeze failure the running kernel keeps serving and "
         "the exit status is the errno")
+    run = add("run", cmd_run, "run an unmodified program with the LD_PRELOAD shim, so its "
+              "open(\"/dev/liveupdate\"), ioctl(), readlink/fstatfs of session fds and "
+              "reboot(LINUX_REBOOT_CMD_KEXEC) reach this emulator")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROG ARGS…")
     khop = sub.add_parser("kho", help="inspect KHO hand-over blobs",
                           description="inspect KHO hand-over blobs")
     kho_sub = khop.add_subparsers(dest="kho_command", required=True, metavar="KHO_COMMAND")
