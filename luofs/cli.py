@@ -48,13 +48,13 @@ def cmd_boot(args) -> int:
     running = _machine_answers(root)
     if running is not None:
         panic = running["machine"].get("panic")
-        if panic and args.cold:
-            _ok(wire.request(root, {"op": "cold-boot"}, timeout=120), "cold boot")
-            print(f"luofs: kernel #0 serves {root}/dev/liveupdate (cold boot; dropped: {panic})")
-            return 0
         if panic:
-            raise CliError(f"{root}: the machine has no kernel ({panic}); "
-                           f"`luofs boot --cold --root {root}` starts fresh")
+            # The kernel died or refused its hand-over: what it held cannot be had back.
+            print(f"luofs: {panic}; starting kernel #0 cold: preserved state is lost",
+                  file=sys.stderr)
+            _ok(wire.request(root, {"op": "cold-boot"}, timeout=120), "cold boot")
+            print(f"luofs: kernel #0 serves {root}/dev/liveupdate")
+            return 0
         raise CliError(f"{root} is busy: a luofs kernel already serves it "
                        f"(luofs shutdown --root {root})")
     entry = mount_entry(root)
@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--debugfs", action="store_true",
                       help="serve KHO's debugfs under sys/kernel/debug/kho/{out,in}")
     boot.add_argument("--cold", action="store_true",
-                      help="after a kernel panic, start kernel #0 fresh (preserved state is lost)")
+                      help="accepted for clarity: after a kernel panic or crash, `boot` always "
+                           "starts kernel #0 fresh and says what was lost")
     boot.add_argument("--memory", type=_size, default=1 << 30,
                       help="emulated physical memory, e.g. 256M or 4G (sparse; default 1G)")
     boot.add_argument("--fault", action="append", default=[], metavar="POINT[:ERRNO]",

@@ -60,6 +60,7 @@ class Kernel:
 
     def receive_boot(self) -> bool:
         """Block until the machine says boot; False after a panic (reported, not served)."""
+        self.faults.on_crash = lambda point: self._send({"event": "crashing", "point": point})
         wire.send(self.sock, {"event": "loaded", "pid": os.getpid()})
         message, fds = wire.recv(self.sock)
         if message is None or message.get("op") != "boot":
@@ -77,6 +78,8 @@ class Kernel:
             log.critical("panic: %s", e)
             wire.send(self.sock, {"event": "panic", "error": str(e)})
             return False
+        if "root_phys" in message:
+            self.faults.check("crash.reload")
         boot = self.boot
         extra = None
         if self.debugfs:
@@ -98,11 +101,12 @@ class Kernel:
         log.info("unmounted %s", self.root)
 
     def _send(self, message: dict, fds=()) -> None:
+        blocking = self.sock.getblocking()
         self.sock.setblocking(True)
         try:
             wire.send(self.sock, message, fds)
         finally:
-            self.sock.setblocking(False)
+            self.sock.setblocking(blocking)
 
     def kho_dump(self, which: str, fmt: str) -> dict:
         if which == "in":
@@ -156,6 +160,7 @@ class Kernel:
                 self._send({"ok": False, "errno": e.errno, "error": str(e)})
                 return False
             self._send({"ok": True, **reply}, fds)
+            self.faults.check("crash.handed-over")
             self.handed_over = True
             cancel.cancel()
             return True

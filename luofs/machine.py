@@ -34,13 +34,21 @@ class KernelError(RuntimeError):
     pass
 
 
+class KernelPanic(KernelError):
+    """The kernel refused the hand-over: retrying with the same data cannot help."""
+
+
+RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-over kept
+
+
 class KernelProcess:
     """One kernel process and the machine's end of its control socket."""
 
-    def __init__(self, root: str, number: int, log_path: str, extra_args=()):
+    def __init__(self, root: str, number: int, log_path: str, extra_args=(), on_crash=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.number = number
+        self.on_crash = on_crash
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "luofs.kernel", "--root", root,
@@ -49,10 +57,20 @@ class KernelProcess:
                 stdout=log_file, stderr=log_file)
         theirs.close()
 
+    def recv(self) -> tuple[dict | None, list[int]]:
+        """The next message that is not a crash notice (those go to on_crash)."""
+        while True:
+            message, fds = wire.recv(self.sock)
+            if message is None or message.get("event") != "crashing":
+                return message, fds
+            log.warning("kernel #%d is crashing at fault point %s", self.number, message["point"])
+            if self.on_crash is not None:
+                self.on_crash(message["point"])
+
     def expect(self, event: str, timeout: float) -> dict:
         self.sock.settimeout(timeout)
         try:
-            message, fds = wire.recv(self.sock)
+            message, fds = self.recv()
         except socket.timeout:
             raise KernelError(f"kernel did not answer within {timeout:.0f} s") from None
         finally:
@@ -60,9 +78,9 @@ class KernelProcess:
         for fd in fds:
             os.close(fd)
         if message is None:
-            raise KernelError("the kernel process exited")
+            raise KernelError(f"kernel #{self.number} died (status {self.proc.wait()})")
         if message.get("event") == "panic":
-            raise KernelError(f"kernel panic: {message['error']}")
+            raise KernelPanic(f"kernel panic: {message['error']}")
         if message.get("event") != event:
             raise KernelError(message.get("error") or f"unexpected message {message}")
         return message
@@ -71,10 +89,10 @@ class KernelProcess:
         self.sock.settimeout(timeout)
         try:
             wire.send(self.sock, message)
-            reply, fds = wire.recv(self.sock)
+            reply, fds = self.recv()
         finally:
             self.sock.settimeout(None)
-        return reply or {"ok": False, "error": "the kernel went away"}, fds
+        return reply or {"ok": False, "gone": True, "error": f"kernel #{self.number} died"}, fds
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -116,8 +134,22 @@ class Machine:
     def kernel_log(self) -> str:
         return os.path.join(self.state, "kernel.log")
 
+    def _disarm(self, point: str) -> None:
+        """A crash fault fires once per instance: later kernels must come up."""
+        args, kept = self.kernel_args, []
+        i = 0
+        while i < len(args):
+            if args[i] == "--fault" and args[i + 1].split(":")[0] == point:
+                i += 2
+                continue
+            kept.append(args[i])
+            i += 1
+        self.kernel_args = kept
+        os.environ["LUOFS_FAULT"] = ",".join(
+            f for f in os.environ.get("LUOFS_FAULT", "").split(",") if f and f.split(":")[0] != point)
+
     def _load(self, number: int) -> KernelProcess:
-        kernel = KernelProcess(self.root, number, self.kernel_log, self.kernel_args)
+        kernel = KernelProcess(self.root, number, self.kernel_log, self.kernel_args, self._disarm)
         try:
             kernel.expect("loaded", KERNEL_START_TIMEOUT)
         except BaseException:
@@ -145,7 +177,7 @@ class Machine:
     def kexec(self) -> dict:
         if self.kernel is None:
             return {"ok": False, "error": f"no kernel is running ({self.panic or 'stopped'}); "
-                                          "`luofs boot --cold` starts a fresh one"}
+                                          "`luofs boot` starts a fresh one"}
         old = self.kernel
         nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
         t_freeze = time.perf_counter()
@@ -154,26 +186,42 @@ class Machine:
             for fd in fds:
                 os.close(fd)
             nxt.kill()
+            if reply.get("gone"):  # it died mid-freeze: nothing was handed over
+                self.kernel_died()
+                return {"ok": False, "error": f"{reply['error']} during the freeze; "
+                                              f"preserved state is lost ({self.panic})"}
             return {"ok": False, "errno": reply.get("errno"), "error": reply.get("error")}
         try:
             old.expect("unmounted", KERNEL_STOP_TIMEOUT)
         except KernelError as e:
-            log.warning("old kernel: %s; detaching its mount", e)
+            log.warning("old kernel after the hand-over: %s; detaching its mount", e)
             detach_mount(self.root)
+        old.kill()
         t_handed = time.perf_counter()
-        self.kernel = nxt
+        self.kernel = None
+        boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"]}
         try:
-            ready = self._start(nxt, {"root_phys": reply["root_phys"],
-                                      "root_size": reply["root_size"]}, fds)
+            # The hand-over is complete: the machine keeps the files until a kernel has
+            # them, so a next kernel that dies while reloading is simply replaced.
+            for attempt in range(RELOAD_RETRIES + 1):
+                try:
+                    ready = self._start(nxt, boot, fds)
+                    break
+                except KernelPanic:
+                    raise
+                except KernelError as e:
+                    if attempt == RELOAD_RETRIES:
+                        raise
+                    log.error("%s while reloading; starting another kernel", e)
+                    nxt = self._load(nxt.number)
         except KernelError as e:
-            self.kernel = None
             self.panic = str(e)
             log.error("kernel #%d did not come up: %s", nxt.number, e)
             return {"ok": False, "error": str(e)}
         finally:
             for fd in fds:
                 os.close(fd)
-            old.kill()
+        self.kernel = nxt
         t_ready = time.perf_counter()
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
@@ -199,7 +247,7 @@ class Machine:
                     with conn:
                         self.handle(conn)
                 elif key.data == "kernel" and watched is self.kernel:
-                    message, fds = wire.recv(self.kernel.sock)
+                    message, fds = self.kernel.recv()
                     for fd in fds:
                         os.close(fd)
                     if message is None:
@@ -210,7 +258,7 @@ class Machine:
 
     def kernel_died(self) -> None:
         code = self.kernel.proc.wait()
-        self.panic = (f"kernel #{self.kernel.number} exited unexpectedly (status {code}); "
+        self.panic = (f"kernel #{self.kernel.number} died (status {code}); "
                       f"see {self.kernel_log}")
         log.error("%s", self.panic)
         self.kernel.sock.close()

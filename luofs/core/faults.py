@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import signal
 
 from .errors import LuoError
 
@@ -18,6 +19,11 @@ POINTS = {
     "memfd.freeze": "the memfd handler's freeze() (the live update is refused)",
     "kho.finalize": "KHO finalize at the end of the freeze (the live update is refused)",
     "handover.corrupt": "the hand-over is damaged in transit (the next kernel panics)",
+    # crash.*: the kernel process is SIGKILLed there, once per instance.
+    "crash.preserve": "the kernel dies inside PRESERVE_FD",
+    "crash.freeze": "the kernel dies while freezing files for a live update",
+    "crash.handed-over": "the old kernel dies after handing over, before unmounting",
+    "crash.reload": "the next kernel dies while reloading the hand-over",
 }
 
 
@@ -43,6 +49,7 @@ def parse(spec: str) -> dict[str, int]:
 class Faults:
     def __init__(self, armed: dict[str, int] | None = None):
         self.armed = dict(armed or {})
+        self.on_crash = None  # called with the point just before a crash.* kills us
 
     @classmethod
     def from_env(cls, extra: str = "") -> "Faults":
@@ -50,8 +57,13 @@ class Faults:
 
     def check(self, point: str) -> None:
         code = self.armed.get(point)
-        if code is not None:
-            raise LuoError(code, f"fault injected at {point}")
+        if code is None:
+            return
+        if point.startswith("crash."):
+            if self.on_crash is not None:
+                self.on_crash(point)
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise LuoError(code, f"fault injected at {point}")
 
     def __contains__(self, point: str) -> bool:
         return point in self.armed

@@ -62,6 +62,7 @@ class MemfdHandler:
 
     def preserve(self, file: OwnedFile) -> int:
         self._faults.check("memfd.preserve")
+        self._faults.check("crash.preserve")
         seals = _seals(file.fd)
         if seals & ~KNOWN_SEALS:
             raise LuoError(errnos.EOPNOTSUPP, f"memfd has unknown seals {seals:#x}")
@@ -84,6 +85,7 @@ class MemfdHandler:
     def freeze(self, file: OwnedFile, data: int) -> int:
         """Record position, size and seals as of now; the record's address is the handle."""
         self._faults.check("memfd.freeze")
+        self._faults.check("crash.freeze")
         if self._kho is None:
             return data
         fd = file.fd
