@@ -1,0 +1,81 @@
+"""luofs/core/handler.py: the handler registry (spec §14, file handler callbacks)."""
+
+from luofs.core import HandlerRegistry
+from luofs.uapi import errnos
+
+from .fakes import FakeFile, FakeHandler, raises_errno
+
+
+def test_register_keeps_registration_order():
+    reg = HandlerRegistry()
+    a, b = FakeHandler("a-v1"), FakeHandler("b-v1")
+    reg.register(a, sessions_exist=False)
+    reg.register(b, sessions_exist=False)
+    assert list(reg) == [a, b]
+
+
+def test_register_duplicate_compatible_is_eexist():
+    reg = HandlerRegistry()
+    reg.register(FakeHandler("x-v1"), sessions_exist=False)
+    with raises_errno(errnos.EEXIST):
+        reg.register(FakeHandler("x-v1"), sessions_exist=False)
+    assert len(list(reg)) == 1
+
+
+def test_register_while_sessions_exist_is_ebusy():
+    reg = HandlerRegistry()
+    with raises_errno(errnos.EBUSY):
+        reg.register(FakeHandler(), sessions_exist=True)
+    assert list(reg) == []
+
+
+def test_unregister_while_sessions_exist_is_ebusy():
+    reg = HandlerRegistry()
+    h = FakeHandler()
+    reg.register(h, sessions_exist=False)
+    with raises_errno(errnos.EBUSY):
+        reg.unregister(h, sessions_exist=True)
+    assert list(reg) == [h]
+
+
+def test_unregister_unknown_handler_is_enoent():
+    reg = HandlerRegistry()
+    reg.register(FakeHandler("a-v1"), sessions_exist=False)
+    with raises_errno(errnos.ENOENT):
+        reg.unregister(FakeHandler("a-v1"), sessions_exist=False)  # same name, other handler
+
+
+def test_unregister_then_register_again():
+    reg = HandlerRegistry()
+    h = FakeHandler()
+    reg.register(h, sessions_exist=False)
+    reg.unregister(h, sessions_exist=False)
+    assert list(reg) == [] and reg.by_compatible(h.compatible) is None
+    reg.register(h, sessions_exist=False)
+    assert list(reg) == [h]
+
+
+def test_compatible_fits_in_char48():
+    reg = HandlerRegistry()
+    reg.register(FakeHandler("c" * 47), sessions_exist=False)
+    with raises_errno(errnos.EINVAL):
+        reg.register(FakeHandler("d" * 48), sessions_exist=False)
+
+
+def test_find_for_returns_the_first_accepting_handler():
+    reg = HandlerRegistry()
+    pipes, mem1, mem2 = FakeHandler("p-v1", accepts="pipe"), FakeHandler("m1"), FakeHandler("m2")
+    for h in (pipes, mem1, mem2):
+        reg.register(h, sessions_exist=False)
+    assert reg.find_for(FakeFile("x", "mem")) is mem1
+    assert reg.find_for(FakeFile("x", "pipe")) is pipes
+    assert reg.find_for(FakeFile("x", "socket")) is None
+    assert mem2.calls() == [("can_preserve", "x")]  # asked only for the socket
+
+
+def test_by_compatible():
+    reg = HandlerRegistry()
+    h = FakeHandler("memfd-v2")
+    reg.register(h, sessions_exist=False)
+    assert reg.by_compatible("memfd-v2") is h
+    assert reg.by_compatible("memfd-v1") is None
