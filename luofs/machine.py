@@ -49,6 +49,8 @@ class KernelProcess:
         self.sock = ours
         self.number = number
         self.on_crash = on_crash
+        self.args = list(extra_args)
+        self.loaded = False
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "luofs.kernel", "--root", root,
@@ -66,6 +68,11 @@ class KernelProcess:
             log.warning("kernel #%d is crashing at fault point %s", self.number, message["point"])
             if self.on_crash is not None:
                 self.on_crash(message["point"])
+
+    def wait_loaded(self, timeout: float) -> None:
+        if not self.loaded:
+            self.expect("loaded", timeout)
+            self.loaded = True
 
     def expect(self, event: str, timeout: float) -> dict:
         self.sock.settimeout(timeout)
@@ -118,6 +125,7 @@ class Machine:
         self.state = state
         self.kernel_args = kernel_args
         self.kernel: KernelProcess | None = None
+        self.standby: KernelProcess | None = None
         self.panic: str | None = None
         self.started = time.time()
         self.running = True
@@ -149,13 +157,28 @@ class Machine:
             f for f in os.environ.get("LUOFS_FAULT", "").split(",") if f and f.split(":")[0] != point)
 
     def _load(self, number: int) -> KernelProcess:
-        kernel = KernelProcess(self.root, number, self.kernel_log, self.kernel_args, self._disarm)
+        """The next kernel, imported and waiting: the standby one if it still fits."""
+        kernel, self.standby = self.standby, None
+        if kernel is None or kernel.args != self.kernel_args or kernel.proc.poll() is not None:
+            if kernel is not None:
+                kernel.kill()
+            kernel = self._spawn()
+        kernel.number = number
         try:
-            kernel.expect("loaded", KERNEL_START_TIMEOUT)
+            kernel.wait_loaded(KERNEL_START_TIMEOUT)
         except BaseException:
             kernel.kill()
             raise
         return kernel
+
+    def _spawn(self) -> KernelProcess:
+        return KernelProcess(self.root, -1, self.kernel_log, self.kernel_args, self._disarm)
+
+    def _prepare_standby(self) -> None:
+        """Start importing the next kernel now (as `kexec -l` loads an image ahead of
+        time), so that `luofs kexec` does not wait for Python to start."""
+        if self.standby is None and self.running:
+            self.standby = self._spawn()
 
     def _start(self, kernel: KernelProcess, boot: dict, fds=()) -> dict:
         wire.send(kernel.sock, {"op": "boot", **boot}, [self.ram, *fds])
@@ -173,6 +196,7 @@ class Machine:
         self.kernel = self._load(0)
         self._start(self.kernel, {})
         self.panic = None
+        self._prepare_standby()
 
     def kexec(self) -> dict:
         if self.kernel is None:
@@ -223,6 +247,7 @@ class Machine:
                 os.close(fd)
         self.kernel = nxt
         t_ready = time.perf_counter()
+        self._prepare_standby()
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
         return {"ok": True, "liveupdate_number": ready["liveupdate_number"],
@@ -310,6 +335,7 @@ class Machine:
                 reply = {"ok": True}
             elif op == "shutdown":
                 self.running = False
+                self._drop_standby()
                 if self.kernel is not None:
                     self.kernel.stop()
                     self.kernel = None
@@ -324,8 +350,14 @@ class Machine:
         except OSError:
             pass
 
+    def _drop_standby(self) -> None:
+        if self.standby is not None:
+            self.standby.kill()
+            self.standby = None
+
     def shutdown(self) -> None:
         self.listener.close()  # from now on `luofs` sees no machine here
+        self._drop_standby()
         if self.kernel is not None:
             self.kernel.stop()
             self.kernel = None
