@@ -44,7 +44,12 @@ test: deps native
 demo: deps native
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo.sh
 
-bench: deps native
+BENCH_STAMP := $(VENV)/.stamp-bench
+$(BENCH_STAMP): $(VENV_STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	@touch $@
+
+bench: deps native $(BENCH_STAMP)
 	$(PY) -m bench
 
 fuzz: deps native

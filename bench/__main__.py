@@ -17,7 +17,7 @@ import sys
 
 from luofs.testing import booted
 
-from . import ioctl_roundtrip, kexec_blackout
+from . import ioctl_roundtrip, kexec_blackout, plot
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -60,6 +60,9 @@ def main(argv=None) -> int:
         json.dump({"date": when, "machine": machine(), "rows": [r.as_dict() for r in rows]},
                   f, indent=2)
     print(f"written: {out}", file=sys.stderr)
+    png = os.path.join(RESULTS, "blackout.png")
+    if plot.blackout_png(rows, png):
+        print(f"written: {png}", file=sys.stderr)
     return 0
 
 
