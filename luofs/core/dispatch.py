@@ -114,9 +114,10 @@ def check(table: CommandTable, req: Request, direction: Direction | None = None)
     if size < command.size:
         raise LuoError(errnos.EINVAL,
                        f"{command.name}: size {size} is below the struct size {command.size}")
-    if req.copy_fault:
-        raise LuoError(errnos.EFAULT, f"{command.name}: the argument struct is not readable")
+    # copy_struct_from_user checks the tail is zeroed before it copies the struct.
     if size > command.size and (req.tail_nonzero or any(req.arg[command.size:])):
         raise LuoError(errnos.E2BIG,
                        f"{command.name}: nonzero bytes past the {command.size}-byte struct")
+    if req.copy_fault:
+        raise LuoError(errnos.EFAULT, f"{command.name}: the argument struct is not readable")
     return command, command.codec.parse(req.arg[: command.size])

@@ -139,8 +139,12 @@ def decode_request(frame: bytes) -> DecodedRequest:
 def _from_hex_name(name: bytes, prefix: bytes) -> bytes:
     if not name.startswith(prefix):
         raise FrameError(f"name {name[:16]!r}… lacks the {prefix!r} prefix")
+    digits = name[len(prefix):]
+    # bytes.fromhex would skip white space: only bare hex digits make a frame.
+    if not digits.isalnum():
+        raise FrameError("request name is not hex")
     try:
-        return bytes.fromhex(name[len(prefix):].decode("ascii"))
+        return bytes.fromhex(digits.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise FrameError("request name is not hex") from None
 

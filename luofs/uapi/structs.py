@@ -72,8 +72,12 @@ class StructCodec:
     def __init__(self, definition: Struct):
         fields = [sc for sc in definition.subcons if sc is not Terminated]
         self.names = tuple(sc.name for sc in fields)
-        self.packer = struct.Struct("<" + "".join(_format(sc) for sc in fields))
+        formats = [_format(sc) for sc in fields]
+        self.packer = struct.Struct("<" + "".join(formats))
         self.size = self.packer.size
+        # struct pads or cuts byte strings silently; construct refuses: so do we.
+        self._byte_fields = tuple((name, int(fmt[:-1])) for name, fmt in zip(self.names, formats)
+                                  if fmt.endswith("s"))
 
     def parse(self, data: bytes) -> SimpleNamespace:
         if len(data) != self.size:
@@ -83,6 +87,10 @@ class StructCodec:
     def build(self, values) -> bytes:
         if isinstance(values, dict):
             values = SimpleNamespace(**values)
+        for name, length in self._byte_fields:
+            if len(getattr(values, name)) != length:
+                raise ValueError(f"field {name} must be {length} bytes, "
+                                 f"got {len(getattr(values, name))}")
         return self.packer.pack(*(getattr(values, name) for name in self.names))
 
 

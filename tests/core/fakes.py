@@ -236,8 +236,8 @@ def struct_bytes(struct, *, size: int | None = None, **fields) -> bytes:
 def make_request(command: str, *, cmd: int | None = None, size: int | None = None,
                  tail: bytes = b"", arg_fault: bool = False, copy_fault: bool = False,
                  tail_nonzero: bool = False, **fields) -> Request:
-    """A request for `command` (a COMMANDS key), carrying the bytes the client would carry for `size`:
-    the struct, then `tail`, then zeros, cut at expected_arg_len(size)."""
+    """A request for `command` (a COMMANDS key), carrying what a client would carry for
+    `size`: the struct, then `tail`, then zeros, cut at expected_arg_len(size)."""
     default_cmd, struct = COMMANDS[command]
     raw = struct_bytes(struct, size=size, **fields) + tail
     raw = raw.ljust(MAX_ARG, b"\0")

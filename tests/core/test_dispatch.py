@@ -261,6 +261,20 @@ def test_copy_fault_is_efault(command, extra):
         dispatch(command, make_request(command, size=SIZE[command] + extra, copy_fault=True))
 
 
+@every_command
+def test_nonzero_tail_read_before_the_fault_is_e2big(command):
+    """copy_struct_from_user checks the tail (E2BIG) before it copies the struct (EFAULT).
+
+    The client read the struct and a nonzero tail byte, then faulted further on: the
+    kernel's check_zeroed_user stops at that byte and returns E2BIG.
+    """
+    size = SIZE[command] + 16
+    full = make_request(command, size=size, tail=b"\x01")
+    req = Request(full.cmd, full.arg[: SIZE[command] + 1], copy_fault=True)
+    with raises_errno(errnos.E2BIG):
+        dispatch(command, req)
+
+
 # ---- success -------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from luofs.core import Direction, Luo, LuoError, Rebooting
+from luofs.core import Direction, Luo, LuoError, Rebooting, session_name
 from luofs.uapi import errnos
 
 from .fakes import (
@@ -23,7 +23,10 @@ from .fakes import (
     retrieve_session,
 )
 
-FULL = FakeCaller(full=True)
+
+def full():
+    """A caller whose fd table is full."""
+    return FakeCaller(full=True)
 
 
 def mem_caller(**identities):
@@ -103,6 +106,18 @@ def test_missing_handler_for_a_carried_file_makes_open_eio():
 # ---- §6 CREATE_SESSION ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("raw,name", [
+    (b"a".ljust(64, b"\0"), b"a"), (b"x" * 63 + b"\0", b"x" * 63), (b"ab\0cd" + bytes(59), b"ab")])
+def test_session_name_is_the_bytes_before_the_nul(raw, name):
+    assert session_name(raw) == name
+
+
+@pytest.mark.parametrize("raw", [bytes(64), b"\0" + b"x" * 63, b"x" * 64])
+def test_session_name_rejects_empty_or_unterminated(raw):
+    with raises_errno(errnos.EINVAL):
+        session_name(raw)
+
+
 def test_create_makes_an_open_outgoing_session():
     luo = first_boot(FakeHandler())
     session = create(luo, b"s")
@@ -168,54 +183,54 @@ def test_create_has_no_session_cap():
 def test_create_with_full_fd_table_is_emfile():
     luo = first_boot(FakeHandler())
     with raises_errno(errnos.EMFILE):
-        create(luo, b"s", FULL)
+        create(luo, b"s", full())
     assert luo.sessions == []
 
 
 def test_emfile_beats_a_bad_name():
     luo = first_boot(FakeHandler())
     with raises_errno(errnos.EMFILE):
-        create(luo, b"", FULL)
+        create(luo, b"", full())
     with raises_errno(errnos.EMFILE):
-        create(luo, b"x" * 64, FULL)
+        create(luo, b"x" * 64, full())
 
 
 def test_emfile_beats_a_duplicate_name():
     luo = first_boot(FakeHandler())
     create(luo, b"s")
     with raises_errno(errnos.EMFILE):
-        create(luo, b"s", FULL)
+        create(luo, b"s", full())
 
 
 def test_emfile_beats_an_unknown_session_name():
     luo = first_boot(FakeHandler())
     with raises_errno(errnos.EMFILE):
-        retrieve_session(luo, b"nope", FULL)
+        retrieve_session(luo, b"nope", full())
 
 
 def test_emfile_beats_an_already_retrieved_session():
     luo, _ = incoming({b"in": {}})
     retrieve_session(luo, b"in")
     with raises_errno(errnos.EMFILE):
-        retrieve_session(luo, b"in", FULL)
+        retrieve_session(luo, b"in", full())
 
 
 def test_emfile_beats_an_unknown_token():
     luo, _ = incoming({b"in": {}})
     session = retrieve_session(luo, b"in")
     with raises_errno(errnos.EMFILE):
-        retrieve_fd(luo, session, 99, FULL)
+        retrieve_fd(luo, session, 99, full())
 
 
 def test_dispatch_errors_beat_emfile():
     luo = first_boot(FakeHandler())
     with raises_errno(errnos.EINVAL):
-        luo.device_ioctl(make_request("CREATE_SESSION", name=b"s", size=8), FULL)
+        luo.device_ioctl(make_request("CREATE_SESSION", name=b"s", size=8), full())
     with raises_errno(errnos.E2BIG):
-        luo.device_ioctl(make_request("RETRIEVE_SESSION", name=b"s", size=73, tail=b"\1"), FULL)
+        luo.device_ioctl(make_request("RETRIEVE_SESSION", name=b"s", size=73, tail=b"\1"), full())
     session = create(luo, b"s")
     with raises_errno(errnos.EINVAL):  # RETRIEVE_FD on an outgoing session
-        retrieve_fd(luo, session, 1, FULL)
+        retrieve_fd(luo, session, 1, full())
 
 
 def test_commands_that_return_no_fd_ignore_a_full_fd_table():

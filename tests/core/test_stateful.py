@@ -78,7 +78,7 @@ class LuoMachine(RuleBasedStateMachine):
             self.create_session(name, junk=False)
         for i, fd_pick, token in files:
             if self.handles:
-                self.preserve_fd(i, fd_pick, token)
+                self.preserve_fd(i, fd_pick, token, known=True)
         if reboot_now and any(s["files"] for s in self._outgoing()):
             self.kexec(fail_retrieves, open_device)
 
@@ -144,7 +144,7 @@ class LuoMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.handles)
     @rule(i=pick, fd_pick=pick, token=st.sampled_from(TOKENS), known=st.booleans())
-    def preserve_fd(self, i, fd_pick, token, known=True):
+    def preserve_fd(self, i, fd_pick, token, known):
         session, model = self._handle(i, "out" if known else None)
         fds = sorted(self.fds) + [BAD_FD]
         fd = fds[fd_pick % len(fds)]
@@ -190,7 +190,7 @@ class LuoMachine(RuleBasedStateMachine):
         req = make_request("RETRIEVE_FD", token=token)
         ok = self._run(expected,
                        lambda r: out.append(self.luo.session_ioctl(session, r, self.caller)), req)
-        if f is not None and f["failed"] is not None:
+        if model["dir"] == "in" and f is not None and f["failed"] is not None:
             self.handler.fail_retrieve.pop(f["data"], None)
         if ok:
             file = out[0].file

@@ -7,7 +7,6 @@ The construct definitions (frames.Request, frames.Reply) are the reference; the
 import pytest
 from hypothesis import example, given, strategies as st
 
-from luofs.uapi import frames
 from luofs.uapi.frames import (
     CREATE_PREFIX,
     MAX_ARG,
