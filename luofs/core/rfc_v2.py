@@ -1,0 +1,329 @@
+"""RFC v2 (May 2025) /dev/liveupdate rules: the checks before a command acts, the
+kernel-token file table, and the device that ties them to the state machine.
+
+The ABI (numbers, structs, state values) is in luofs/uapi/rfc_v2.py; its module
+docstring has the errno order of every command.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from construct import Struct
+
+from ..uapi import errnos, structs
+from ..uapi.ioctl import ioc_nr, ioc_type
+from ..uapi.rfc_v2 import (LIVEUPDATE_IOCTL_EVENT_CANCEL, LIVEUPDATE_IOCTL_EVENT_FINISH,
+                           LIVEUPDATE_IOCTL_EVENT_FREEZE, LIVEUPDATE_IOCTL_EVENT_PREPARE,
+                           LIVEUPDATE_IOCTL_FD_PRESERVE, LIVEUPDATE_IOCTL_FD_RESTORE,
+                           LIVEUPDATE_IOCTL_FD_UNPRESERVE, LIVEUPDATE_IOCTL_GET_STATE,
+                           LIVEUPDATE_IOCTL_SELFTESTS, SELFTEST_MAX_SUBSYSTEMS,
+                           SELFTEST_NAME_LENGTH, LiveupdateFd, LiveupdateState, Selftest,
+                           SelftestArg, SelftestCmd, StateArg, Token, arg_in_len, arg_out_len,
+                           ioc_dir, ioc_size)
+from .errors import LuoError
+from .state import Event, State, StateMachine
+
+if TYPE_CHECKING:
+    from .caller import Caller
+    from .handler import FileHandler, HandlerRegistry
+
+
+def state_value(state: State) -> LiveupdateState:
+    return LiveupdateState[state.name]
+
+
+def state_reply(state: State) -> bytes:
+    """GET_STATE's 4 bytes for a core state."""
+    return structs.codec(StateArg).build({"state": state_value(state)})
+
+
+# ---- dispatch (pure) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class V2Command:
+    name: str
+    cmd: int  # the only accepted encoding
+    struct: Struct | None  # the argument, None for _IO
+    op: str  # the RfcV2Device method that runs it
+    reads_arg: bool  # the kernel copies the argument in before acting
+    fd_out_offset: int | None = None  # where a new fd's number goes in the reply
+
+    def __post_init__(self):
+        size = 0 if self.struct is None else structs.struct_size(self.struct)
+        if size != ioc_size(self.cmd):
+            raise ValueError(
+                f"{self.name}: struct is {size} bytes, number encodes {ioc_size(self.cmd)}")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "codec",
+                           None if self.struct is None else structs.codec(self.struct))
+
+    @property
+    def nr(self) -> int:
+        return ioc_nr(self.cmd)
+
+
+COMMANDS: tuple[V2Command, ...] = (
+    V2Command("FD_PRESERVE", LIVEUPDATE_IOCTL_FD_PRESERVE, LiveupdateFd, "fd_preserve", True),
+    V2Command("FD_UNPRESERVE", LIVEUPDATE_IOCTL_FD_UNPRESERVE, Token, "fd_unpreserve", True),
+    V2Command("FD_RESTORE", LIVEUPDATE_IOCTL_FD_RESTORE, LiveupdateFd, "fd_restore", True,
+              fd_out_offset=0),
+    V2Command("GET_STATE", LIVEUPDATE_IOCTL_GET_STATE, StateArg, "get_state", False),
+    V2Command("EVENT_PREPARE", LIVEUPDATE_IOCTL_EVENT_PREPARE, None, "event", False),
+    V2Command("EVENT_FREEZE", LIVEUPDATE_IOCTL_EVENT_FREEZE, None, "event", False),
+    V2Command("EVENT_CANCEL", LIVEUPDATE_IOCTL_EVENT_CANCEL, None, "event", False),
+    V2Command("EVENT_FINISH", LIVEUPDATE_IOCTL_EVENT_FINISH, None, "event", False),
+    V2Command("SELFTESTS", LIVEUPDATE_IOCTL_SELFTESTS, Selftest, "selftests", False),
+)
+BY_CMD = {c.cmd: c for c in COMMANDS}
+EVENTS = {
+    LIVEUPDATE_IOCTL_EVENT_PREPARE: Event.PREPARE,
+    LIVEUPDATE_IOCTL_EVENT_FREEZE: Event.FREEZE,
+    LIVEUPDATE_IOCTL_EVENT_CANCEL: Event.CANCEL,
+    LIVEUPDATE_IOCTL_EVENT_FINISH: Event.FINISH,
+}
+
+
+def rfc_v2_check(cmd: int, arg: bytes | None = b"") -> tuple[V2Command, SimpleNamespace | None]:
+    """The checks before a command acts, in the kernel's order: (command, parsed arg).
+
+    `arg` is what could be read at the argument pointer (None: nothing). Bytes past
+    the encoded size are never looked at. Commands that read nothing parse to None.
+    """
+    command = BY_CMD.get(cmd)  # another type byte, nr or encoding: the kernel's ENOTTY either way
+    if command is None:
+        raise LuoError(errnos.ENOTTY, f"request {cmd:#x} (type {ioc_type(cmd):#x}, nr "
+                                      f"{ioc_nr(cmd):#x}) is not an RFC v2 command")
+    if command.op == "selftests":
+        raise LuoError(errnos.EOPNOTSUPP, "SELFTESTS needs CONFIG_LIVEUPDATE_SELFTESTS")
+    if not command.reads_arg:
+        return command, None
+    if arg is None or len(arg) < command.size:
+        raise LuoError(errnos.EFAULT,
+                       f"{command.name}: the {command.size}-byte argument is not readable")
+    parsed = command.codec.parse(bytes(arg[:command.size]))
+    if getattr(parsed, "flags", 0) != 0:
+        raise LuoError(errnos.EINVAL, f"{command.name}: flags {parsed.flags:#x} must be 0")
+    return command, parsed
+
+
+def check_open(flags: int, *, privileged: bool) -> None:
+    """open("/dev/liveupdate"): CAP_SYS_ADMIN (EACCES), then no O_EXCL (EINVAL)."""
+    if not privileged:
+        raise LuoError(errnos.EACCES, "/dev/liveupdate needs CAP_SYS_ADMIN")
+    if flags & os.O_EXCL:
+        raise LuoError(errnos.EINVAL, "/dev/liveupdate cannot be opened with O_EXCL")
+
+
+# ---- the file table -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class V2File:
+    """One preserved file (`struct luo_file`)."""
+
+    token: int
+    handler: FileHandler
+    file: Any = None  # outgoing: LUO's reference; incoming: set by FD_RESTORE
+    data: int = 0  # the handler's u64
+    prepared: bool = False  # outgoing: preserve() ran (PREPARE)
+    frozen: bool = False  # outgoing: freeze() ran
+    reclaimed: bool = False  # incoming: FD_RESTORE was tried (set before retrieve, as the RFC does)
+
+
+_PRESERVE_STATES = frozenset({State.NORMAL, State.UPDATED})
+_RESTORE_STATES = frozenset({State.UPDATED})
+
+
+class RfcV2Files:
+    """The RFC v2 file table; also the state machine's "files" participant (before subsystems)."""
+
+    name = "files"
+
+    def __init__(self, handlers: HandlerRegistry, state: Callable[[], State], *,
+                 incoming: Iterable[tuple[int, str, int]] = ()):
+        """`incoming`: (token, compatible, data) of each file the previous kernel handed
+        over, in its order. An unknown compatible or a repeated token raises
+        LuoError(EIO); the RFC kernel panics on both, so the boot path should too."""
+        self._handlers = handlers
+        self._state = state
+        self._next_token = 0
+        self.outgoing: dict[int, V2File] = {}
+        self.incoming: dict[int, V2File] = {}
+        for token, compatible, data in incoming:
+            handler = handlers.by_compatible(compatible)
+            if handler is None:
+                raise LuoError(errnos.EIO, f"token {token:#x}: no handler for {compatible!r}")
+            if token in self.incoming:
+                raise LuoError(errnos.EIO, f"token {token:#x} is handed over twice")
+            self.incoming[token] = V2File(token, handler, data=data)
+
+    def _require(self, allowed: frozenset[State], what: str) -> None:
+        state = self._state()
+        if state not in allowed:
+            raise LuoError(errnos.EBUSY, f"{what} is not allowed in state {state}")
+
+    # ---- the ioctls ---------------------------------------------------------------------
+
+    def preserve(self, caller: Caller, fd: int) -> int:
+        """FD_PRESERVE: returns the new token. LUO keeps its own reference to the file."""
+        file = caller.take_file(fd)
+        try:
+            self._require(_PRESERVE_STATES, "FD_PRESERVE")
+            handler = self._handlers.find_for(file)
+            if handler is None:
+                raise LuoError(errnos.ENOENT, f"no file handler accepts fd {fd}")
+        except BaseException:
+            file.close()
+            raise
+        token = self._next_token
+        self._next_token += 1
+        self.outgoing[token] = V2File(token, handler, file)
+        return token
+
+    def unpreserve(self, token: int) -> None:
+        """FD_UNPRESERVE: forget an outgoing file (never prepared in NORMAL/UPDATED)."""
+        self._require(_PRESERVE_STATES, "FD_UNPRESERVE")
+        entry = self.outgoing.pop(token, None)
+        if entry is None:
+            raise LuoError(errnos.ENOENT, f"no preserved file has token {token:#x}")
+        entry.file.close()
+
+    def restore(self, caller: Caller, token: int) -> Any:
+        """FD_RESTORE: the handed-over file for `token`, once; the caller installs an fd."""
+        caller.reserve_fd()
+        self._require(_RESTORE_STATES, "FD_RESTORE")
+        entry = self.incoming.get(token)
+        if entry is None:
+            raise LuoError(errnos.ENOENT, f"no handed-over file has token {token:#x}")
+        if entry.reclaimed:
+            raise LuoError(errnos.EINVAL, f"token {token:#x} was restored before")
+        entry.reclaimed = True
+        entry.file = entry.handler.retrieve(entry.data)
+        return entry.file
+
+    # ---- the participant ----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        done: list[V2File] = []
+        try:
+            for entry in self.outgoing.values():
+                entry.data = entry.handler.preserve(entry.file)
+                entry.prepared = True
+                done.append(entry)
+        except BaseException:
+            for entry in reversed(done):  # the state machine cancels only fully prepared ones
+                self._unprepare(entry)
+            raise
+
+    def freeze(self) -> None:
+        done: list[V2File] = []
+        try:
+            for entry in self.outgoing.values():
+                entry.data = entry.handler.freeze(entry.file, entry.data)
+                entry.frozen = True
+                done.append(entry)
+        except BaseException:
+            for entry in reversed(done):
+                entry.handler.unfreeze(entry.file, entry.data)
+                entry.frozen = False
+            raise  # the state machine's cancel unpreserves everything next
+
+    def cancel(self) -> None:
+        self._each(reversed(list(self.outgoing.values())), self._unprepare)
+
+    def finish(self) -> None:
+        entries, self.incoming = list(self.incoming.values()), {}
+
+        def finish_one(entry: V2File) -> None:
+            try:
+                entry.handler.finish(entry.file, entry.data, entry.file is not None)
+            finally:
+                if entry.file is not None:
+                    entry.file.close()  # LUO's reference; the restored fd stays valid
+                    entry.file = None
+
+        self._each(entries, finish_one)
+
+    def _unprepare(self, entry: V2File) -> None:
+        if entry.frozen:
+            entry.frozen = False
+            entry.handler.unfreeze(entry.file, entry.data)
+        if entry.prepared:
+            entry.prepared = False
+            entry.handler.unpreserve(entry.file, entry.data)
+        entry.data = 0
+
+    @staticmethod
+    def _each(entries: Iterable[V2File], op: Callable[[V2File], None]) -> None:
+        """Run `op` on every entry even if some fail; then raise the first failure."""
+        first: BaseException | None = None
+        for entry in entries:
+            try:
+                op(entry)
+            except Exception as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    def carried(self) -> list:
+        """After FREEZE: the outgoing files for the hand-over, in token order."""
+        from ..core.luo import CarriedFile  # late: luofs.core.luo may import this module
+
+        return [CarriedFile(e.token, e.handler.compatible, e.data, e.file)
+                for e in self.outgoing.values()]
+
+
+# ---- the device ---------------------------------------------------------------------------
+
+
+@dataclass
+class V2Outcome:
+    """What an ioctl produced: reply bytes and maybe a file to install as a new fd.
+
+    Shaped like luofs.core.luo.Outcome, so the FUSE layer can treat both alike.
+    """
+
+    command: V2Command
+    copy_back: bytes = b""
+    file: Any = None
+    session: None = None  # RFC v2 has no sessions
+
+
+class RfcV2Device:
+    """/dev/liveupdate under the RFC v2 ABI: dispatch, file table and state machine together."""
+
+    def __init__(self, machine: StateMachine, files: RfcV2Files):
+        self.machine = machine
+        self.files = files
+
+    @staticmethod
+    def open(flags: int, *, privileged: bool) -> None:
+        check_open(flags, privileged=privileged)
+
+    def ioctl(self, cmd: int, arg: bytes | None, caller: Caller) -> V2Outcome:
+        command, parsed = rfc_v2_check(cmd, arg)
+        out = V2Outcome(command)
+        if command.op == "fd_preserve":
+            parsed.token = self.files.preserve(caller, parsed.fd)
+            out.copy_back = command.codec.build(parsed)
+        elif command.op == "fd_unpreserve":
+            self.files.unpreserve(parsed.token)
+        elif command.op == "fd_restore":
+            out.file = self.files.restore(caller, parsed.token)
+            out.copy_back = command.codec.build(parsed)  # the fd goes at fd_out_offset
+        elif command.op == "get_state":
+            out.copy_back = state_reply(self.machine.state)
+        else:
+            self.machine.handle(EVENTS[cmd])
+        return out
+
+
+__all__ = [
+    "state_value", "state_reply", "V2Command", "COMMANDS", "BY_CMD", "EVENTS",
+    "rfc_v2_check", "check_open", "V2File", "RfcV2Files", "V2Outcome", "RfcV2Device",
+]
