@@ -147,7 +147,9 @@ def check_compatible(node, expected: str, what: str) -> None:
 # -- writing ---------------------------------------------------------------------------
 
 def new_tree(compatible: str) -> fdt.FDT:
-    tree = fdt.FDT()
+    # fdt.FDT's `entries` defaults to one list shared by every tree, which parse_dtb
+    # fills with the memory reservations of any blob it reads: always pass our own.
+    tree = fdt.FDT(entries=[])
     tree.root = fdt.Node("/")
     tree.root.append(fdt.PropStrings("compatible", compatible))
     return tree

@@ -131,3 +131,13 @@ def test_tree_without_a_root_node():
     empty = BLOB[:start] + struct.pack(">I", 9) + BLOB[start + 4:]
     with pytest.raises(KhoFormatError, match="x: FDT has no root node"):
         parse_fdt(empty, "x")
+
+
+def test_reservations_of_a_parsed_blob_never_leak_into_new_trees():
+    """fdt.FDT shares one default `entries` list between trees; parse_dtb fills it."""
+    tree = fdt.FDT(entries=[{"address": 0x1000, "size": 0x2000}])
+    tree.root = fdt.Node("/")
+    parse_fdt(tree.to_dtb(version=17), "with a reservation")  # pollutes the shared default
+    blob = to_blob(new_tree("kho-v1"))
+    off_dt_struct, off_mem_rsvmap = struct.unpack_from(">II", blob, 8)
+    assert off_dt_struct - off_mem_rsvmap == 16  # only the terminating empty reservation
