@@ -139,5 +139,6 @@ def test_reservations_of_a_parsed_blob_never_leak_into_new_trees():
     tree.root = fdt.Node("/")
     parse_fdt(tree.to_dtb(version=17), "with a reservation")  # pollutes the shared default
     blob = to_blob(new_tree("kho-v1"))
-    off_dt_struct, off_mem_rsvmap = struct.unpack_from(">II", blob, 8)
+    (off_dt_struct,) = struct.unpack_from(">I", blob, 8)
+    (off_mem_rsvmap,) = struct.unpack_from(">I", blob, 16)
     assert off_dt_struct - off_mem_rsvmap == 16  # only the terminating empty reservation
