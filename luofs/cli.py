@@ -18,7 +18,13 @@ from . import wire
 from .core import faults
 from .mounts import detach_mount, is_stale, mount_entry
 
-EXIT_USAGE = 2
+EXIT_USAGE = 64  # sysexits EX_USAGE: `luofs kexec` exits with errnos, 2 would be ENOENT
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 class CliError(Exception):
@@ -66,7 +72,8 @@ def cmd_boot(args) -> int:
     if os.listdir(root):
         raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
     state = wire.state_dir(root)
-    kernel_args = ["--cmdline", args.cmdline] + (["--debugfs"] if args.debugfs else [])
+    kernel_args = (["--cmdline", args.cmdline, "--abi", args.abi]
+                   + (["--debugfs"] if args.debugfs else []))
     for fault in args.fault:
         try:
             faults.parse(fault)
@@ -194,8 +201,15 @@ def cmd_status(args) -> int:
     if k is None:
         print(f"kernel:          none — {m['panic']}")
         return 0
-    print(f"kernel:          pid {k['pid']}, liveupdate number {k['liveupdate_number']}")
-    print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
+    print(f"kernel:          pid {k['pid']}, {k['abi']}, liveupdate number "
+          f"{k['liveupdate_number']}, state {k['state']}")
+    if k["device_open"] is not None:
+        print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
+    for name, data in k.get("subsystems", {}).items():
+        print(f"subsystem:       {name} data {data:#x}")
+    if "files" in k:
+        print(f"files:           outgoing tokens {k['files']['outgoing']}, "
+              f"incoming {k['files']['incoming']}")
     print(f"sessions:        {len(k['sessions'])}")
     for s in k["sessions"]:
         extra = " (retrieved)" if s["retrieved"] else ""
@@ -238,10 +252,11 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="luofs", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
 
     def add(name, func, help_text):
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -252,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
                "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
     boot.add_argument("--log-level", help="kernel log level (DEBUG shows why requests fail)")
+    boot.add_argument("--abi", choices=["mainline", "rfc-v1", "rfc-v2"], default="mainline",
+                      help="which LUO to emulate: mainline (sessions, the default); rfc-v1 "
+                           "(sysfs state/prepare/finish, no device); rfc-v2 (ioctl events "
+                           "and kernel-generated tokens)")
     boot.add_argument("--debugfs", action="store_true",
                       help="serve KHO's debugfs under sys/kernel/debug/kho/{out,in}")
     boot.add_argument("--cold", action="store_true",

@@ -16,11 +16,15 @@ from kho import (LUO_SUBTREE, Handover, IncomingHandover, KhoFormatError, LuoIma
                  PhysicalMemory, read_luo, write_luo)
 from kho.memory import pages_for
 
-from .core import HandlerRegistry, Luo, LuoError
+from .core import CarriedSession, HandlerRegistry, Luo, LuoError
 from .core.faults import NONE, Faults
+from .core.rfc_v2 import RfcV2Device, RfcV2Files
 from .core.serialize import incoming_sessions, luo_image
+from .core.state import Event, StateMachine
+from .core.subsystems import SubsystemRegistry
 from .fdutil import OwnedFile
 from .handlers import MemfdHandler
+from .subsystems import MmSubsystem
 from .uapi import errnos
 
 log = logging.getLogger("luofs.handover")
@@ -109,82 +113,140 @@ class KhoOut:
         return self.memory.read(phys, n)
 
 
+PROFILES = ("mainline", "rfc-v1", "rfc-v2")
+V2_SESSION = b"rfc-v2"  # RFC v2 has no sessions: its files travel as one in LUO's image
+
+
 @dataclass
 class Boot:
-    """Everything a kernel process starts from: a cold boot or a hand-over."""
+    """Everything a kernel process runs on: its memory, KHO, and the LUO of its profile.
 
-    luo: Luo
+    mainline: `luo` (sessions; its implicit state machine is `machine`).
+    rfc-v1: the state machine and subsystems, driven through sysfs; no device.
+    rfc-v2: the state machine, subsystems and `v2` (the device and its file table).
+    """
+
+    profile: str
     memory: PhysicalMemory
     handover: Handover
     kho: KhoOut
+    machine: StateMachine
+    liveupdate_number: int
     faults: Faults = NONE
+    luo: Luo | None = None
+    v2: RfcV2Device | None = None
+    subsystems: SubsystemRegistry | None = None
+    mm: MmSubsystem | None = None
     incoming: IncomingHandover | None = None
     incoming_image: LuoImage | None = None
 
 
-def _publish_luo(handover: Handover, memory: PhysicalMemory, image: LuoImage) -> None:
-    """(Re)register LUO's subtree; at boot it holds no sessions, as mainline's does."""
+def _publish_luo(handover: Handover, memory: PhysicalMemory, image: LuoImage | None) -> None:
+    """(Re)register LUO's subtree, or drop it (`None`: nothing to hand over)."""
     if LUO_SUBTREE in handover.subtrees:
         handover.remove_subtree(LUO_SUBTREE)
-    handover.add_subtree(LUO_SUBTREE, write_luo(memory, handover.preserved, image))
+    if image is not None:
+        handover.add_subtree(LUO_SUBTREE, write_luo(memory, handover.preserved, image))
 
 
-def cold_boot(ram_fd: int, faults: Faults = NONE) -> Boot:
-    memory = PhysicalMemory.adopt(ram_fd)
+def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
+              image: LuoImage | None = None, handed: dict | None = None,
+              incoming: IncomingHandover | None = None) -> Boot:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown ABI {profile!r}; known: {', '.join(PROFILES)}")
+    handed = dict(handed or {})
     handover = Handover(memory)
     kho = KhoOut(memory, handover)
     handlers = HandlerRegistry()
-    handlers.register(MemfdHandler(kho, faults=faults), sessions_exist=False)
-    luo = Luo(handlers, liveupdate_number=0)
-    _publish_luo(handover, memory, luo_image(0, []))
-    return Boot(luo, memory, handover, kho, faults)
+    handlers.register(MemfdHandler(kho, handed.pop(MemfdHandler.compatible, {}), faults),
+                      sessions_exist=False)
+    for compatible, stray in handed.items():  # no handler: they fail at first open (EIO)
+        log.warning("handed-over %s files have no handler here", compatible)
+        for f in stray.values():
+            f.close()
+    if profile == "mainline":
+        luo = Luo(handlers, liveupdate_number=number,
+                  load_incoming=(lambda: incoming_sessions(image, handlers)) if image else None,
+                  updated=bool(image and image.sessions), faults=faults)
+        # Mainline registers LUO's subtree at boot, with the number and no sessions yet.
+        _publish_luo(handover, memory, luo_image(number, []))
+        return Boot(profile, memory, handover, kho, luo.state, number, faults, luo=luo,
+                    incoming=incoming, incoming_image=image)
+    def participants() -> list:  # read at each event: later registrations count
+        return ([v2.files] if v2 else []) + registry.participants()
+
+    machine = StateMachine(profile, participants, updated=image is not None, faults=faults)
+    registry = SubsystemRegistry(lambda: machine.state,
+                                 incoming=image.subsystems if image else None, faults=faults)
+    v2 = None
+    if profile == "rfc-v2":
+        carried = [(f.token, f.compatible, f.data)
+                   for s in (image.sessions if image else []) for f in s.files]
+        try:
+            files = RfcV2Files(handlers, lambda: machine.state, incoming=carried)
+        except LuoError as e:
+            raise Panic(f"RFC v2 files: {e.reason}") from None
+        v2 = RfcV2Device(machine, files)
+    mm = MmSubsystem(memory, handover.preserved, number)
+    mm.register(registry)
+    return Boot(profile, memory, handover, kho, machine, number, faults, v2=v2,
+                subsystems=registry, mm=mm, incoming=incoming, incoming_image=image)
+
+
+def cold_boot(ram_fd: int, faults: Faults = NONE, profile: str = "mainline") -> Boot:
+    return _assemble(profile, PhysicalMemory.adopt(ram_fd), faults, 0)
 
 
 def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
-                  faults: Faults = NONE) -> Boot:
-    """Rebuild from the previous kernel's hand-over; Panic if it cannot be trusted."""
+                  faults: Faults = NONE, profile: str = "mainline", number: int = 1) -> Boot:
+    """Rebuild from the previous kernel's hand-over; Panic if it cannot be trusted.
+
+    Under the RFC profiles a hand-over without LUO's subtree is a plain kexec (the
+    previous kernel was not PREPARED): the new kernel starts in NORMAL, and its
+    number is the machine's count (`number`), there being no LUO data to count.
+    """
     memory = PhysicalMemory.adopt(ram_fd)
     files = [OwnedFile(fd) for fd in fds]
     try:
         try:
             incoming = IncomingHandover.load(memory, root_phys, root_size)
             blob = incoming.subtrees.get(LUO_SUBTREE)
-            if blob is None:
-                raise Panic("KHO handover has no LUO subtree")
-            image = read_luo(memory, blob)
+            image = read_luo(memory, blob) if blob is not None else None
         except KhoFormatError as e:
             raise Panic(str(e)) from None
-        count = sum(len(s.files) for s in image.sessions)
+        if image is None and profile == "mainline":
+            raise Panic("KHO handover has no LUO subtree")
+        count = sum(len(s.files) for s in image.sessions) if image else 0
         if count != len(files):
             raise Panic(f"LUO image lists {count} files but {len(files)} were handed over")
         handed: dict[str, dict[int, OwnedFile]] = {}
         it = iter(files)
-        for s in image.sessions:
+        for s in image.sessions if image else []:
             for f in s.files:
                 by_data = handed.setdefault(f.compatible, {})
                 if f.data in by_data:
                     raise Panic(f"LUO image: two {f.compatible} files share handle {f.data:#x}")
                 by_data[f.data] = next(it)
+        number = image.liveupdate_number + 1 if image else number
+        boot = _assemble(profile, memory, faults, number, image, handed, incoming)
     except Panic:
         for f in files:
             f.close()
         raise
-    handover = Handover(memory)
-    kho = KhoOut(memory, handover)
-    handlers = HandlerRegistry()
-    handlers.register(MemfdHandler(kho, handed.pop(MemfdHandler.compatible, {}), faults),
-                      sessions_exist=False)
-    number = image.liveupdate_number + 1
-    luo = Luo(handlers, liveupdate_number=number,
-              load_incoming=lambda: incoming_sessions(image, handlers))
-    for compatible, stray in handed.items():  # no handler: they fail at first open (EIO)
-        log.warning("handed-over %s files have no handler here", compatible)
-        for f in stray.values():
-            f.close()
-    _publish_luo(handover, memory, luo_image(number, []))
-    log.info("liveupdate number %d: %d incoming session(s), %d file(s)",
-             number, len(image.sessions), count)
-    return Boot(luo, memory, handover, kho, faults, incoming, image)
+    log.info("liveupdate number %d: %d incoming session(s), %d file(s)", number,
+             len(image.sessions) if image else 0, count)
+    return boot
+
+
+def undo_reboot(boot: Boot) -> None:
+    """The machine never got the hand-over: thaw everything and serve on, as after a
+    refused freeze (a kernel must not stay frozen with nobody to take over)."""
+    if boot.handover.finalized:
+        boot.handover.abort()
+    if boot.luo is not None:
+        boot.luo.cancel_reboot()
+    elif boot.machine.allowed(Event.CANCEL):
+        boot.machine.cancel()
 
 
 def reboot(boot: Boot) -> tuple[dict, list[int]]:
@@ -192,24 +254,36 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
 
     On failure the old kernel keeps running with everything as it was (LuoError).
     """
-    luo = boot.luo
-    carried = luo.reboot()
+    number = boot.liveupdate_number
+    if boot.luo is not None:
+        carried = boot.luo.reboot()
+        undo = boot.luo.cancel_reboot
+        subsystems = {}
+    elif boot.machine.reboot():  # RFC: PREPARED (or FROZEN) hands LUO data over
+        carried = [CarriedSession(V2_SESSION, tuple(boot.v2.files.carried()))] if boot.v2 else []
+        undo = boot.machine.cancel
+        subsystems = boot.subsystems.export()
+    else:  # RFC, not prepared: a plain kexec, nothing carried
+        carried, undo, subsystems = None, None, {}
     try:
         boot.faults.check("kho.finalize")
         boot.kho.flush()
-        _publish_luo(boot.handover, boot.memory, luo_image(luo.liveupdate_number, carried))
+        _publish_luo(boot.handover, boot.memory,
+                     None if carried is None else luo_image(number, carried, subsystems))
         root_phys, root_size = boot.handover.finalize()
     except LuoError:
-        luo.cancel_reboot()
+        if undo:
+            undo()
         raise
     except (MemoryError, OSError, ValueError) as e:
-        luo.cancel_reboot()
+        if undo:
+            undo()
         raise LuoError(errnos.ENOMEM if isinstance(e, MemoryError) else errnos.EIO,
                        f"KHO finalize failed: {e}") from None
     if "handover.corrupt" in boot.faults:  # damage in transit: flip the root's magic
         boot.memory.write(root_phys, b"\xde\xad")
+    carried = carried or []
     fds = [f.file.fd for s in carried for f in s.files]
-    message = {"root_phys": root_phys, "root_size": root_size,
-               "liveupdate_number": luo.liveupdate_number,
+    message = {"root_phys": root_phys, "root_size": root_size, "liveupdate_number": number,
                "sessions": len(carried), "files": len(fds)}
     return message, fds

@@ -33,23 +33,32 @@ log = logging.getLogger("luofs.kernel")
 
 
 def status(fs: KernelFS) -> dict:
-    luo = fs.luo
-    return {
+    boot, luo = fs.boot, fs.luo
+    out = {
         "pid": os.getpid(),
-        "liveupdate_number": luo.liveupdate_number,
-        "device_open": luo.device_open,
+        "abi": boot.profile,
+        "state": str(boot.machine.state),
+        "liveupdate_number": boot.liveupdate_number,
+        "device_open": luo.device_open if luo else None,
         "sessions": [
             {"name": escape_name(s.name).decode(), "direction": s.direction.value,
              "retrieved": s.retrieved, "files": len(s.files)}
-            for s in luo.sessions
+            for s in (luo.sessions if luo else [])
         ],
     }
+    if boot.v2 is not None:
+        out["files"] = {"outgoing": sorted(boot.v2.files.outgoing),
+                        "incoming": sorted(boot.v2.files.incoming)}
+    if boot.subsystems is not None:
+        out["subsystems"] = boot.subsystems.export()
+    return out
 
 
 class Kernel:
     def __init__(self, sock: socket.socket, root: str, cmdline: str, faults: Faults,
-                 debugfs: bool = False):
+                 debugfs: bool = False, abi: str = "mainline"):
         self.sock = sock
+        self.abi = abi
         self.debugfs = debugfs
         self.faults = faults
         self.root = root
@@ -70,10 +79,11 @@ class Kernel:
         ram_fd, file_fds = fds[0], fds[1:]
         try:
             if "root_phys" in message:
-                self.boot = handover.handover_boot(ram_fd, message["root_phys"],
-                                                   message["root_size"], file_fds, self.faults)
+                self.boot = handover.handover_boot(
+                    ram_fd, message["root_phys"], message["root_size"], file_fds, self.faults,
+                    self.abi, message.get("number", 1))
             else:
-                self.boot = handover.cold_boot(ram_fd, self.faults)
+                self.boot = handover.cold_boot(ram_fd, self.faults, self.abi)
         except handover.Panic as e:
             log.critical("panic: %s", e)
             wire.send(self.sock, {"event": "panic", "error": str(e)})
@@ -84,7 +94,7 @@ class Kernel:
         extra = None
         if self.debugfs:
             extra = lambda fs: {b"debug": kho_debugfs(boot, fs.table.intern)}  # noqa: E731
-        self.fs = KernelFS(boot.luo, cmdline=self.cmdline, extra_kernel=extra)
+        self.fs = KernelFS(boot, cmdline=self.cmdline, extra_kernel=extra)
         return True
 
     async def serve(self) -> None:
@@ -93,7 +103,7 @@ class Kernel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send({"event": "ready", "pid": os.getpid(), "mnt_id": self.fs.mnt_id,
-                            "liveupdate_number": self.boot.luo.liveupdate_number})
+                            "liveupdate_number": self.boot.liveupdate_number})
                 await self.control_loop(nursery.cancel_scope)
             mount.unmount()
         if self.handed_over:
@@ -159,7 +169,11 @@ class Kernel:
                 log.warning("live update refused: %s", e)
                 self._send({"ok": False, "errno": e.errno, "error": str(e)})
                 return False
-            self._send({"ok": True, **reply}, fds)
+            try:
+                self._send({"ok": True, **reply}, fds)
+            except OSError:
+                handover.undo_reboot(self.boot)
+                raise
             self.faults.check("crash.handed-over")
             self.handed_over = True
             cancel.cancel()
@@ -177,12 +191,13 @@ def main(argv=None) -> int:
     p.add_argument("--log-level", default=os.environ.get("LUOFS_LOG", "INFO"))
     p.add_argument("--fault", action="append", default=[])
     p.add_argument("--debugfs", action="store_true")
+    p.add_argument("--abi", choices=handover.PROFILES, default="mainline")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
     kernel = Kernel(socket.socket(fileno=args.control_fd), os.path.realpath(args.root),
-                    args.cmdline, Faults.from_env(",".join(args.fault)), args.debugfs)
+                    args.cmdline, Faults.from_env(",".join(args.fault)), args.debugfs, args.abi)
     if not kernel.receive_boot():
         return 1
     try:

@@ -223,7 +223,8 @@ class Machine:
         old.kill()
         t_handed = time.perf_counter()
         self.kernel = None
-        boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"]}
+        boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
+                "number": nxt.number}
         try:
             # The hand-over is complete: the machine keeps the files until a kernel has
             # them, so a next kernel that dies while reloading is simply replaced.

@@ -13,8 +13,10 @@ from ..uapi import errnos, ioctl
 from .caller import Caller
 from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check
 from .errors import LuoError
+from .faults import NONE, Faults
 from .handler import HandlerRegistry
 from .session import Direction, PreservedFile, Session
+from .state import StateMachine
 
 NAME_LENGTH = ioctl.LIVEUPDATE_SESSION_NAME_LENGTH
 
@@ -68,7 +70,10 @@ class Luo:
         *,
         liveupdate_number: int = 0,
         load_incoming: Callable[[], Iterable[Session]] | None = None,
+        updated: bool = False,
+        faults: Faults = NONE,
     ):
+        """`updated`: the previous kernel handed sessions over (the state starts UPDATED)."""
         self.handlers = handlers
         self.liveupdate_number = liveupdate_number
         self.sessions: list[Session] = []  # live sessions, creation order
@@ -79,6 +84,11 @@ class Luo:
         self._identities: dict[Hashable, PreservedFile] = {}
         self.rebooting = False
         self._frozen: list[PreservedFile] = []
+        self._carried: list[Session] = []
+        # Mainline has no global state of its own; this one is driven implicitly: a
+        # reboot is PREPARE + FREEZE, and UPDATED ends when incoming sessions settle.
+        self.state = StateMachine("mainline", [_FilesParticipant(self)], updated=updated,
+                                  faults=faults)
 
     # ---- /dev/liveupdate (§5) -------------------------------------------------------
 
@@ -200,6 +210,7 @@ class Luo:
 
     def _finish(self, session: Session, arg, caller: Caller, out: Outcome) -> None:
         self._finish_session(session)
+        self._maybe_settled()
 
     def _get_name(self, session: Session, arg, caller: Caller, out: Outcome) -> None:
         if arg.reserved != 0:
@@ -241,6 +252,13 @@ class Luo:
         except LuoError:
             return  # stays retrieved with no fd until the next reboot; close still succeeds
         self.sessions.remove(session)
+        self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        """UPDATED ends once every incoming session is finished (or gone)."""
+        if self._incoming_loaded and all(s.outgoing or (s.retrieved and not s.files)
+                                         for s in self.sessions):
+            self.state.incoming_settled()
 
     # ---- reboot (§14) ---------------------------------------------------------------------
 
@@ -252,10 +270,27 @@ class Luo:
         frozen so far is unfrozen in reverse and the LuoError propagates.
         """
         self._check_running()
-        carried = [s for s in self.sessions if s.outgoing and s.open]
+        self._carried = [s for s in self.sessions if s.outgoing and s.open]
+        self.state.reboot()  # PREPARE + FREEZE; the files participant freezes
+        self.rebooting = True
+        return [
+            CarriedSession(
+                s.name,
+                tuple(CarriedFile(pf.token, pf.handler.compatible, pf.data, pf.file)
+                      for pf in s.files.values()),
+            )
+            for s in self._carried
+        ]
+
+    def cancel_reboot(self) -> None:
+        """The hand-over after a successful freeze failed: thaw in reverse, run on."""
+        self.state.cancel()
+        self.rebooting = False
+
+    def _freeze_files(self) -> None:
         frozen: list[PreservedFile] = []
         try:
-            for session in carried:
+            for session in self._carried:
                 for pf in session.files.values():
                     pf.data = pf.handler.freeze(pf.file, pf.data)
                     frozen.append(pf)
@@ -263,20 +298,30 @@ class Luo:
             for pf in reversed(frozen):
                 pf.handler.unfreeze(pf.file, pf.data)
             raise
-        self.rebooting = True
         self._frozen = frozen
-        return [
-            CarriedSession(
-                s.name,
-                tuple(CarriedFile(pf.token, pf.handler.compatible, pf.data, pf.file)
-                      for pf in s.files.values()),
-            )
-            for s in carried
-        ]
 
-    def cancel_reboot(self) -> None:
-        """The hand-over after a successful freeze failed: thaw in reverse, run on."""
+    def _thaw_files(self) -> None:
         for pf in reversed(self._frozen):
             pf.handler.unfreeze(pf.file, pf.data)
         self._frozen = []
-        self.rebooting = False
+
+
+class _FilesParticipant:
+    """The preserved files, as a participant of the (implicit) mainline state machine."""
+
+    name = "files"
+
+    def __init__(self, luo: Luo):
+        self._luo = luo
+
+    def prepare(self) -> None:
+        pass  # mainline preserves at PRESERVE_FD time
+
+    def freeze(self) -> None:
+        self._luo._freeze_files()
+
+    def cancel(self) -> None:
+        self._luo._thaw_files()
+
+    def finish(self) -> None:
+        pass  # each incoming session finishes on its own

@@ -25,6 +25,7 @@ from ..uapi.rfc_v2 import (LIVEUPDATE_IOCTL_EVENT_CANCEL, LIVEUPDATE_IOCTL_EVENT
                            SelftestArg, SelftestCmd, StateArg, Token, arg_in_len, arg_out_len,
                            ioc_dir, ioc_size)
 from .errors import LuoError
+from .luo import CarriedFile
 from .state import Event, State, StateMachine
 
 if TYPE_CHECKING:
@@ -272,8 +273,6 @@ class RfcV2Files:
 
     def carried(self) -> list:
         """After FREEZE: the outgoing files for the hand-over, in token order."""
-        from ..core.luo import CarriedFile  # late: luofs.core.luo may import this module
-
         return [CarriedFile(e.token, e.handler.compatible, e.data, e.file)
                 for e in self.outgoing.values()]
 

@@ -19,9 +19,11 @@ _O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
 class FuseCaller:
-    def __init__(self, tid: int, mounts: MountTypes, *, fd_table_full: bool = False):
+    def __init__(self, tid: int, mounts: MountTypes, own_mnt_id: int = -1, *,
+                 fd_table_full: bool = False):
         self.tid = tid
         self._mounts = mounts
+        self._own_mnt_id = own_mnt_id
         self._fd_table_full = fd_table_full
         self._pidfd: int | None = None
 
@@ -32,15 +34,30 @@ class FuseCaller:
             raise LuoError(errnos.EMFILE, "the caller's fd table is full")
 
     def take_file(self, fd: int) -> OwnedFile:
-        """EBADF for an fd the caller does not have open, or an O_PATH one (§9)."""
-        file = self._take(fd)
+        """EBADF for an fd the caller does not have open, or an O_PATH one (§9).
+
+        A FUSE file (a session fd, the device, any file of a FUSE mount) is refused with
+        ENOENT before it is taken: no handler accepts one, and a copy held here would
+        outlive the caller's close — its release would wait for a close off the loop.
+        """
         try:
-            flags = int(fdinfo("self", file.fd)["flags"], 8)
-        except (OSError, KeyError, ValueError):
-            flags = 0
+            info = fdinfo(self.tid, fd) if fd >= 0 else None
+        except OSError:
+            info = None
+        if info is None:
+            raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}")
+        try:
+            flags, mnt_id = int(info["flags"], 8), int(info["mnt_id"])
+        except (KeyError, ValueError):
+            raise LuoError(errnos.EBADF, f"cannot read fdinfo of fd {fd}") from None
         if flags & _O_PATH:
-            file.close()
             raise LuoError(errnos.EBADF, f"fd {fd} is an O_PATH descriptor")
+        if mnt_id == self._own_mnt_id or self._mounts.fstype(mnt_id).startswith("fuse"):
+            raise LuoError(errnos.ENOENT, f"fd {fd} is a FUSE file: no handler accepts it")
+        file = self._take(fd)
+        if file.is_fuse:  # the caller swapped the fd in between: refuse it the same way
+            file.close()
+            raise LuoError(errnos.ENOENT, f"fd {fd} is a FUSE file: no handler accepts it")
         return file
 
     # -------------------------------------------------------------------------------

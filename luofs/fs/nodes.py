@@ -45,13 +45,16 @@ class DynamicDir(Dir):
 
 
 class TextFile(Node):
-    """A sysfs-style attribute: content computed at open, served from that snapshot."""
+    """A sysfs-style attribute: `render` is its show op (None: write-only), `store` its
+    store op (None: read-only), `version` counts changes worth a poll() wake-up."""
 
-    def __init__(self, render: Callable[[], bytes], mode: int = 0o444,
-                 store: Callable[[bytes], None] | None = None):
+    def __init__(self, render: Callable[[], bytes] | None, mode: int = 0o444,
+                 store: Callable[[bytes], None] | None = None,
+                 version: Callable[[], int] | None = None):
         super().__init__(stat.S_IFREG | mode)
         self.render = render
         self.store = store
+        self.version = version
 
 
 class ControlFile(Node):

@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import os
+import select
 import socket
 import stat
 from dataclasses import dataclass
@@ -20,10 +21,14 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from ..core import Luo, LuoError, Rebooting, Request, Session
+from ..core import LuoError, Rebooting, Request, Session
+from ..core import rfc_sysfs
+from ..core.rfc_sysfs import render_state
 from ..fdutil import MountTypes
-from ..uapi import errnos, frames
+from ..uapi import frames
+from ..handover import Boot
 from .caller import FuseCaller, inode_behind
+from .device import MainlineDevice, V2Device
 from .escape import escape_name
 from .nodes import ROOT_INO, ControlFile, Dir, DynamicDir, InodeTable, Node, TextFile
 
@@ -37,7 +42,11 @@ class SessionNode(ControlFile):
     """The inode behind one session fd (an anon inode in the real kernel)."""
 
     def __init__(self, session: Session):
-        super().__init__(0o600)
+        # Whoever holds the fd may ioctl it, as on the kernel: the request is a getxattr,
+        # which default_permissions lets through only with read permission. The inode
+        # cannot be reached by path (its name never resolves again, and reopening it
+        # through /proc gives ENXIO), so the bits guard nothing else.
+        super().__init__(0o666)
         self.session = session
         self.pinned = True  # until its file is released
 
@@ -46,6 +55,7 @@ class SessionNode(ControlFile):
 class Handle:
     node: Node
     snapshot: bytes = b""
+    seen: int = 0  # the state version this open file last read (for poll)
 
 
 def _never_crash(method):
@@ -69,35 +79,67 @@ class KernelFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, luo: Luo, *, cmdline: str,
-                 extra_liveupdate: dict[bytes, Node] | None = None,
+    def __init__(self, boot: Boot, *, cmdline: str,
                  extra_kernel: Callable[["KernelFS"], dict[bytes, Node]] | None = None):
         super().__init__()
-        self.luo = luo
+        self.boot = boot
+        self.luo = boot.luo
+        self.machine = boot.machine
+        self.dev = (MainlineDevice(boot.luo) if boot.luo else
+                    V2Device(boot.v2) if boot.v2 else None)
         self.table = InodeTable()
         self.mounts = MountTypes()
         self.mnt_id = -1  # set once mounted: identifies our files in other processes' fdinfo
         self.handles: dict[int, Handle] = {}
+        self._pollers: dict[int, object] = {}  # fh → the kernel's poll handle, until woken
         self._next_fh = 1
         self.device = ControlFile(0o600)
         self.requests = Dir(0o700)  # create() target for device ioctls; never lists anything
-        liveupdate = {
-            b"state": TextFile(lambda: b"normal\n"),
-            b"sessions": Dir(0o555, {
+        machine = self.machine
+        liveupdate: dict[bytes, Node] = {
+            b"state": TextFile(lambda: render_state(machine.state), version=lambda: machine.version),
+        }
+        if boot.profile == "rfc-v1":
+            for name in (b"prepare", b"finish"):
+                liveupdate[name] = TextFile(None, 0o200, store=functools.partial(
+                    rfc_sysfs.store, machine, name.decode()))
+        if self.luo is not None:
+            liveupdate[b"sessions"] = Dir(0o555, {
                 b"outgoing": DynamicDir(lambda: self._session_dirs(outgoing=True), 0o555),
                 b"incoming": DynamicDir(lambda: self._session_dirs(outgoing=False), 0o555),
-            }),
-        }
-        liveupdate.update(extra_liveupdate or {})
+            })
+        if boot.subsystems is not None:
+            liveupdate[b"subsystems"] = DynamicDir(self._subsystem_files, 0o555)
         kernel = {b"liveupdate": Dir(0o755, liveupdate)}
         kernel.update(extra_kernel(self) if extra_kernel else {})
         self.root = self.table.add_tree(Dir(0o755, {
-            b"dev": Dir(0o755, {b"liveupdate": self.device}),
+            b"dev": Dir(0o755, {b"liveupdate": self.device} if self.dev else {}),
             b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel)}),
             b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),
             b".luofs": self.requests,
         }))
         assert self.root.ino == ROOT_INO
+        machine.subscribe(self._state_changed)
+
+    def _state_changed(self, change) -> None:
+        """sysfs_notify(): wake every poll() on a state file that is waiting."""
+        pollers, self._pollers = self._pollers, {}
+        for handle in pollers.values():
+            try:
+                handle.notify()
+            except Exception:  # a poller that went away in the meantime
+                log.debug("poll notify failed", exc_info=True)
+
+    def _subsystem_files(self) -> dict[bytes, Node]:
+        registry, mm = self.boot.subsystems, self.boot.mm
+
+        def render(handle) -> bytes:
+            text = f"data=0x{registry.data(handle):x}\n".encode() if handle in registry else b""
+            return text + (mm.describe() if mm is not None and handle is mm.handle else b"")
+
+        return {h.name.encode(): self.table.intern(("subsystem", h.name),
+                                                  lambda h=h: TextFile(lambda: render(h)))
+                for h in registry}
 
     # ---- the sessions view (an emulator extension, read-only) -----------------------------
 
@@ -210,23 +252,49 @@ class KernelFS(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
         if node is self.device:
-            self._luo_call(self.luo.open_device)
+            self._luo_call(self.dev.open, flags, ctx.uid)
             return pyfuse3.FileInfo(fh=self._new_handle(node), direct_io=True, nonseekable=True)
         if isinstance(node, SessionNode):
             raise pyfuse3.FUSEError(errno.ENXIO)  # an anon inode cannot be reopened by path
         if isinstance(node, TextFile):
-            if flags & os.O_ACCMODE != os.O_RDONLY and node.store is None:
-                raise pyfuse3.FUSEError(errno.EACCES)  # as sysfs: no write op, even for root
-            # sysfs semantics: a reader sees the value as of open; a writer needs none
-            snapshot = b"" if flags & os.O_ACCMODE == os.O_WRONLY else node.render()
-            return pyfuse3.FileInfo(fh=self._new_handle(node, snapshot), direct_io=True)
+            mode = flags & os.O_ACCMODE
+            # as sysfs: no write op, or no show op, refuses that access even to root
+            if (mode != os.O_RDONLY and node.store is None
+                    or mode != os.O_WRONLY and node.render is None):
+                raise pyfuse3.FUSEError(errno.EACCES)
+            fh = self._new_handle(node)
+            if mode != os.O_WRONLY:
+                self._refresh(self.handles[fh])
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EACCES)
+
+    def _refresh(self, handle: Handle) -> None:
+        """sysfs semantics: a read from offset 0 shows the value now, and counts as
+        having seen the latest change (for poll)."""
+        node = handle.node
+        handle.seen = node.version() if node.version else 0
+        handle.snapshot = node.render()
 
     async def read(self, fh, off, size):
         handle = self.handles[fh]
         if isinstance(handle.node, ControlFile):
             raise pyfuse3.FUSEError(errno.EINVAL)  # LUO files have no read op
+        if off == 0:
+            self._refresh(handle)
         return handle.snapshot[off : off + size]
+
+    async def poll(self, inode, fh, poll_handle, ctx):
+        """As a sysfs attribute: always readable; POLLPRI|POLLERR once the value changed
+        since this open file last read it (sysfs_notify)."""
+        handle = self.handles.get(fh)
+        if handle is None or not isinstance(handle.node, TextFile):
+            return select.POLLIN | select.POLLRDNORM
+        events = select.POLLIN | select.POLLRDNORM
+        if handle.node.version and handle.node.version() != handle.seen:
+            events |= select.POLLPRI | select.POLLERR
+        elif poll_handle is not None and handle.node.version:
+            self._pollers[fh] = poll_handle
+        return events
 
     async def write(self, fh, off, buf):
         handle = self.handles[fh]
@@ -244,11 +312,12 @@ class KernelFS(pyfuse3.Operations):
 
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
+        self._pollers.pop(fh, None)
         if handle is None:
             return
         node = handle.node
         if node is self.device:
-            self.luo.close_device()
+            self.dev.close()
         elif isinstance(node, SessionNode):
             node.pinned = False
             try:
@@ -266,7 +335,8 @@ class KernelFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES)
         req = self._decode(frames.frame_from_create_name, name)
         node = self._node_held(ctx.pid, req.file_fd)
-        caller = FuseCaller(ctx.pid, self.mounts, fd_table_full=req.flags.fd_table_full)
+        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
+                            fd_table_full=req.flags.fd_table_full)
         try:
             outcome = self._ioctl(node, req, caller)
         except Rebooting:
@@ -286,7 +356,7 @@ class KernelFS(pyfuse3.Operations):
         node = self._node(inode)
         req = self._decode(frames.frame_from_xattr_name, name)
         # A reply through getxattr cannot carry a session fd: only the create path can.
-        caller = FuseCaller(ctx.pid, self.mounts,
+        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
                             fd_table_full=req.flags.fd_table_full or node is self.device)
         try:
             if node is self.device and self._node_held(ctx.pid, req.file_fd) is not node:
@@ -312,11 +382,14 @@ class KernelFS(pyfuse3.Operations):
 
     def _ioctl(self, node: Node, req, caller: FuseCaller):
         """Run one ioctl in the core; LuoError becomes the FUSE errno, Rebooting passes."""
+        if (node is not self.device or self.dev.sized) and not frames.sized_ok(req):
+            log.debug("request frame carries %d bytes for its size", len(req.arg))
+            raise pyfuse3.FUSEError(errno.EINVAL)
         request = Request(req.cmd, req.arg, req.flags.arg_fault, req.flags.copy_fault,
                           req.flags.tail_nonzero)
         try:
             if node is self.device:
-                return self.luo.device_ioctl(request, caller)
+                return self.dev.ioctl(request, caller)
             if isinstance(node, SessionNode):
                 return self.luo.session_ioctl(node.session, request, caller)
         except LuoError as e:
@@ -369,5 +442,5 @@ class KernelFS(pyfuse3.Operations):
 
 for _name in ("lookup", "forget", "getattr", "setattr", "opendir", "readdir", "statfs", "open",
               "read", "write", "release", "create", "getxattr", "setxattr", "listxattr",
-              "removexattr"):
+              "removexattr", "poll"):
     setattr(KernelFS, _name, _never_crash(getattr(KernelFS, _name)))

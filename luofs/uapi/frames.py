@@ -125,15 +125,21 @@ def decode_request(frame: bytes) -> DecodedRequest:
         if req.arg:
             raise FrameError("request says the argument faulted but carries bytes")
         return req
-    if len(req.arg) < 4:
-        raise FrameError(f"request carries {len(req.arg)} argument bytes, fewer than the u32 size")
-    size = int.from_bytes(req.arg[:4], "little")
-    if not req.flags.copy_fault and len(req.arg) != expected_arg_len(size):
-        raise FrameError(
-            f"request carries {len(req.arg)} argument bytes for size {size}, "
-            f"expected {expected_arg_len(size)}"
-        )
+    if len(req.arg) > MAX_ARG:
+        raise FrameError(f"request carries {len(req.arg)} argument bytes, more than {MAX_ARG}")
     return req
+
+
+def sized_ok(req: DecodedRequest) -> bool:
+    """For size-prefixed ABIs (mainline): the frame carries exactly the bytes its `size`
+    calls for (fewer only when the caller's memory faulted). RFC v2 numbers encode the
+    size themselves and carry exactly that many bytes."""
+    if req.flags.arg_fault:
+        return True
+    if len(req.arg) < 4:
+        return False
+    size = int.from_bytes(req.arg[:4], "little")
+    return req.flags.copy_fault or len(req.arg) == expected_arg_len(size)
 
 
 def _from_hex_name(name: bytes, prefix: bytes) -> bytes:

@@ -1,0 +1,168 @@
+/*
+ * One ioctl on an emulated fd, carried to the daemon as the Python client does
+ * it (luofs/client.py `ioctl()`), so both clients exercise the same rules.
+ *
+ * CREATE_SESSION and RETRIEVE_SESSION on the device return a session fd: the
+ * request travels as the name of a file created in ROOT/.luofs, and the new
+ * open file *is* the session fd (a FUSE file whose last close the kernel
+ * reports, which is what makes dup/fork/SCM_RIGHTS work without any table).
+ * Every other request travels as the name of an xattr read with fgetxattr on
+ * the fd itself; the value is the reply, its errno the ioctl's errno. Both
+ * operations tell the daemon which thread is calling.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+#define CMD_CREATE_SESSION 0xBA00u
+#define CMD_RETRIEVE_SESSION 0xBA01u
+#define CMD_RETRIEVE_FD 0xBA41u
+#define CMD_GET_NAME 0xBA43u
+#define SESSION_STRUCT_SIZE 72 /* struct liveupdate_ioctl_{create,retrieve}_session */
+#define SESSION_FD_OFFSET 4    /* its `fd` field */
+#define XATTR_NAME_MAX_LEN 256
+
+SHIM_SLOT(open);
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The errno the kernel gives when the caller has no fd left: it allocates the
+ * fd after the dispatch checks and before the name checks (spec §4), so only
+ * the daemon can say whether EMFILE or an earlier error wins. */
+static int ask_with_full_table(int fd, struct luofs_request *req)
+{
+	char name[XATTR_NAME_MAX_LEN];
+	uint8_t reply[LUOFS_REPLY_MAX];
+
+	req->flags |= LUOFS_REQ_FD_TABLE_FULL;
+	if (!luofs_request_name(req, LUOFS_XATTR_PREFIX, name, sizeof(name)))
+		return -EMFILE;
+	if (fgetxattr(fd, name, reply, sizeof(reply)) < 0)
+		return -errno;
+	return -EMFILE;
+}
+
+static int session_returning_ioctl(int fd, struct luofs_request *req, void *user_arg)
+{
+	const char *root = luofs_root_env(); /* what the fd was classified against */
+	char path[PATH_MAX];
+	size_t prefix_len;
+	uint8_t reply[SESSION_STRUCT_SIZE];
+	size_t reply_len;
+	int session_fd;
+
+	if (!root)
+		return -ENOENT;
+	prefix_len = (size_t)snprintf(path, sizeof(path), "%s%s", root, LUOFS_REQUEST_DIR);
+	if (prefix_len >= sizeof(path) ||
+	    !luofs_request_name(req, LUOFS_CREATE_PREFIX, path + prefix_len,
+				sizeof(path) - prefix_len))
+		return -ENAMETOOLONG;
+	/* O_CLOEXEC: the kernel allocates session fds close-on-exec. */
+	session_fd = SHIM_REAL(open)(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (session_fd < 0) {
+		int err = errno;
+
+		return err == EMFILE ? ask_with_full_table(fd, req) : -err;
+	}
+
+	/* The kernel copies back min(size, struct size) bytes: the caller's own
+	 * struct with `fd` filled in. */
+	reply_len = req->arg_len < sizeof(reply) ? req->arg_len : sizeof(reply);
+	memcpy(reply, req->arg, reply_len);
+	if (reply_len >= SESSION_FD_OFFSET + 4)
+		put_le32(reply + SESSION_FD_OFFSET, (uint32_t)session_fd);
+	if (!shim_poke(user_arg, reply, reply_len)) {
+		/* As the kernel: the fd is never installed, so the session is
+		 * released again. */
+		close(session_fd);
+		return -EFAULT;
+	}
+	return 0;
+}
+
+static int xattr_ioctl(int fd, struct luofs_request *req, void *user_arg)
+{
+	char name[XATTR_NAME_MAX_LEN];
+	uint8_t raw[LUOFS_REPLY_MAX], data[LUOFS_REPLY_MAX];
+	struct luofs_reply reply;
+	ssize_t len;
+	int ours = -1, new_fd = -1, err;
+
+	if (req->cmd == CMD_RETRIEVE_FD) {
+		bool table_full;
+		int theirs = luofs_reply_socket(&ours, &table_full);
+
+		if (theirs >= 0) {
+			luofs_reply_drain(ours);
+			req->reply_fd = theirs;
+		} else if (table_full) {
+			req->flags |= LUOFS_REQ_FD_TABLE_FULL;
+		}
+	}
+	if (!luofs_request_name(req, LUOFS_XATTR_PREFIX, name, sizeof(name)))
+		return -EIO;
+	len = fgetxattr(fd, name, raw, sizeof(raw));
+	if (len < 0)
+		return -errno;
+	err = luofs_reply_parse(raw, (size_t)len, &reply);
+	if (err)
+		return err;
+	memcpy(data, reply.data, reply.data_len);
+
+	if (reply.flags & LUOFS_REPLY_FD_SENT) {
+		new_fd = ours >= 0 ? luofs_reply_recv_fd(ours) : -EIO;
+		if (new_fd < 0)
+			return new_fd;
+		if (reply.fd_offset < 0 || (size_t)reply.fd_offset + 4 > reply.data_len) {
+			close(new_fd); /* the caller could never learn its number */
+			return -EIO;
+		}
+		put_le32(data + reply.fd_offset, (uint32_t)new_fd);
+	}
+	if (reply.data_len && !shim_poke(user_arg, data, reply.data_len)) {
+		if (new_fd >= 0)
+			close(new_fd);
+		return -EFAULT;
+	}
+	return 0;
+}
+
+int luofs_transport_ioctl(const struct luofs_fd *file, int fd, uint32_t cmd, void *user_arg)
+{
+	struct luofs_request req = {
+		.flags = 0, .cmd = cmd, .file_fd = fd, .reply_fd = -1, .nonce = luofs_nonce(),
+	};
+
+	luofs_request_load(&req, user_arg);
+	if (file->kind == LUOFS_FD_DEVICE &&
+	    (cmd == CMD_CREATE_SESSION || cmd == CMD_RETRIEVE_SESSION))
+		return session_returning_ioctl(fd, &req, user_arg);
+	return xattr_ioctl(fd, &req, user_arg);
+}
+
+int luofs_session_name(const struct luofs_fd *file, int fd, char name[64])
+{
+	/* struct liveupdate_session_get_name, built by hand: the shim does not
+	 * depend on the public header it emulates. */
+	uint8_t arg[SESSION_STRUCT_SIZE] = { 0 };
+	int err;
+
+	put_le32(arg, sizeof(arg));
+	err = luofs_transport_ioctl(file, fd, CMD_GET_NAME, arg);
+	if (err)
+		return err;
+	memcpy(name, arg + 8, 64);
+	name[63] = '\0';
+	return 0;
+}

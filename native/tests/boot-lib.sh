@@ -1,0 +1,91 @@
+# Sourced by scripts/test-native-*.sh (bash, set -euo pipefail).
+#
+# boot_luofs boots a private luofs instance in a fresh temp root and arranges
+# for it to be shut down and removed however the script ends; under_shim runs
+# a program the way `luofs run` will: LD_PRELOAD shim + LUOFS_ROOT. Checks print
+# one line each; finish prints the tally and sets the exit status.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+NATIVE="$REPO/native/build"
+SHIM="$NATIVE/libluofs-shim.so"
+VENV_PY="$REPO/.venv/bin/python"
+if ! command -v luofs >/dev/null 2>&1 && [ -x "$REPO/.venv/bin/luofs" ]; then
+	PATH="$REPO/.venv/bin:$PATH"
+fi
+
+passed=0
+failed=0
+root=""
+background_pids=()
+
+ok() { echo "ok   $*"; passed=$((passed + 1)); }
+not_ok() { echo "FAIL $*"; failed=$((failed + 1)); }
+
+# check DESCRIPTION COMMAND...: passes when COMMAND succeeds.
+check() {
+	local what=$1
+	shift
+	if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+
+finish() {
+	echo "$passed passed, $failed failed"
+	[ "$failed" -eq 0 ]
+}
+
+require_native() {
+	local f
+	for f in "$@"; do
+		if [ ! -e "$NATIVE/$f" ]; then
+			echo "FAIL native/build/$f is missing: run make -C native" >&2
+			exit 1
+		fi
+	done
+}
+
+cleanup_luofs() {
+	local status=$? pid
+	for pid in "${background_pids[@]}"; do
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	if [ -n "$root" ]; then
+		luofs shutdown --root "$root" >/dev/null 2>&1 || true
+		# A daemon that died leaves a mount shutdown cannot remove.
+		if grep -q " $root fuse" /proc/mounts 2>/dev/null; then
+			umount -l "$root" 2>/dev/null || true
+		fi
+		rmdir "$root" 2>/dev/null || true
+	fi
+	exit "$status"
+}
+
+boot_luofs() {
+	root=$(mktemp -d "${TMPDIR:-/tmp}/luofs-native.XXXXXX")
+	trap cleanup_luofs EXIT
+	trap 'exit 130' INT TERM
+	luofs boot --root "$root" "$@" >/dev/null
+}
+
+# A hung daemon must fail the test, not hang `make test`: every program run
+# under the shim gets a deadline (SIGKILL too, since a task waiting on a FUSE
+# request ignores other signals).
+TEST_TIMEOUT=${LUOFS_TEST_TIMEOUT:-120}
+under_shim() {
+	timeout -k 5 "$TEST_TIMEOUT" env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+}
+
+# run_c_test NAME PROG ARGS...: a C test program under the shim; one line for
+# the whole program (its own lines are shown), passing iff it exits 0.
+run_c_test() {
+	local what=$1
+	shift
+	local out status=0
+	out=$(under_shim "$@" 2>&1) || status=$?
+	printf '%s\n' "$out" | sed 's/^/    /'
+	if [ "$status" -eq 0 ]; then
+		ok "$what ($(printf '%s\n' "$out" | tail -n 1))"
+	else
+		not_ok "$what (exit $status: $(printf '%s\n' "$out" | tail -n 1))"
+	fi
+}
