@@ -97,7 +97,8 @@ def cmd_boot(args) -> int:
         raise CliError(line.removeprefix("error: ") or
                        f"the machine exited (status {proc.returncode}); "
                        f"see {os.path.join(state, 'machine.log')}")
-    print(f"luofs: kernel #0 serves {root}/dev/liveupdate (machine pid {proc.pid})")
+    served = f"{root}/dev/liveupdate" if args.abi != "rfc-v1" else f"{root}/sys (rfc-v1)"
+    print(f"luofs: kernel #0 serves {served} (machine pid {proc.pid})")
     return 0
 
 
@@ -210,7 +211,8 @@ def cmd_status(args) -> int:
     if "files" in k:
         print(f"files:           outgoing tokens {k['files']['outgoing']}, "
               f"incoming {k['files']['incoming']}")
-    print(f"sessions:        {len(k['sessions'])}")
+    if k["abi"] == "mainline":
+        print(f"sessions:        {len(k['sessions'])}")
     for s in k["sessions"]:
         extra = " (retrieved)" if s["retrieved"] else ""
         print(f"  {s['direction']:8} {s['name']}: {s['files']} file(s){extra}")

@@ -18,13 +18,13 @@ import random
 import socket
 import threading
 
-from .uapi import frames, ioctl as nums, structs
+from .uapi import frames, ioctl as nums, rfc_v2, structs
 
 DEVICE_PATH = "dev/liveupdate"
 REQUEST_DIR = ".luofs"
 # Commands whose success hands the caller a new fd, and where its number goes.
 _SESSION_RETURNING = {nums.LIVEUPDATE_IOCTL_CREATE_SESSION, nums.LIVEUPDATE_IOCTL_RETRIEVE_SESSION}
-_FD_RETURNING = {nums.LIVEUPDATE_SESSION_RETRIEVE_FD}
+_FD_RETURNING = {nums.LIVEUPDATE_SESSION_RETRIEVE_FD, rfc_v2.LIVEUPDATE_IOCTL_FD_RESTORE}
 
 
 def _default_root(root) -> str:
@@ -72,7 +72,17 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
     arg = bytes(arg)
     size = int.from_bytes(arg[:4], "little") if len(arg) >= 4 else 0
     flags = {}
-    if len(arg) < 4:
+    encoded = nums.ioc_size(cmd)
+    if encoded:
+        # RFC v2: the number encodes size and direction; the kernel copies exactly
+        # that much in (for _IOW/_IOWR), or faults.
+        want = encoded if nums.ioc_dir(cmd) & nums.IOC_WRITE else 0
+        if len(arg) < want:
+            flags["arg_fault"] = True
+            carried = b""
+        else:
+            carried = arg[:want]
+    elif len(arg) < 4:
         flags["arg_fault"] = True
         carried = b""
     else:
@@ -239,6 +249,70 @@ class Session:
     def get_name(self) -> bytes:
         reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", _GET_NAME_ARG)
         return structs.codec(structs.GetName).parse(reply).name.split(b"\0")[0]
+
+    def close(self) -> None:
+        _close(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LiveUpdateV2:
+    """/dev/liveupdate under `luofs boot --abi rfc-v2` (spec/rfc.md §3): the kernel picks
+    tokens, and user space drives the global state with events."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = _default_root(root)
+        try:
+            self.fd = os.open(os.path.join(self.root, DEVICE_PATH), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise _fail(e, "open /dev/liveupdate") from None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def _call(self, cmd: int, what: str, arg: bytes = b""):
+        try:
+            return ioctl(self.root, self.fd, cmd, arg)
+        except OSError as e:
+            raise _fail(e, what) from None
+
+    def preserve(self, fd: int) -> int:
+        """FD_PRESERVE: returns the token the kernel chose."""
+        arg = structs.codec(rfc_v2.LiveupdateFd).build(dict(fd=fd, flags=0, token=0))
+        reply, _ = self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_PRESERVE, f"FD_PRESERVE fd {fd}", arg)
+        return structs.codec(rfc_v2.LiveupdateFd).parse(reply).token
+
+    def unpreserve(self, token: int) -> None:
+        arg = structs.codec(rfc_v2.Token).build(dict(token=token))
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_UNPRESERVE, f"FD_UNPRESERVE token {token}", arg)
+
+    def restore(self, token: int) -> int:
+        """FD_RESTORE: a new fd (close-on-exec) for a file the previous kernel handed over."""
+        arg = structs.codec(rfc_v2.LiveupdateFd).build(dict(fd=-1, flags=0, token=token))
+        _reply, fd = self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_RESTORE, f"FD_RESTORE token {token}",
+                                arg)
+        return fd
+
+    def state(self) -> str:
+        reply, _ = self._call(rfc_v2.LIVEUPDATE_IOCTL_GET_STATE, "GET_STATE", bytes(4))
+        value = structs.codec(rfc_v2.StateArg).parse(reply).state
+        return rfc_v2.LiveupdateState(value).name.lower()
+
+    def prepare(self) -> None:
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_PREPARE, "EVENT_PREPARE")
+
+    def freeze(self) -> None:
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FREEZE, "EVENT_FREEZE")
+
+    def cancel(self) -> None:
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_CANCEL, "EVENT_CANCEL")
+
+    def finish(self) -> None:
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FINISH, "EVENT_FINISH")
 
     def close(self) -> None:
         _close(self)

@@ -355,9 +355,11 @@ class KernelFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODATA)
         node = self._node(inode)
         req = self._decode(frames.frame_from_xattr_name, name)
-        # A reply through getxattr cannot carry a session fd: only the create path can.
+        # A reply through getxattr cannot carry a session fd (a file of this mount): for
+        # mainline's device ioctls only the create path can, so here there is no fd.
+        no_fd = node is self.device and isinstance(self.dev, MainlineDevice)
         caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
-                            fd_table_full=req.flags.fd_table_full or node is self.device)
+                            fd_table_full=req.flags.fd_table_full or no_fd)
         try:
             if node is self.device and self._node_held(ctx.pid, req.file_fd) is not node:
                 raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl

@@ -45,6 +45,14 @@ def ioc_type(cmd: int) -> int:
     return (cmd >> TYPESHIFT) & ((1 << TYPEBITS) - 1)
 
 
+def ioc_size(cmd: int) -> int:
+    return (cmd >> SIZESHIFT) & ((1 << SIZEBITS) - 1)
+
+
+def ioc_dir(cmd: int) -> int:
+    return cmd >> DIRSHIFT
+
+
 # Mainline (G2) command numbers, spec/uapi.md §2.
 LIVEUPDATE_CMD_CREATE_SESSION = 0x00
 LIVEUPDATE_CMD_RETRIEVE_SESSION = 0x01

@@ -49,8 +49,8 @@ import enum
 
 from construct import Bytes, Int32sl, Int32ul, Int64ul, Struct, Terminated
 
-from .ioctl import (DIRSHIFT, IO, IOC_READ, IOC_WRITE, IOR, IOW, IOWR, LIVEUPDATE_IOCTL_TYPE,
-                    SIZESHIFT)
+from .ioctl import (IO, IOC_READ, IOC_WRITE, IOR, IOW, IOWR, LIVEUPDATE_IOCTL_TYPE, ioc_dir,
+                    ioc_size)
 
 # ---- the ABI ------------------------------------------------------------------------------
 
@@ -116,14 +116,6 @@ LIVEUPDATE_IOCTL_EVENT_FREEZE = IO(LIVEUPDATE_IOCTL_TYPE, 0x05)
 LIVEUPDATE_IOCTL_EVENT_CANCEL = IO(LIVEUPDATE_IOCTL_TYPE, 0x06)
 LIVEUPDATE_IOCTL_EVENT_FINISH = IO(LIVEUPDATE_IOCTL_TYPE, 0x07)
 LIVEUPDATE_IOCTL_SELFTESTS = IOWR(LIVEUPDATE_IOCTL_TYPE, 0x08, 16)
-
-
-def ioc_size(cmd: int) -> int:
-    return (cmd >> SIZESHIFT) & ((1 << (DIRSHIFT - SIZESHIFT)) - 1)
-
-
-def ioc_dir(cmd: int) -> int:
-    return cmd >> DIRSHIFT
 
 
 def arg_in_len(cmd: int) -> int:

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/ioctl.h>
+
 #include "shim.h"
 
 static void put_le32(uint8_t *p, uint32_t v)
@@ -36,6 +38,19 @@ void luofs_request_load(struct luofs_request *req, const void *user_arg)
 	size_t want;
 
 	req->arg_len = 0;
+	if (_IOC_SIZE(req->cmd)) {
+		/* RFC v2: the number encodes the argument's size and direction; the
+		 * kernel copies exactly that much in (for _IOW/_IOWR) or faults. */
+		size_t in = (_IOC_DIR(req->cmd) & _IOC_WRITE) ? _IOC_SIZE(req->cmd) : 0;
+
+		if (in > LUOFS_MAX_ARG)
+			in = LUOFS_MAX_ARG;
+		if (in && shim_peek(req->arg, user_arg, in) < in)
+			req->flags |= LUOFS_REQ_ARG_FAULT;
+		else
+			req->arg_len = in;
+		return;
+	}
 	if (shim_peek(head, user_arg, sizeof(head)) < sizeof(head)) {
 		req->flags |= LUOFS_REQ_ARG_FAULT;
 		return;

@@ -23,6 +23,7 @@
 #define CMD_CREATE_SESSION 0xBA00u
 #define CMD_RETRIEVE_SESSION 0xBA01u
 #define CMD_RETRIEVE_FD 0xBA41u
+#define CMD_V2_FD_RESTORE 0xC010BA02u /* RFC v2 _IOWR(0xBA, 2, 16): returns an fd */
 #define CMD_GET_NAME 0xBA43u
 #define SESSION_STRUCT_SIZE 72 /* struct liveupdate_ioctl_{create,retrieve}_session */
 #define SESSION_FD_OFFSET 4    /* its `fd` field */
@@ -99,7 +100,7 @@ static int xattr_ioctl(int fd, struct luofs_request *req, void *user_arg)
 	ssize_t len;
 	int ours = -1, new_fd = -1, err;
 
-	if (req->cmd == CMD_RETRIEVE_FD) {
+	if (req->cmd == CMD_RETRIEVE_FD || req->cmd == CMD_V2_FD_RESTORE) {
 		bool table_full;
 		int theirs = luofs_reply_socket(&ours, &table_full);
 
