@@ -19,6 +19,9 @@ POINTS = {
     "memfd.freeze": "the memfd handler's freeze() (the live update is refused)",
     "kho.finalize": "KHO finalize at the end of the freeze (the live update is refused)",
     "handover.corrupt": "the hand-over is damaged in transit (the next kernel panics)",
+    "state.lock": "the wait for the state lock is interrupted (arm with EAGAIN; RFC profiles)",
+    "subsystem.NAME.prepare": "subsystem NAME's prepare callback (e.g. subsystem.mm.prepare)",
+    "subsystem.NAME.freeze": "subsystem NAME's freeze callback",
     # crash.*: the kernel process is SIGKILLed there, once per instance.
     "crash.preserve": "the kernel dies inside PRESERVE_FD",
     "crash.freeze": "the kernel dies while freezing files for a live update",
