@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 
+from devices import parse_spec
+
 from . import wire
 from .core import faults
 from .mounts import detach_mount, is_stale, mount_entry
@@ -72,6 +74,10 @@ def cmd_boot(args) -> int:
     if os.listdir(root):
         raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
     state = wire.state_dir(root)
+    try:
+        parse_spec(args.devices)
+    except ValueError as e:
+        raise CliError(f"--devices: {e}") from None
     kernel_args = (["--cmdline", args.cmdline, "--abi", args.abi]
                    + (["--debugfs"] if args.debugfs else []))
     for fault in args.fault:
@@ -86,7 +92,8 @@ def cmd_boot(args) -> int:
     with open(os.path.join(state, "machine.log"), "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "luofs.machine", "--root", root, "--ready-fd", str(write_end),
-             "--state-dir", state, "--memory", str(args.memory), "--", *kernel_args],
+             "--state-dir", state, "--memory", str(args.memory), "--devices", args.devices,
+             "--", *kernel_args],
             pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             start_new_session=True)
     os.close(write_end)
@@ -273,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which LUO to emulate: mainline (sessions, the default); rfc-v1 "
                            "(sysfs state/prepare/finish, no device); rfc-v2 (ioctl events "
                            "and kernel-generated tokens)")
+    boot.add_argument("--devices", nargs="?", const="default", default="none", metavar="SPEC",
+                      help="emulated devices that keep running through live updates: "
+                           "`--devices` alone gives the default set (a PCI bridge with two "
+                           "DMA engines); SPEC is LABEL[@PARENT][:k=v,…];… with labels "
+                           "bridgeN or dmaN and options rate=RECORDS_PER_S, ring=ENTRIES, "
+                           "lu=0 (no liveupdate callbacks); default: none")
     boot.add_argument("--debugfs", action="store_true",
                       help="serve KHO's debugfs under sys/kernel/debug/kho/{out,in}")
     boot.add_argument("--cold", action="store_true",

@@ -10,11 +10,15 @@ reserve preserved memory, and rebuild sessions at the first open of the device.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 from kho import (LUO_SUBTREE, Handover, IncomingHandover, KhoFormatError, LuoImage,
                  PhysicalMemory, read_luo, write_luo)
 from kho.memory import pages_for
+
+from devices import (DeviceDrivers, DeviceParticipant, SocketTransport, incoming_images,
+                     publish as publish_devices)
 
 from .core import CarriedSession, HandlerRegistry, Luo, LuoError
 from .core.faults import NONE, Faults
@@ -137,6 +141,8 @@ class Boot:
     v2: RfcV2Device | None = None
     subsystems: SubsystemRegistry | None = None
     mm: MmSubsystem | None = None
+    devices: DeviceDrivers | None = None
+    device_participant: DeviceParticipant | None = None
     incoming: IncomingHandover | None = None
     incoming_image: LuoImage | None = None
 
@@ -151,7 +157,7 @@ def _publish_luo(handover: Handover, memory: PhysicalMemory, image: LuoImage | N
 
 def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
               image: LuoImage | None = None, handed: dict | None = None,
-              incoming: IncomingHandover | None = None) -> Boot:
+              incoming: IncomingHandover | None = None, device_fd: int | None = None) -> Boot:
     if profile not in PROFILES:
         raise ValueError(f"unknown ABI {profile!r}; known: {', '.join(PROFILES)}")
     handed = dict(handed or {})
@@ -170,10 +176,14 @@ def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
                   updated=bool(image and image.sessions), faults=faults)
         # Mainline registers LUO's subtree at boot, with the number and no sessions yet.
         _publish_luo(handover, memory, luo_image(number, []))
-        return Boot(profile, memory, handover, kho, luo.state, number, faults, luo=luo,
+        boot = Boot(profile, memory, handover, kho, luo.state, number, faults, luo=luo,
                     incoming=incoming, incoming_image=image)
+        _attach_devices(boot, device_fd, lambda: "frozen" if luo.rebooting else "normal")
+        return boot
+
     def participants() -> list:  # read at each event: later registrations count
-        return ([v2.files] if v2 else []) + registry.participants()
+        devices = [boot.device_participant] if boot.device_participant else []
+        return ([v2.files] if v2 else []) + registry.participants() + devices
 
     machine = StateMachine(profile, participants, updated=image is not None, faults=faults)
     registry = SubsystemRegistry(lambda: machine.state,
@@ -189,16 +199,35 @@ def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
         v2 = RfcV2Device(machine, files)
     mm = MmSubsystem(memory, handover.preserved, number)
     mm.register(registry)
-    return Boot(profile, memory, handover, kho, machine, number, faults, v2=v2,
+    boot = Boot(profile, memory, handover, kho, machine, number, faults, v2=v2,
                 subsystems=registry, mm=mm, incoming=incoming, incoming_image=image)
+    _attach_devices(boot, device_fd, lambda: str(machine.state))
+    return boot
 
 
-def cold_boot(ram_fd: int, faults: Faults = NONE, profile: str = "mainline") -> Boot:
-    return _assemble(profile, PhysicalMemory.adopt(ram_fd), faults, 0)
+def _attach_devices(boot: Boot, device_fd: int | None, luo_state) -> None:
+    """Bind drivers to the machine's devices, re-attaching those the previous kernel
+    handed over (a damaged devices subtree only means fresh probes, never a panic)."""
+    if device_fd is None:
+        return
+    transport = SocketTransport(socket.socket(fileno=device_fd))
+    boot.devices = DeviceDrivers(transport, boot.memory, boot.handover.preserved,
+                                 luo_state=luo_state)
+    if boot.luo is None:  # the RFCs run the device layer as a state-machine participant
+        boot.device_participant = DeviceParticipant(boot.devices)
+    report = boot.devices.boot(incoming_images(boot.incoming),
+                               boot.incoming.preserved if boot.incoming else None)
+    log.info("devices: %s", {k: len(v) for k, v in report.items()})
+
+
+def cold_boot(ram_fd: int, faults: Faults = NONE, profile: str = "mainline",
+              device_fd: int | None = None) -> Boot:
+    return _assemble(profile, PhysicalMemory.adopt(ram_fd), faults, 0, device_fd=device_fd)
 
 
 def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
-                  faults: Faults = NONE, profile: str = "mainline", number: int = 1) -> Boot:
+                  faults: Faults = NONE, profile: str = "mainline", number: int = 1,
+                  device_fd: int | None = None) -> Boot:
     """Rebuild from the previous kernel's hand-over; Panic if it cannot be trusted.
 
     Under the RFC profiles a hand-over without LUO's subtree is a plain kexec (the
@@ -228,7 +257,7 @@ def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
                     raise Panic(f"LUO image: two {f.compatible} files share handle {f.data:#x}")
                 by_data[f.data] = next(it)
         number = image.liveupdate_number + 1 if image else number
-        boot = _assemble(profile, memory, faults, number, image, handed, incoming)
+        boot = _assemble(profile, memory, faults, number, image, handed, incoming, device_fd)
     except Panic:
         for f in files:
             f.close()
@@ -244,7 +273,7 @@ def undo_reboot(boot: Boot) -> None:
     if boot.handover.finalized:
         boot.handover.abort()
     if boot.luo is not None:
-        boot.luo.cancel_reboot()
+        _undo_mainline(boot)()
     elif boot.machine.allowed(Event.CANCEL):
         boot.machine.cancel()
 
@@ -255,14 +284,24 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
     On failure the old kernel keeps running with everything as it was (LuoError).
     """
     number = boot.liveupdate_number
+    devices_blob = None
     if boot.luo is not None:
-        carried = boot.luo.reboot()
-        undo = boot.luo.cancel_reboot
+        if boot.devices is not None:  # mainline: the device layer freezes first, all in one
+            devices_blob = boot.devices.freeze()
+        try:
+            carried = boot.luo.reboot()
+        except LuoError:
+            if boot.devices is not None:
+                boot.devices.cancel()
+            raise
+        undo = _undo_mainline(boot)
         subsystems = {}
     elif boot.machine.reboot():  # RFC: PREPARED (or FROZEN) hands LUO data over
         carried = [CarriedSession(V2_SESSION, tuple(boot.v2.files.carried()))] if boot.v2 else []
         undo = boot.machine.cancel
         subsystems = boot.subsystems.export()
+        if boot.device_participant is not None:
+            devices_blob = boot.device_participant.blob
     else:  # RFC, not prepared: a plain kexec, nothing carried
         carried, undo, subsystems = None, None, {}
     try:
@@ -270,6 +309,7 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
         boot.kho.flush()
         _publish_luo(boot.handover, boot.memory,
                      None if carried is None else luo_image(number, carried, subsystems))
+        publish_devices(boot.handover, devices_blob)
         root_phys, root_size = boot.handover.finalize()
     except LuoError:
         if undo:
@@ -285,5 +325,21 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
     carried = carried or []
     fds = [f.file.fd for s in carried for f in s.files]
     message = {"root_phys": root_phys, "root_size": root_size, "liveupdate_number": number,
-               "sessions": len(carried), "files": len(fds)}
+               "sessions": len(carried), "files": len(fds),
+               "devices": boot.devices.preserved_paths() if boot.devices else []}
     return message, fds
+
+
+def _undo_mainline(boot: Boot):
+    def undo() -> None:
+        boot.luo.cancel_reboot()
+        if boot.devices is not None:
+            boot.devices.cancel()
+    return undo
+
+
+def shut_devices_down(boot: Boot) -> None:
+    """device_shutdown() at the kexec, once the machine has the hand-over: every device
+    that is not preserved stops (its in-flight work is lost, as on hardware)."""
+    if boot.devices is not None:
+        boot.devices.shutdown()

@@ -26,6 +26,7 @@ from .core import LuoError
 from .core.faults import Faults
 from .fs.escape import escape_name
 from .fs.debugfs import kho_debugfs
+from .fs.devices import device_sysfs
 from .fs.ops import KernelFS
 from .fs.server import Mount
 
@@ -51,13 +52,16 @@ def status(fs: KernelFS) -> dict:
                         "incoming": sorted(boot.v2.files.incoming)}
     if boot.subsystems is not None:
         out["subsystems"] = boot.subsystems.export()
+    if boot.devices is not None:
+        out["devices"] = boot.devices.status()
     return out
 
 
 class Kernel:
     def __init__(self, sock: socket.socket, root: str, cmdline: str, faults: Faults,
-                 debugfs: bool = False, abi: str = "mainline"):
+                 debugfs: bool = False, abi: str = "mainline", device_fd: int | None = None):
         self.sock = sock
+        self.device_fd = device_fd
         self.abi = abi
         self.debugfs = debugfs
         self.faults = faults
@@ -81,9 +85,9 @@ class Kernel:
             if "root_phys" in message:
                 self.boot = handover.handover_boot(
                     ram_fd, message["root_phys"], message["root_size"], file_fds, self.faults,
-                    self.abi, message.get("number", 1))
+                    self.abi, message.get("number", 1), self.device_fd)
             else:
-                self.boot = handover.cold_boot(ram_fd, self.faults, self.abi)
+                self.boot = handover.cold_boot(ram_fd, self.faults, self.abi, self.device_fd)
         except handover.Panic as e:
             log.critical("panic: %s", e)
             wire.send(self.sock, {"event": "panic", "error": str(e)})
@@ -94,7 +98,8 @@ class Kernel:
         extra = None
         if self.debugfs:
             extra = lambda fs: {b"debug": kho_debugfs(boot, fs.table.intern)}  # noqa: E731
-        self.fs = KernelFS(boot, cmdline=self.cmdline, extra_kernel=extra)
+        self.fs = KernelFS(boot, cmdline=self.cmdline, extra_kernel=extra,
+                           extra_sys=device_sysfs(boot.devices.layer) if boot.devices else None)
         return True
 
     async def serve(self) -> None:
@@ -159,6 +164,8 @@ class Kernel:
         elif op == "kho-dump":
             self._send(self.kho_dump(message.get("which", "out"), message.get("format")))
         elif op == "shutdown":
+            if self.boot.devices is not None:
+                self.boot.devices.close()  # devices run on in the machine
             self._send({"ok": True})
             cancel.cancel()
             return True
@@ -174,6 +181,7 @@ class Kernel:
             except OSError:
                 handover.undo_reboot(self.boot)
                 raise
+            handover.shut_devices_down(self.boot)
             self.faults.check("crash.handed-over")
             self.handed_over = True
             cancel.cancel()
@@ -192,12 +200,14 @@ def main(argv=None) -> int:
     p.add_argument("--fault", action="append", default=[])
     p.add_argument("--debugfs", action="store_true")
     p.add_argument("--abi", choices=handover.PROFILES, default="mainline")
+    p.add_argument("--device-fd", type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
     kernel = Kernel(socket.socket(fileno=args.control_fd), os.path.realpath(args.root),
-                    args.cmdline, Faults.from_env(",".join(args.fault)), args.debugfs, args.abi)
+                    args.cmdline, Faults.from_env(",".join(args.fault)), args.debugfs, args.abi,
+                    args.device_fd)
     if not kernel.receive_boot():
         return 1
     try:

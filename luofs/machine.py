@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from devices import DeviceHost, RamView, parse_spec, start_server
+
 from . import limits, wire
 from .mounts import detach_mount
 
@@ -44,20 +46,30 @@ RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-o
 class KernelProcess:
     """One kernel process and the machine's end of its control socket."""
 
-    def __init__(self, root: str, number: int, log_path: str, extra_args=(), on_crash=None):
+    def __init__(self, root: str, number: int, log_path: str, extra_args=(), on_crash=None,
+                 devices: DeviceHost | None = None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.number = number
         self.on_crash = on_crash
         self.args = list(extra_args)
         self.loaded = False
+        passed = [theirs]
+        device_args = []
+        if devices is not None:  # the kernel's drivers talk to the hardware on their own line
+            host_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            passed.append(kernel_end)
+            device_args = ["--device-fd", str(kernel_end.fileno())]
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "luofs.kernel", "--root", root,
-                 "--control-fd", str(theirs.fileno()), *extra_args],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                 "--control-fd", str(theirs.fileno()), *device_args, *extra_args],
+                pass_fds=[s.fileno() for s in passed], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file)
-        theirs.close()
+        for s in passed:
+            s.close()
+        if devices is not None:
+            start_server(devices, host_end)  # ends when this kernel's end closes
 
     def recv(self) -> tuple[dict | None, list[int]]:
         """The next message that is not a crash notice (those go to on_crash)."""
@@ -120,7 +132,8 @@ class KernelProcess:
 
 
 class Machine:
-    def __init__(self, root: str, state: str, memory: int, kernel_args: list[str]):
+    def __init__(self, root: str, state: str, memory: int, kernel_args: list[str],
+                 devices: str = "none"):
         self.root = os.path.realpath(root)
         self.state = state
         self.kernel_args = kernel_args
@@ -137,6 +150,9 @@ class Machine:
         self.ram = os.memfd_create("luofs-ram", os.MFD_CLOEXEC)
         os.ftruncate(self.ram, memory)
         self.memory = memory
+        topology = parse_spec(devices)
+        # Devices live here, so DMA and interrupts go on while no kernel runs.
+        self.devices = DeviceHost(RamView(os.dup(self.ram)), topology) if topology.devices else None
 
     @property
     def kernel_log(self) -> str:
@@ -172,7 +188,8 @@ class Machine:
         return kernel
 
     def _spawn(self) -> KernelProcess:
-        return KernelProcess(self.root, -1, self.kernel_log, self.kernel_args, self._disarm)
+        return KernelProcess(self.root, -1, self.kernel_log, self.kernel_args, self._disarm,
+                             self.devices)
 
     def _prepare_standby(self) -> None:
         """Start importing the next kernel now (as `kexec -l` loads an image ahead of
@@ -191,6 +208,8 @@ class Machine:
 
     def cold_boot(self) -> None:
         """Kernel #0 on fresh memory: nothing is carried."""
+        if self.devices is not None:
+            self.devices.reset_all()  # before RAM is cleared under their DMA
         os.ftruncate(self.ram, 0)  # forget every page of a previous life
         os.ftruncate(self.ram, self.memory)
         self.kernel = self._load(0)
@@ -221,6 +240,8 @@ class Machine:
             log.warning("old kernel after the hand-over: %s; detaching its mount", e)
             detach_mount(self.root)
         old.kill()
+        if self.devices is not None:  # interrupts latch until the next drivers attach
+            self.devices.kexec(reply.get("devices", []))
         t_handed = time.perf_counter()
         self.kernel = None
         boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
@@ -283,6 +304,8 @@ class Machine:
         self.shutdown()
 
     def kernel_died(self) -> None:
+        if self.devices is not None:
+            self.devices.kernel_gone()
         code = self.kernel.proc.wait()
         self.panic = (f"kernel #{self.kernel.number} died (status {code}); "
                       f"see {self.kernel_log}")
@@ -301,6 +324,7 @@ class Machine:
         reply["machine"] = {"pid": os.getpid(), "root": self.root, "state_dir": self.state,
                             "uptime_s": round(time.time() - self.started, 3),
                             "kernel_log": self.kernel_log, "memory": self.memory,
+                            "devices": self.devices.status() if self.devices else [],
                             "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
                             "panic": self.panic}
         return reply
@@ -363,6 +387,8 @@ class Machine:
             self.kernel.stop()
             self.kernel = None
         detach_mount(self.root)
+        if self.devices is not None:
+            self.devices.close()
 
 
 def main(argv=None) -> int:
@@ -371,6 +397,7 @@ def main(argv=None) -> int:
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--state-dir", required=True)
     p.add_argument("--memory", type=int, default=DEFAULT_MEMORY)
+    p.add_argument("--devices", default="none")
     p.add_argument("kernel_args", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
@@ -378,7 +405,7 @@ def main(argv=None) -> int:
     limits.raise_fd_limit()
     ready = os.fdopen(args.ready_fd, "w")
     try:
-        machine = Machine(args.root, args.state_dir, args.memory, args.kernel_args)
+        machine = Machine(args.root, args.state_dir, args.memory, args.kernel_args, args.devices)
     except OSError as e:
         ready.write(f"error: {args.root} is already served by another luofs machine ({e})\n")
         return 1

@@ -57,6 +57,12 @@ class TextFile(Node):
         self.version = version
 
 
+class Symlink(Node):
+    def __init__(self, target: bytes):
+        super().__init__(stat.S_IFLNK | 0o777)
+        self.target = target
+
+
 class ControlFile(Node):
     """A file whose fd stands for a kernel object: ioctls arrive as getxattr frames."""
 

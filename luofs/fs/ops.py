@@ -30,7 +30,7 @@ from ..handover import Boot
 from .caller import FuseCaller, inode_behind
 from .device import MainlineDevice, V2Device
 from .escape import escape_name
-from .nodes import ROOT_INO, ControlFile, Dir, DynamicDir, InodeTable, Node, TextFile
+from .nodes import ROOT_INO, ControlFile, Dir, DynamicDir, InodeTable, Node, Symlink, TextFile
 
 log = logging.getLogger("luofs.fs")
 
@@ -80,7 +80,8 @@ class KernelFS(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, boot: Boot, *, cmdline: str,
-                 extra_kernel: Callable[["KernelFS"], dict[bytes, Node]] | None = None):
+                 extra_kernel: Callable[["KernelFS"], dict[bytes, Node]] | None = None,
+                 extra_sys: dict[bytes, Node] | None = None):
         super().__init__()
         self.boot = boot
         self.luo = boot.luo
@@ -114,7 +115,7 @@ class KernelFS(pyfuse3.Operations):
         kernel.update(extra_kernel(self) if extra_kernel else {})
         self.root = self.table.add_tree(Dir(0o755, {
             b"dev": Dir(0o755, {b"liveupdate": self.device} if self.dev else {}),
-            b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel)}),
+            b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel), **(extra_sys or {})}),
             b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),
             b".luofs": self.requests,
         }))
@@ -178,7 +179,8 @@ class KernelFS(pyfuse3.Operations):
         a.st_mode = node.mode
         a.st_nlink = 2 if node.is_dir else 1
         a.st_uid = a.st_gid = 0
-        a.st_size = SYSFS_SIZE if isinstance(node, TextFile) else 0
+        a.st_size = (SYSFS_SIZE if isinstance(node, TextFile) else
+                     len(node.target) if isinstance(node, Symlink) else 0)
         a.st_blksize = 4096
         # Views change, so their names and attributes are never cached; a session's
         # attributes never change (fstat stays off the wire) but its name must never
@@ -215,6 +217,12 @@ class KernelFS(pyfuse3.Operations):
         if isinstance(node, TextFile) and node.store and fields.update_size:
             return self._attrs(node)  # `echo > file` truncates first, as sysfs allows
         raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not isinstance(node, Symlink):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
 
     async def opendir(self, inode, ctx):
         node = self._node(inode)
@@ -444,5 +452,5 @@ class KernelFS(pyfuse3.Operations):
 
 for _name in ("lookup", "forget", "getattr", "setattr", "opendir", "readdir", "statfs", "open",
               "read", "write", "release", "create", "getxattr", "setxattr", "listxattr",
-              "removexattr", "poll"):
+              "removexattr", "poll", "readlink"):
     setattr(KernelFS, _name, _never_crash(getattr(KernelFS, _name)))

@@ -1,0 +1,219 @@
+"""Callback order, unwinding and finish of the device layer (rfc.md §6)."""
+
+import logging
+
+import pytest
+
+from devices.layer import DevLiveupdate
+from luofs.core.errors import LuoError
+from luofs.uapi import errnos
+
+PREPARE_ORDER = [("prepare", "driver", "C"), ("prepare", "bus", "C"),
+                 ("prepare", "driver", "B"), ("prepare", "bus", "B"),
+                 ("prepare", "driver", "E"), ("prepare", "bus", "E"),
+                 ("prepare", "driver", "A"), ("prepare", "bus", "A")]
+
+
+@pytest.fixture
+def layer(tree, path):
+    layer = DevLiveupdate(tree)
+    for name in ("C", "E"):
+        layer.set_requested(tree.get(path(name)), True)
+    return layer
+
+
+def flags(tree):
+    return {d.name: (d.lu.requested, d.lu.preserved, d.lu.reclaimed) for d in tree}
+
+
+def preserved(tree):
+    return sorted(d.name for d in tree if d.lu.preserved)
+
+
+def test_prepare_runs_deepest_first_driver_before_bus(layer, tree, recorder):
+    devices = layer.prepare()
+    assert [d.name for d in devices] == ["C", "B", "E", "A", "root"]
+    assert recorder.calls == PREPARE_ORDER
+    assert preserved(tree) == ["A", "B", "C", "E", "root"]
+    assert layer.state == "prepared"
+
+
+def test_reboot_walks_the_same_list(layer, recorder):
+    layer.prepare()
+    recorder.calls.clear()
+    layer.reboot()
+    assert recorder.calls == [("reboot",) + call[1:] for call in PREPARE_ORDER]
+    assert layer.state == "rebooted"
+
+
+@pytest.mark.parametrize("at, target, undone", [
+    ("C", "driver", []),
+    ("C", "bus", [("cancel", "driver", "C")]),
+    ("B", "driver", [("cancel", "bus", "C"), ("cancel", "driver", "C")]),
+    ("B", "bus", [("cancel", "driver", "B"), ("cancel", "bus", "C"), ("cancel", "driver", "C")]),
+    ("A", "driver", [("cancel", "bus", "E"), ("cancel", "driver", "E"), ("cancel", "bus", "B"),
+                     ("cancel", "driver", "B"), ("cancel", "bus", "C"),
+                     ("cancel", "driver", "C")]),
+])
+def test_a_prepare_fault_cancels_what_was_done_in_reverse(path, layer, tree, recorder, at, target,
+                                                          undone):
+    before = flags(tree)
+    layer.fail_at(path(at), "prepare", errnos.EBUSY, target)
+    with pytest.raises(LuoError) as e:
+        layer.prepare()
+    assert e.value.errno == errnos.EBUSY
+    done_before = PREPARE_ORDER[:PREPARE_ORDER.index(("prepare", target, at))]
+    assert recorder.calls == done_before + undone  # the failing callback itself never ran
+    assert flags(tree) == before
+    assert layer.state == "idle" and layer.devices == []
+
+
+def test_after_a_failed_prepare_the_next_one_succeeds(path, layer, tree, recorder):
+    layer.fail_at(path("B"), "prepare", errnos.EIO)
+    with pytest.raises(LuoError):
+        layer.prepare()
+    layer.clear_faults()
+    recorder.calls.clear()
+    layer.prepare()
+    assert recorder.calls == PREPARE_ORDER
+
+
+def test_a_reboot_fault_cancels_every_prepared_device_in_reverse(path, layer, tree, recorder):
+    before = flags(tree)
+    layer.prepare()
+    layer.fail_at(path("E"), "reboot", errnos.ENOMEM, "bus")
+    recorder.calls.clear()
+    with pytest.raises(LuoError) as e:
+        layer.reboot()
+    assert e.value.errno == errnos.ENOMEM
+    cancels = [c for c in recorder.calls if c[0] == "cancel"]
+    assert cancels == [("cancel", t, n) for n in ("A", "E", "B", "C") for t in ("bus", "driver")]
+    assert flags(tree) == before and layer.state == "idle"
+
+
+def test_cancel_from_prepared_or_rebooted(layer, tree, recorder):
+    before = flags(tree)
+    layer.prepare()
+    layer.reboot()
+    recorder.calls.clear()
+    layer.cancel()
+    assert [c[2] for c in recorder.calls] == ["A", "A", "E", "E", "B", "B", "C", "C"]
+    assert flags(tree) == before
+    with pytest.raises(LuoError) as e:
+        layer.cancel()
+    assert e.value.errno == errnos.EBUSY
+
+
+def test_phases_out_of_order_are_ebusy(layer):
+    with pytest.raises(LuoError) as e:
+        layer.reboot()
+    assert e.value.errno == errnos.EBUSY
+    layer.prepare()
+    with pytest.raises(LuoError) as e:
+        layer.prepare()
+    assert e.value.errno == errnos.EBUSY
+    with pytest.raises(LuoError):
+        layer.finish()
+
+
+def test_a_callback_that_is_not_a_luo_error_still_unwinds(path, tree, recorder):
+    layer = DevLiveupdate(tree)
+    c = tree.get(path("C"))
+    layer.set_requested(c, True)
+
+    def broken(dev):
+        raise RuntimeError("driver bug")
+
+    b = tree.get(path("B"))
+    original = b.driver
+    b.driver = type(original)("broken", type(original.liveupdate)(prepare=broken))
+    try:
+        with pytest.raises(LuoError) as e:
+            layer.prepare()
+    finally:
+        b.driver = original
+    assert e.value.errno == errnos.EIO
+    assert recorder.calls[-2:] == [("cancel", "bus", "C"), ("cancel", "driver", "C")]
+
+
+def test_requested_is_frozen_outside_normal(path, tree):
+    state = {"value": "normal"}
+    layer = DevLiveupdate(tree, lambda: state["value"])
+    c = tree.get(path("C"))
+    layer.store_requested(c, b"1\n")
+    state["value"] = "prepared"
+    with pytest.raises(LuoError) as e:
+        layer.store_requested(c, b"0\n")
+    assert e.value.errno == errnos.EINVAL and c.lu.requested
+
+
+def test_finish_warns_about_unreclaimed_and_clears_flags(path, tree, recorder, caplog):
+    layer = DevLiveupdate(tree)
+    for name in ("root", "A", "B", "C"):  # as a new kernel adopts a hand-over
+        layer.adopt(tree.get(path(name)))
+    for name in ("root", "A", "B"):
+        layer.reclaimed(tree.get(path(name)))
+    assert layer.pending_finish
+    with caplog.at_level(logging.WARNING, logger="devices.layer"):
+        unreclaimed = layer.finish()
+    assert [d.name for d in unreclaimed] == ["C"]
+    assert "root/A/B/C was preserved but no driver reclaimed it" in caplog.text
+    assert recorder.calls == [("finish", t, n) for n in ("C", "B", "A") for t in ("driver", "bus")]
+    assert preserved(tree) == [] and not any(d.lu.reclaimed for d in tree)
+    assert tree.get(path("C")).lu.requested  # the user's choice stays
+    assert not layer.pending_finish
+
+
+def test_prepare_refuses_while_a_previous_update_is_unfinished(path, tree):
+    layer = DevLiveupdate(tree)
+    layer.adopt(tree.get(path("E")))
+    with pytest.raises(LuoError) as e:
+        layer.prepare()
+    assert e.value.errno == errnos.EBUSY
+
+
+def test_reclaimed_needs_preserved(path, tree):
+    layer = DevLiveupdate(tree)
+    with pytest.raises(LuoError) as e:
+        layer.reclaimed(tree.get(path("C")))
+    assert e.value.errno == errnos.EINVAL
+
+
+def test_finish_and_cancel_failures_only_warn(path, tree, caplog):
+    layer = DevLiveupdate(tree)
+    c = tree.get(path("C"))
+
+    def explode(dev):
+        raise RuntimeError("boom")
+
+    original = c.driver
+    c.driver = type(original)("x", type(original.liveupdate)(finish=explode))
+    layer.adopt(c)
+    with caplog.at_level(logging.ERROR, logger="devices.layer"):
+        layer.finish()
+    c.driver = original
+    assert "driver finish of root/A/B/C failed; ignored" in caplog.text
+    assert not c.lu.preserved
+
+
+def test_shutdown_skips_preserved_devices_children_first(layer, tree):
+    layer.prepare()
+    assert [d.name for d in layer.shutdown_order()] == ["D", "H", "G", "F"]
+
+
+def test_fail_at_checks_its_arguments(path, layer, tree):
+    with pytest.raises(ValueError):
+        layer.fail_at(path("C"), "finish", errnos.EIO)
+    with pytest.raises(ValueError):
+        layer.fail_at(path("root"), "prepare", errnos.EIO)  # no driver there
+    with pytest.raises(ValueError):
+        layer.fail_at(path("F"), "prepare", errnos.EIO)  # driver without callbacks
+
+
+def test_trace_sees_every_callback(path, tree):
+    seen = []
+    layer = DevLiveupdate(tree, trace=lambda phase, target, dev: seen.append((phase, target,
+                                                                              dev.name)))
+    layer.set_requested(tree.get(path("D")), True)
+    layer.prepare()
+    assert seen == [("prepare", t, n) for n in ("D", "B", "A") for t in ("driver", "bus")]
