@@ -218,12 +218,29 @@ def cmd_status(args) -> int:
     if "files" in k:
         print(f"files:           outgoing tokens {k['files']['outgoing']}, "
               f"incoming {k['files']['incoming']}")
+    _print_devices(m.get("devices", []), k.get("devices", []))
     if k["abi"] == "mainline":
         print(f"sessions:        {len(k['sessions'])}")
     for s in k["sessions"]:
         extra = " (retrieved)" if s["retrieved"] else ""
         print(f"  {s['direction']:8} {s['name']}: {s['files']} file(s){extra}")
     return 0
+
+
+def _print_devices(machine: list[dict], kernel: list[dict]) -> None:
+    """One line per DMA engine: what the hardware did beside what its driver saw."""
+    drivers = {d["path"]: d for d in kernel}
+    for dev in machine:
+        if dev.get("kind") != "dma":
+            continue
+        drv = drivers.get(dev["path"], {})
+        flags = "/".join("1" if drv.get(name) else "0"
+                         for name in ("requested", "preserved", "reclaimed"))
+        print(f"device:          {dev['label']} requested/preserved/reclaimed {flags}: written {dev['records_written']}, "
+              f"received {drv.get('records_received', 0)} (this kernel "
+              f"{drv.get('records_received_this_kernel', 0)}), gaps {drv.get('seq_gaps', 0)}, "
+              f"irq {dev['irq_raised']} raised / {dev['irq_delivered']} delivered / "
+              f"{dev['irq_pending']} pending, resets {dev['resets']}")
 
 
 def cmd_shutdown(args) -> int:

@@ -15,7 +15,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
 step "Boot the emulated machine and kernel #0 at $root"
-show luofs boot --root "$root" --debugfs
+show luofs boot --root "$root" --debugfs --devices "bridge0;dma0@bridge0:rate=20000;dma1@bridge0:rate=20000"
 show cat "$root/sys/kernel/liveupdate/state"
 show cat "$root/proc/cmdline"
 
@@ -26,6 +26,12 @@ exec 3> >(python "$here/demo_vmm.py" stage1 --root "$root" --ready "$fifo")
 vmm_pid=$!
 read -r _ < "$fifo"
 
+step "Two DMA engines write records into rings through an IOMMU; preserve dma0 only"
+dma0="$root/sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0"
+show ls "$root/sys/bus/pci/devices"
+show sh -c "echo 1 > $dma0/liveupdate/requested"
+show cat "$dma0/liveupdate/requested"
+
 step "The sessions view (an emulator extension) and KHO's debugfs"
 show ls "$root/sys/kernel/liveupdate/sessions/outgoing"
 show cat "$root/sys/kernel/liveupdate/sessions/outgoing/vm-42/files"
@@ -34,6 +40,10 @@ show luofs status --root "$root"
 
 step "Live update: freeze, hand over through KHO, kernel #1 takes over"
 show luofs kexec --root "$root"
+sleep 0.3  # let the new drivers drain what the engines wrote in the blackout
+echo "# dma0 (preserved): never reset, every record received; dma1: reset, its records restart"
+show luofs status --root "$root"
+show cat "$dma0/liveupdate/reclaimed"
 exec 3>&-   # the old VMM process ends, as a real reboot would end it
 wait "$vmm_pid" 2>/dev/null || true; vmm_pid=""
 show cat "$root/sys/kernel/liveupdate/state"
