@@ -17,7 +17,7 @@ import sys
 
 from luofs.testing import booted
 
-from . import ioctl_roundtrip, kexec_blackout, plot
+from . import device_soak, ioctl_roundtrip, kexec_blackout, plot
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -51,6 +51,8 @@ def main(argv=None) -> int:
         rows += kexec_blackout.many_sessions(progress, 10_000, 10)
     else:
         rows += kexec_blackout.many_sessions(progress, (limit - 1_000) // 10, 10)
+    print("devices through 100 live updates …", file=sys.stderr, flush=True)
+    rows += device_soak.soak(progress, kexecs=20 if args.quick else 100)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"luofs bench — {when} — {machine()}")
     print(table(rows))

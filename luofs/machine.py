@@ -223,6 +223,7 @@ class Machine:
                                           "`luofs boot` starts a fresh one"}
         old = self.kernel
         nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
+        written_before = self._records_written()
         t_freeze = time.perf_counter()
         reply, fds = old.ask({"op": "reboot"})
         if not reply.get("ok"):
@@ -269,6 +270,7 @@ class Machine:
                 os.close(fd)
         self.kernel = nxt
         t_ready = time.perf_counter()
+        written_after = self._records_written()
         self._prepare_standby()
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
@@ -276,7 +278,16 @@ class Machine:
                 "sessions": reply["sessions"], "files": reply["files"],
                 "blackout_ms": self.last_blackout_ms,
                 "freeze_ms": round((t_handed - t_freeze) * 1000, 3),
-                "start_ms": round((t_ready - t_handed) * 1000, 3)}
+                "start_ms": round((t_ready - t_handed) * 1000, 3),
+                # what each DMA engine wrote while no kernel served it
+                "blackout_records": {label: written_after[label] - n
+                                     for label, n in written_before.items()}}
+
+    def _records_written(self) -> dict[str, int]:
+        if self.devices is None:
+            return {}
+        return {d["label"]: d["records_written"] for d in self.devices.status()
+                if d.get("kind") == "dma"}
 
     def serve(self) -> None:
         sel = selectors.DefaultSelector()
