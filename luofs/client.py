@@ -77,7 +77,7 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
         # RFC v2: the number encodes size and direction; the kernel copies exactly
         # that much in (for _IOW/_IOWR), or faults.
         want = encoded if nums.ioc_dir(cmd) & nums.IOC_WRITE else 0
-        if len(arg) < want:
+        if len(arg) < max(want, 4):  # unreadable: EFAULT wherever a kernel reads it
             flags["arg_fault"] = True
             carried = b""
         else:

@@ -26,6 +26,7 @@ from ..core import rfc_sysfs
 from ..core.rfc_sysfs import render_state
 from ..fdutil import MountTypes
 from ..uapi import frames
+from ..uapi.ioctl import ioc_size
 from ..handover import Boot
 from .caller import FuseCaller, inode_behind
 from .device import MainlineDevice, V2Device
@@ -392,7 +393,10 @@ class KernelFS(pyfuse3.Operations):
 
     def _ioctl(self, node: Node, req, caller: FuseCaller):
         """Run one ioctl in the core; LuoError becomes the FUSE errno, Rebooting passes."""
-        if (node is not self.device or self.dev.sized) and not frames.sized_ok(req):
+        # A number that encodes its size is never a mainline command: the dispatch
+        # rejects it (EINVAL, EFAULT or ENOTTY) before `size` matters.
+        sized = (node is not self.device or self.dev.sized) and not ioc_size(req.cmd)
+        if sized and not frames.sized_ok(req):
             log.debug("request frame carries %d bytes for its size", len(req.arg))
             raise pyfuse3.FUSEError(errno.EINVAL)
         request = Request(req.cmd, req.arg, req.flags.arg_fault, req.flags.copy_fault,

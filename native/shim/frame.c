@@ -45,7 +45,10 @@ void luofs_request_load(struct luofs_request *req, const void *user_arg)
 
 		if (in > LUOFS_MAX_ARG)
 			in = LUOFS_MAX_ARG;
-		if (in && shim_peek(req->arg, user_arg, in) < in)
+		/* A read-only command copies nothing in, but an unreadable pointer
+		 * still decides EFAULT where a mainline kernel reads `size`. */
+		if (in ? shim_peek(req->arg, user_arg, in) < in
+		       : shim_peek(head, user_arg, sizeof(head)) < sizeof(head))
 			req->flags |= LUOFS_REQ_ARG_FAULT;
 		else
 			req->arg_len = in;
