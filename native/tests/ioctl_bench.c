@@ -1,6 +1,6 @@
 /*
  * ioctl_bench: the cost of ioctl() calls, for comparing runs with and without
- * the shim (scripts/test-shim-overhead.sh).
+ * the shim (bench/shim.py, run by `make bench`).
  *
  *   ioctl_bench pipe     min ns per FIONREAD on a pipe through ioctl() (the shim's
  *                        fast path when preloaded), min ns through libc's own
