@@ -52,8 +52,10 @@ $(BENCH_STAMP): $(VENV_STAMP)
 bench: deps native $(BENCH_STAMP)
 	$(PY) -m bench
 
+# The long runs (opt-in, hours): ≥ 1,000,000 fuzzed frames, ≥ 10,000 whole-system
+# sequences against the reference model, 100 live updates carrying 1 GiB.
 fuzz: deps native
-	$(PY) -m pytest -q -m slow tests/fuzz
+	$(PY) -m pytest -q -s -p no:xdist -m slow tests
 
 clean:
 	rm -rf $(VENV) $(NATIVE) $(SYS_STAMP) .pytest_cache .hypothesis
