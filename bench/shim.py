@@ -36,7 +36,8 @@ def run(instance, floor_us: float | None) -> list[Row]:
         ratios.append(float(fields[-1]))
         session_us.append(float(_run(instance, "session")))
     return [
-        summarize("GET_NAME through the C shim (min per try)", session_us, floor_us),
+        summarize("GET_NAME through the C shim (best round of 15, per try)", session_us,
+                  floor_us),
         summarize("pipe FIONREAD through the shim's fast path", shim_ns, unit="ns"),
         summarize("pipe FIONREAD through libc directly", libc_ns, unit="ns"),
         Row("shim fast path / libc (same process, alternating)", "×",
