@@ -173,33 +173,14 @@ def _name_bytes(name: str | bytes) -> bytes:
 _GET_NAME_ARG = structs.GetName.build(dict(size=72, reserved=0, name=bytes(64)))
 
 
-class LiveUpdate:
-    """An open /dev/liveupdate (exclusive: a second opener gets EBUSY)."""
+class _File:
+    """An fd of the emulated kernel: closed by close() or by leaving a `with` block."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = _default_root(root)
-        try:
-            self.fd = os.open(os.path.join(self.root, DEVICE_PATH), os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise _fail(e, "open /dev/liveupdate") from None
+    root: str
+    fd: int
 
     def fileno(self) -> int:
         return self.fd
-
-    def _session(self, cmd: int, what: str, name: str | bytes) -> "Session":
-        arg = structs.codec(structs.CreateSession).build(dict(size=72, fd=-1, name=_name_bytes(name)))
-        try:
-            _reply, fd = ioctl(self.root, self.fd, cmd, arg)
-        except OSError as e:
-            raise _fail(e, f"{what} {name!r}") from None
-        raw = name.encode() if isinstance(name, str) else bytes(name)
-        return Session(self.root, fd, raw.split(b"\0")[0])
-
-    def create_session(self, name: str | bytes) -> "Session":
-        return self._session(nums.LIVEUPDATE_IOCTL_CREATE_SESSION, "CREATE_SESSION", name)
-
-    def retrieve_session(self, name: str | bytes) -> "Session":
-        return self._session(nums.LIVEUPDATE_IOCTL_RETRIEVE_SESSION, "RETRIEVE_SESSION", name)
 
     def close(self) -> None:
         _close(self)
@@ -210,8 +191,39 @@ class LiveUpdate:
     def __exit__(self, *exc):
         self.close()
 
+    def _call(self, cmd: int, what: str, arg: bytes = b""):
+        try:
+            return ioctl(self.root, self.fd, cmd, arg)
+        except OSError as e:
+            raise _fail(e, what) from None
 
-class Session:
+
+class _Device(_File):
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = _default_root(root)
+        try:
+            self.fd = os.open(os.path.join(self.root, DEVICE_PATH), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise _fail(e, "open /dev/liveupdate") from None
+
+
+class LiveUpdate(_Device):
+    """An open /dev/liveupdate (exclusive: a second opener gets EBUSY)."""
+
+    def _session(self, cmd: int, what: str, name: str | bytes) -> "Session":
+        arg = structs.codec(structs.CreateSession).build(dict(size=72, fd=-1, name=_name_bytes(name)))
+        _reply, fd = self._call(cmd, f"{what} {name!r}", arg)
+        raw = name.encode() if isinstance(name, str) else bytes(name)
+        return Session(self.root, fd, raw.split(b"\0")[0])
+
+    def create_session(self, name: str | bytes) -> "Session":
+        return self._session(nums.LIVEUPDATE_IOCTL_CREATE_SESSION, "CREATE_SESSION", name)
+
+    def retrieve_session(self, name: str | bytes) -> "Session":
+        return self._session(nums.LIVEUPDATE_IOCTL_RETRIEVE_SESSION, "RETRIEVE_SESSION", name)
+
+
+class Session(_File):
     """A session fd. Closing it unpreserves (outgoing) or finishes (retrieved) the session."""
 
     def __init__(self, root: str, fd: int, name: bytes):
@@ -223,14 +235,8 @@ class Session:
     def name(self) -> str:
         return self._name.decode(errors="surrogateescape")
 
-    def fileno(self) -> int:
-        return self.fd
-
-    def _call(self, cmd: int, what: str, arg: bytes):
-        try:
-            return ioctl(self.root, self.fd, cmd, arg)
-        except OSError as e:
-            raise _fail(e, f"{what} on session {self.name!r}") from None
+    def _call(self, cmd: int, what: str, arg: bytes = b""):
+        return super()._call(cmd, f"{what} on session {self.name!r}", arg)
 
     def preserve_fd(self, fd: int, token: int) -> None:
         arg = structs.codec(structs.PreserveFd).build(dict(size=16, fd=fd, token=token))
@@ -250,35 +256,10 @@ class Session:
         reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", _GET_NAME_ARG)
         return structs.codec(structs.GetName).parse(reply).name.split(b"\0")[0]
 
-    def close(self) -> None:
-        _close(self)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class LiveUpdateV2:
+class LiveUpdateV2(_Device):
     """/dev/liveupdate under `luofs boot --abi rfc-v2` (spec/rfc.md §3): the kernel picks
     tokens, and user space drives the global state with events."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = _default_root(root)
-        try:
-            self.fd = os.open(os.path.join(self.root, DEVICE_PATH), os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise _fail(e, "open /dev/liveupdate") from None
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def _call(self, cmd: int, what: str, arg: bytes = b""):
-        try:
-            return ioctl(self.root, self.fd, cmd, arg)
-        except OSError as e:
-            raise _fail(e, what) from None
 
     def preserve(self, fd: int) -> int:
         """FD_PRESERVE: returns the token the kernel chose."""
@@ -313,12 +294,3 @@ class LiveUpdateV2:
 
     def finish(self) -> None:
         self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FINISH, "EVENT_FINISH")
-
-    def close(self) -> None:
-        _close(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
