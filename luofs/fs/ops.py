@@ -146,18 +146,16 @@ class KernelFS(pyfuse3.Operations):
     # ---- the sessions view (an emulator extension, read-only) -----------------------------
 
     def _session_dirs(self, outgoing: bool) -> dict[bytes, Node]:
-        kind = "outgoing" if outgoing else "incoming"
-        out = {}
-        for s in self.luo.sessions:
-            if s.outgoing == outgoing:
-                out[escape_name(s.name)] = self.table.intern(
-                    ("view", kind, s.name), lambda s=s: self._session_dir(s))
-        return out
+        # Keyed by the session object, not its name: a name can be reused by a new
+        # session while the kernel still remembers the old one's inodes.
+        return {escape_name(s.name): self.table.intern(("view", s), lambda s=s: self._session_dir(s))
+                for s in self.luo.sessions if s.outgoing == outgoing}
 
     def _session_dir(self, s: Session) -> Node:
         def render_files() -> bytes:
             lines = [f"{pf.token:#x} {pf.handler.compatible}"
-                     f"{' retrieved' if pf.retrieved and not s.outgoing else ''}\n" for pf in s.files.values()]
+                     f"{' retrieved' if pf.retrieved and not s.outgoing else ''}\n"
+                     for pf in s.files.values()]
             return "".join(lines).encode()
 
         def render_state() -> bytes:
@@ -165,7 +163,7 @@ class KernelFS(pyfuse3.Operations):
                 return b"outgoing\n"
             return b"retrieved\n" if s.retrieved else b"incoming\n"
 
-        key = ("view", s.direction.value, s.name)
+        key = ("view", s)
         return Dir(0o555, {
             b"name": self.table.intern(key + ("name",), lambda: TextFile(lambda: s.name + b"\n")),
             b"state": self.table.intern(key + ("state",), lambda: TextFile(render_state)),

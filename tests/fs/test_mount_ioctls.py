@@ -335,3 +335,16 @@ def test_sysfs_files_read_with_cat_semantics(luofs_instance):
     assert "liveupdate=on" in luofs_instance.read("proc/cmdline")
     raises_errno(errno.EACCES, os.open, luofs_instance.path("sys/kernel/liveupdate/state"),
                  os.O_WRONLY)
+
+
+def test_view_follows_a_reused_name_to_the_new_session(luofs_instance, lu, memfd):
+    files = luofs_instance.path("sys/kernel/liveupdate/sessions/outgoing/same/files")
+    first = lu.create_session("same")
+    first.preserve_fd(memfd, 1)
+    fd = os.open(files, os.O_RDONLY)  # the kernel keeps this inode while the fd is open
+    first.close()
+    with lu.create_session("same") as second:
+        second.preserve_fd(os.memfd_create("other"), 2)
+        assert luofs_instance.read("sys/kernel/liveupdate/sessions/outgoing/same/files") == \
+            "0x2 memfd-v2\n"
+    os.close(fd)
