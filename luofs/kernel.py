@@ -11,7 +11,6 @@ old-kernel half), shutdown.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import socket
@@ -211,9 +210,6 @@ def main(argv=None) -> int:
                     args.device_fd)
     if not kernel.receive_boot():
         return 1
-    # Everything built so far lives as long as the kernel: keep it out of the cyclic
-    # collector's generations, so collections during requests stay small.
-    gc.freeze()
     try:
         trio.run(kernel.serve)
     except Exception as e:
