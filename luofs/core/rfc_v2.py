@@ -20,10 +20,8 @@ from ..uapi.rfc_v2 import (LIVEUPDATE_IOCTL_EVENT_CANCEL, LIVEUPDATE_IOCTL_EVENT
                            LIVEUPDATE_IOCTL_EVENT_FREEZE, LIVEUPDATE_IOCTL_EVENT_PREPARE,
                            LIVEUPDATE_IOCTL_FD_PRESERVE, LIVEUPDATE_IOCTL_FD_RESTORE,
                            LIVEUPDATE_IOCTL_FD_UNPRESERVE, LIVEUPDATE_IOCTL_GET_STATE,
-                           LIVEUPDATE_IOCTL_SELFTESTS, SELFTEST_MAX_SUBSYSTEMS,
-                           SELFTEST_NAME_LENGTH, LiveupdateFd, LiveupdateState, Selftest,
-                           SelftestArg, SelftestCmd, StateArg, Token, arg_in_len, arg_out_len,
-                           ioc_dir, ioc_size)
+                           LIVEUPDATE_IOCTL_SELFTESTS, LiveupdateFd, LiveupdateState, Selftest,
+                           StateArg, Token, ioc_size)
 from .errors import LuoError
 from .luo import CarriedFile
 from .state import Event, State, StateMachine
