@@ -20,6 +20,8 @@ import threading
 
 from .uapi import frames, ioctl as nums, rfc_v2, structs
 
+__all__ = ["LiveUpdate", "Session", "LiveUpdateV2", "ioctl", "DEVICE_PATH"]
+
 DEVICE_PATH = "dev/liveupdate"
 REQUEST_DIR = ".luofs"
 # Commands whose success hands the caller a new fd, and where its number goes.

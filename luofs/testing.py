@@ -22,6 +22,8 @@ from . import cli, wire
 from .client import LiveUpdate
 from .mounts import detach_mount
 
+__all__ = ["Instance", "booted", "luofs_instance"]
+
 
 class Instance:
     def __init__(self, root: str, boot_args=()):
