@@ -261,7 +261,12 @@ def cmd_shutdown(args) -> int:
             raise CliError(f"the machine (pid {status['machine']['pid']}) did not exit")
     finally:
         os.close(machine)
-    print(f"luofs: {root} unmounted")
+    state = status["machine"]["state_dir"]
+    if args.keep_logs or status["machine"].get("panic"):
+        print(f"luofs: {root} unmounted; logs kept in {state}")
+    else:
+        shutil.rmtree(state, ignore_errors=True)  # a clean run leaves nothing behind
+        print(f"luofs: {root} unmounted")
     return 0
 
 
@@ -338,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump.set_defaults(func=cmd_kho_dump)
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT")
+    shutdown = add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT; "
+                   "remove the instance's logs unless a kernel panicked or died")
+    shutdown.add_argument("--keep-logs", action="store_true",
+                          help="keep the machine and kernel logs (luofs status shows where)")
     return p
 
 

@@ -69,3 +69,18 @@ def test_a_stale_mount_is_found_and_cleaned(tmp_path):
         assert os.path.exists(os.path.join(root, "dev/liveupdate"))
     finally:
         assert luofs("shutdown", "--root", root).returncode == 0
+
+
+def test_a_clean_shutdown_removes_the_logs_and_keep_logs_keeps_them(tmp_path):
+    root = str(tmp_path)
+    for keep in (False, True):
+        assert luofs("boot", "--root", root).returncode == 0
+        state = wire.request(root, {"op": "status"})["machine"]["state_dir"]
+        args = ["shutdown", "--root", root] + (["--keep-logs"] if keep else [])
+        result = luofs(*args)
+        assert result.returncode == 0
+        assert os.path.isdir(state) == keep
+        if keep:
+            assert state in result.stdout
+            import shutil
+            shutil.rmtree(state)
