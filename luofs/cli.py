@@ -221,9 +221,12 @@ def cmd_status(args) -> int:
     _print_devices(m.get("devices", []), k.get("devices", []))
     if k["abi"] == "mainline":
         print(f"sessions:        {len(k['sessions'])}")
-    for s in k["sessions"]:
+    shown = 20
+    for s in k["sessions"][:shown]:
         extra = " (retrieved)" if s["retrieved"] else ""
         print(f"  {s['direction']:8} {s['name']}: {s['files']} file(s){extra}")
+    if len(k["sessions"]) > shown:
+        print(f"  … and {len(k['sessions']) - shown} more (luofs status --json lists all)")
     return 0
 
 
