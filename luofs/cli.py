@@ -73,7 +73,6 @@ def cmd_boot(args) -> int:
         print(f"luofs: cleaned a stale FUSE mount at {root}", file=sys.stderr)
     if os.listdir(root):
         raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
-    state = wire.state_dir(root)
     try:
         parse_spec(args.devices)
     except ValueError as e:
@@ -88,6 +87,7 @@ def cmd_boot(args) -> int:
         kernel_args += ["--fault", fault]
     if args.log_level:
         kernel_args += ["--log-level", args.log_level]
+    state = wire.state_dir(root)  # only once everything is known to be valid
     read_end, write_end = os.pipe()
     with open(os.path.join(state, "machine.log"), "ab") as log_file:
         proc = subprocess.Popen(

@@ -12,6 +12,7 @@ Each instance has its own root, so tests run in parallel.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ class Instance:
         self.root = os.path.realpath(root)
         self.boot_args = list(boot_args)
         self.machine_pid: int | None = None
+        self.state_dir: str | None = None
 
     def _cli(self, *args) -> None:
         code = cli.main([*args, "--root", self.root])
@@ -38,7 +40,8 @@ class Instance:
 
     def boot(self) -> "Instance":
         self._cli("boot", *self.boot_args)
-        self.machine_pid = self.status()["machine"]["pid"]
+        machine = self.status()["machine"]
+        self.machine_pid, self.state_dir = machine["pid"], machine["state_dir"]
         return self
 
     def status(self) -> dict:
@@ -48,9 +51,12 @@ class Instance:
         self._cli("kexec")
 
     def shutdown(self) -> None:
-        """Unmount and stop every process of this instance, whatever state it is in."""
+        """Unmount and stop every process of this instance, whatever state it is in, and
+        remove its logs (a test that wants them reads them before it ends)."""
         try:
             self._cli("shutdown")
+            if self.state_dir:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
         except Exception:
             if self.machine_pid is not None:
                 try:
