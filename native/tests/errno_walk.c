@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "names.h"
 
 #define ANON_INODE_FS_MAGIC 0x09041934
 #define TMPFS_MAGIC 0x01021994
@@ -28,19 +29,10 @@
 
 static long page;
 static int dev = -1;
-static char prefix[24];
+static char prefix[24]; /* name_prefix points here */
 
 /* ---- helpers -------------------------------------------------------------------- */
 
-static const char *name_of(const char *suffix)
-{
-	static char buf[8][LIVEUPDATE_SESSION_NAME_LENGTH];
-	static int next;
-	char *out = buf[next++ % 8];
-
-	snprintf(out, LIVEUPDATE_SESSION_NAME_LENGTH, "%s-%s", prefix, suffix);
-	return out;
-}
 
 static void fill_session_arg(struct liveupdate_ioctl_create_session *arg, const char *name)
 {
@@ -736,6 +728,7 @@ int main(void)
 {
 	page = sysconf(_SC_PAGESIZE);
 	snprintf(prefix, sizeof(prefix), "ew%d", (int)getpid());
+	name_prefix = prefix;
 	dev = EXPECT(0, open("/dev/liveupdate", O_RDWR | O_CLOEXEC), "open /dev/liveupdate");
 	if (dev < 0)
 		return check_summary();

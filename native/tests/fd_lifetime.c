@@ -23,21 +23,13 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "names.h"
 
 #define ANON_INODE_FS_MAGIC 0x09041934
 
 static int dev = -1;
-static char prefix[24];
+static char prefix[24]; /* name_prefix points here */
 
-static const char *name_of(const char *suffix)
-{
-	static char buf[8][LIVEUPDATE_SESSION_NAME_LENGTH];
-	static int next;
-	char *out = buf[next++ % 8];
-
-	snprintf(out, LIVEUPDATE_SESSION_NAME_LENGTH, "%s-%s", prefix, suffix);
-	return out;
-}
 
 static int create(const char *name)
 {
@@ -377,6 +369,7 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "--exec-child"))
 		return exec_child(argv[2], argv[3]);
 	snprintf(prefix, sizeof(prefix), "fl%d", (int)getpid());
+	name_prefix = prefix;
 	dev = open("/dev/liveupdate", O_RDWR | O_CLOEXEC);
 	if (!check(dev >= 0, "open /dev/liveupdate"))
 		return check_summary();

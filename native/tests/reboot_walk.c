@@ -25,19 +25,10 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "names.h"
 
 static int dev = -1;
-static const char *tag = "rw";
 
-static const char *name_of(const char *suffix)
-{
-	static char buf[8][LIVEUPDATE_SESSION_NAME_LENGTH];
-	static int next;
-	char *out = buf[next++ % 8];
-
-	snprintf(out, LIVEUPDATE_SESSION_NAME_LENGTH, "%s-%s", tag, suffix);
-	return out;
-}
 
 static int session_ioctl(unsigned long request, const char *name)
 {
@@ -104,7 +95,7 @@ static int prepare(void)
 	int d = create(name_of("d")), m, rc;
 	struct liveupdate_session_get_name gn = { .size = sizeof(gn) };
 
-	if (!check(a >= 0 && b >= 0 && c >= 0 && d >= 0, "create sessions %s-{a,b,c,d}", tag))
+	if (!check(a >= 0 && b >= 0 && c >= 0 && d >= 0, "create sessions %s-{a,b,c,d}", name_prefix))
 		return check_summary();
 	m = memfd_with("alpha");
 	lseek(m, 3, SEEK_SET); /* the position of the preserved open file is carried */
@@ -295,8 +286,7 @@ static int walk_after(void)
 
 int main(int argc, char **argv)
 {
-	if (argc >= 3)
-		tag = argv[2];
+	name_prefix = argc >= 3 ? argv[2] : "rw"; /* the two phases must agree */
 	if (argc >= 2 && !strcmp(argv[1], "prepare")) {
 		dev = open("/dev/liveupdate", O_RDWR | O_CLOEXEC);
 		if (!check(dev >= 0, "open /dev/liveupdate"))

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import os
 import struct
-from contextlib import contextmanager
 
 import pytest
 
+from luofs.core import rfc_v2 as rules
 from luofs.core.errors import LuoError
 from luofs.core.handler import HandlerRegistry
+from luofs.core.rfc_v2 import RfcV2Device, RfcV2Files, check_open, rfc_v2_check
 from luofs.core.state import State, StateMachine
 from luofs.uapi import errnos, ioctl, rfc_v2
-from luofs.uapi.errnos import errno_name
-from luofs.core import rfc_v2 as rules
-from luofs.core.rfc_v2 import RfcV2Device, RfcV2Files, check_open, rfc_v2_check
 from luofs.uapi.rfc_v2 import LiveupdateFd, LiveupdateState
+
+from .fakes import raises_errno
 
 N, P, F, U = State.NORMAL, State.PREPARED, State.FROZEN, State.UPDATED
 
 
-@contextmanager
-def raises_errno(expected: int):
-    with pytest.raises(LuoError) as excinfo:
-        yield excinfo
-    got = excinfo.value.errno
-    assert got == expected, (
-        f"got {errno_name(got)} ({excinfo.value.reason}), expected {errno_name(expected)}")
 
 
 # ---- rfc_v2_check -------------------------------------------------------------------------------

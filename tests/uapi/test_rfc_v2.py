@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import struct
-from contextlib import contextmanager
 
 import pytest
 from construct import ConstructError
 from hypothesis import given, strategies as st
 
-from luofs.core.errors import LuoError
 from luofs.core.state import State
-from luofs.uapi import ioctl, rfc_v2, structs
-from luofs.uapi.errnos import errno_name
 from luofs.core import rfc_v2 as rules
+from luofs.uapi import ioctl, rfc_v2, structs
 from luofs.uapi.rfc_v2 import (LiveupdateFd, LiveupdateState, Selftest, SelftestArg, StateArg,
                                Token)
 
 N, P, F, U = State.NORMAL, State.PREPARED, State.FROZEN, State.UPDATED
 
 
-@contextmanager
-def raises_errno(expected: int):
-    with pytest.raises(LuoError) as excinfo:
-        yield excinfo
-    got = excinfo.value.errno
-    assert got == expected, (
-        f"got {errno_name(got)} ({excinfo.value.reason}), expected {errno_name(expected)}")
 
 
 # ---- the numbers -----------------------------------------------------------------------------
