@@ -11,6 +11,7 @@ import json
 import os
 import select
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -172,6 +173,23 @@ def shim_path() -> str:
     return path
 
 
+def _statically_linked(path: str) -> bool:
+    """An ELF executable without a PT_INTERP header: LD_PRELOAD never reaches it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # not a 64-bit ELF: a script, or other
+                return False
+            phoff, = struct.unpack_from("<Q", head, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except (OSError, struct.error):
+        return False
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3  # PT_INTERP
+               for i in range(phnum))
+
+
 def cmd_run(args) -> int:
     root = _root(args)
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -179,6 +197,10 @@ def cmd_run(args) -> int:
         raise CliError("nothing to run: luofs run --root DIR -- PROG ARGS…")
     if not os.path.exists(os.path.join(root, "dev", "liveupdate")):
         raise CliError(f"no luofs kernel serves {root} (luofs boot --root {root})")
+    program = shutil.which(argv[0])
+    if program and _statically_linked(program):
+        print(f"luofs run: warning: {argv[0]} is statically linked; the shim cannot reach it, "
+              "so its /dev/liveupdate calls will not reach the emulator", file=sys.stderr)
     env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(filter(None, [shim_path(), env.get("LD_PRELOAD")]))
     env["LUOFS_ROOT"] = root

@@ -84,3 +84,17 @@ def test_a_clean_shutdown_removes_the_logs_and_keep_logs_keeps_them(tmp_path):
             assert state in result.stdout
             import shutil
             shutil.rmtree(state)
+
+
+def test_run_warns_that_a_static_program_cannot_be_shimmed(luofs_instance, tmp_path):
+    source = tmp_path / "static.c"
+    source.write_text("int main(void) { return 7; }\n")
+    program = tmp_path / "static"
+    if subprocess.run(["gcc", "-static", "-o", str(program), str(source)]).returncode:
+        import pytest
+        pytest.skip("no static libc to link against")
+    result = luofs("run", "--root", luofs_instance.root, "--", str(program))
+    assert result.returncode == 7  # it still runs: exec replaces `luofs run`
+    assert "statically linked" in result.stderr
+    dynamic = luofs("run", "--root", luofs_instance.root, "--", "true")
+    assert dynamic.returncode == 0 and dynamic.stderr == ""
