@@ -102,23 +102,43 @@ def _closer() -> None:
 
 
 class OwnedFile:
-    """A file the daemon holds a reference to: its own fd on the caller's open file."""
+    """A file the daemon holds a reference to: its own fd on the caller's open file, or,
+    once parked in a vault (luofs/vault.py), a (keeper, slot) there instead."""
 
-    __slots__ = ("fd", "fstype", "_closed")
+    __slots__ = ("fd", "fstype", "_closed", "parked", "vault")
 
-    def __init__(self, fd: int, fstype: str = ""):
+    def __init__(self, fd: int, fstype: str = "", parked=None, vault=None):
         self.fd = fd
         self.fstype = fstype
         self._closed = False
+        self.parked = parked  # (keeper, slot) while the vault holds the file
+        self.vault = vault  # the vault that counts or holds it, if any
 
     @property
     def is_fuse(self) -> bool:
         return self.fstype.startswith("fuse")
 
+    def park(self, vault) -> None:
+        self.parked = vault.park(self.fd)
+        self.fd = -1
+        self.vault = vault
+
+    def unpark(self) -> None:
+        """Hold the file here again (to hand an fd of it to user space)."""
+        fd = self.vault.fetch(self.parked)
+        self.vault.drop(self.parked)
+        self.parked, self.fd = None, fd
+        self.vault.direct += 1
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.parked is not None:
+            self.vault.drop(self.parked)
+            return
+        if self.vault is not None:
+            self.vault.direct -= 1
         if self.is_fuse:
             close_off_loop(self.fd)
         else:

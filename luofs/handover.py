@@ -28,6 +28,7 @@ from .core.subsystems import SubsystemRegistry
 from .fdutil import OwnedFile
 from .handlers import MemfdHandler
 from .kho_records import KhoOut
+from .vault import Keeper, Vault
 from .subsystems import MmSubsystem
 from .uapi import errnos
 
@@ -58,6 +59,7 @@ class Boot:
     machine: StateMachine
     liveupdate_number: int
     faults: Faults = NONE
+    vault: Vault | None = None
     luo: Luo | None = None
     v2: RfcV2Device | None = None
     subsystems: SubsystemRegistry | None = None
@@ -78,14 +80,16 @@ def _publish_luo(handover: Handover, memory: PhysicalMemory, image: LuoImage | N
 
 def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
               image: LuoImage | None = None, handed: dict | None = None,
-              incoming: IncomingHandover | None = None, device_fd: int | None = None) -> Boot:
+              incoming: IncomingHandover | None = None, device_fd: int | None = None,
+              vault: Vault | None = None) -> Boot:
     if profile not in PROFILES:
         raise ValueError(f"unknown ABI {profile!r}; known: {', '.join(PROFILES)}")
     handed = dict(handed or {})
     handover = Handover(memory)
     kho = KhoOut(memory, handover)
+    vault = vault or Vault()
     handlers = HandlerRegistry()
-    handlers.register(MemfdHandler(kho, handed.pop(MemfdHandler.compatible, {}), faults),
+    handlers.register(MemfdHandler(kho, handed.pop(MemfdHandler.compatible, {}), faults, vault),
                       sessions_exist=False)
     for compatible, stray in handed.items():  # no handler: they fail at first open (EIO)
         log.warning("handed-over %s files have no handler here", compatible)
@@ -97,8 +101,8 @@ def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
                   updated=bool(image and image.sessions), faults=faults)
         # Mainline registers LUO's subtree at boot, with the number and no sessions yet.
         _publish_luo(handover, memory, luo_image(number, []))
-        boot = Boot(profile, memory, handover, kho, luo.state, number, faults, luo=luo,
-                    incoming=incoming, incoming_image=image)
+        boot = Boot(profile, memory, handover, kho, luo.state, number, faults, vault=vault,
+                    luo=luo, incoming=incoming, incoming_image=image)
         _attach_devices(boot, device_fd, lambda: "frozen" if luo.rebooting else "normal")
         return boot
 
@@ -120,7 +124,7 @@ def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
         v2 = RfcV2Device(machine, files)
     mm = MmSubsystem(memory, handover.preserved, number)
     mm.register(registry)
-    boot = Boot(profile, memory, handover, kho, machine, number, faults, v2=v2,
+    boot = Boot(profile, memory, handover, kho, machine, number, faults, vault=vault, v2=v2,
                 subsystems=registry, mm=mm, incoming=incoming, incoming_image=image)
     _attach_devices(boot, device_fd, lambda: str(machine.state))
     return boot
@@ -148,7 +152,8 @@ def cold_boot(ram_fd: int, faults: Faults = NONE, profile: str = "mainline",
 
 def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
                   faults: Faults = NONE, profile: str = "mainline", number: int = 1,
-                  device_fd: int | None = None) -> Boot:
+                  device_fd: int | None = None, parked: list | None = None,
+                  keepers: int = 0) -> Boot:
     """Rebuild from the previous kernel's hand-over; Panic if it cannot be trusted.
 
     Under the RFC profiles a hand-over without LUO's subtree is a plain kexec (the
@@ -156,7 +161,22 @@ def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
     number is the machine's count (`number`), there being no LUO data to count.
     """
     memory = PhysicalMemory.adopt(ram_fd)
-    files = [OwnedFile(fd) for fd in fds]
+    # The last `keepers` fds are the previous kernel's file keepers: adopt them, and the
+    # files parked there ((position in the image, keeper, slot) in `parked`).
+    split = len(fds) - keepers
+    vault = Vault(keepers=[Keeper(socket.socket(fileno=fd)) for fd in fds[split:]])
+    direct = iter(OwnedFile(fd, vault=vault) for fd in fds[:split])
+    where = {i: (k, slot) for i, k, slot in parked or []}
+    total = split + len(where)
+    files = []
+    for i in range(total):
+        if i in where:
+            ref = where[i]
+            vault.keepers[ref[0]].count += 1
+            files.append(OwnedFile(-1, parked=ref, vault=vault))
+        else:
+            vault.direct += 1
+            files.append(next(direct))
     try:
         try:
             incoming = IncomingHandover.load(memory, root_phys, root_size)
@@ -178,7 +198,8 @@ def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
                     raise Panic(f"LUO image: two {f.compatible} files share handle {f.data:#x}")
                 by_data[f.data] = next(it)
         number = image.liveupdate_number + 1 if image else number
-        boot = _assemble(profile, memory, faults, number, image, handed, incoming, device_fd)
+        boot = _assemble(profile, memory, faults, number, image, handed, incoming, device_fd,
+                         vault)
     except Panic:
         for f in files:
             f.close()
@@ -206,6 +227,7 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
     """
     number = boot.liveupdate_number
     devices_blob = None
+    _prefetch_parked(boot)
     if boot.luo is not None:
         if boot.devices is not None:  # mainline: the device layer freezes first, all in one
             devices_blob = boot.devices.freeze()
@@ -244,11 +266,29 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
     if "handover.corrupt" in boot.faults:  # damage in transit: flip the root's magic
         boot.memory.write(root_phys, b"\xde\xad")
     carried = carried or []
-    fds = [f.file.fd for s in carried for f in s.files]
+    files = [f.file for s in carried for f in s.files]
+    fds = [f.fd for f in files if f.parked is None]
+    parked = [[i, *f.parked] for i, f in enumerate(files) if f.parked is not None]
+    keepers = boot.vault.sockets() if parked else []
     message = {"root_phys": root_phys, "root_size": root_size, "liveupdate_number": number,
-               "sessions": len(carried), "files": len(fds),
+               "sessions": len(carried), "files": len(files), "parked": parked,
+               "keepers": len(keepers),
                "devices": boot.devices.preserved_paths() if boot.devices else []}
-    return message, fds
+    return message, fds + keepers
+
+
+def _prefetch_parked(boot: Boot) -> None:
+    """Freeze needs every parked file's position: one request per keeper, up front."""
+    if boot.vault is None or not boot.vault.keepers:
+        return
+    if boot.luo is not None:
+        files = [pf.file for s in boot.luo.sessions if s.outgoing and s.open
+                 for pf in s.files.values()]
+    else:
+        files = [e.file for e in boot.v2.files.outgoing.values()] if boot.v2 else []
+    refs = [f.parked for f in files if f is not None and f.parked is not None]
+    if refs:
+        boot.vault.prefetch_records(refs)
 
 
 def _undo_mainline(boot: Boot):

@@ -85,7 +85,8 @@ class Kernel:
             if "root_phys" in message:
                 self.boot = handover.handover_boot(
                     ram_fd, message["root_phys"], message["root_size"], file_fds, self.faults,
-                    self.abi, message.get("number", 1), self.device_fd)
+                    self.abi, message.get("number", 1), self.device_fd,
+                    message.get("parked"), message.get("keepers", 0))
             else:
                 self.boot = handover.cold_boot(ram_fd, self.faults, self.abi, self.device_fd)
         except handover.Panic as e:

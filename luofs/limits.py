@@ -19,3 +19,7 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             continue
     return soft
+
+
+def fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

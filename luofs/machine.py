@@ -246,7 +246,8 @@ class Machine:
         t_handed = time.perf_counter()
         self.kernel = None
         boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
-                "number": nxt.number}
+                "number": nxt.number, "parked": reply.get("parked", []),
+                "keepers": reply.get("keepers", 0)}
         try:
             # The hand-over is complete: the machine keeps the files until a kernel has
             # them, so a next kernel that dies while reloading is simply replaced.

@@ -43,9 +43,10 @@ class MemfdHandler:
     compatible = COMPATIBLE
 
     def __init__(self, kho=None, handed_over: dict[int, OwnedFile] | None = None,
-                 faults: Faults = NONE):
+                 faults: Faults = NONE, vault=None):
         self._kho = kho
         self._faults = faults
+        self._vault = vault  # where files go once this kernel holds many (luofs/vault.py)
         # New kernel: data handle (the record's address) → the file handed over.
         self._handed_over = dict(handed_over or {})
 
@@ -77,6 +78,15 @@ class MemfdHandler:
                     raise LuoError(errnos.ENOMEM, "cannot allocate the memfd's pages") from None
                 if e.errno != errnos.EPERM:  # sealed against writes: its pages already exist
                     raise LuoError(e.errno, f"fallocate failed: {e.strerror}") from None
+        if self._vault is not None:
+            if self._vault.full():
+                try:
+                    file.park(self._vault)
+                except OSError as e:
+                    raise LuoError(errnos.ENOMEM, f"cannot park the file: {e}") from None
+            else:
+                file.vault = self._vault
+                self._vault.direct += 1
         return 0
 
     def unpreserve(self, file: OwnedFile, data: int) -> None:
@@ -88,10 +98,13 @@ class MemfdHandler:
         self._faults.check("crash.freeze")
         if self._kho is None:
             return data
-        fd = file.fd
+        if file.parked is not None:
+            pos, size, seals = file.vault.record(file.parked)
+        else:
+            fd = file.fd
+            pos, size, seals = os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size, _seals(fd)
         # The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
-        record = _RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size, _seals(fd),
-                              os.O_RDWR | 0o100000, 0, 0, 0, 0, 0)
+        record = _RECORD.pack(pos, size, seals, os.O_RDWR | 0o100000, 0, 0, 0, 0, 0)
         try:
             return self._kho.store(record)
         except MemoryError:
@@ -105,6 +118,11 @@ class MemfdHandler:
         file = self._handed_over.pop(data, None)
         if file is None:
             raise LuoError(errnos.ENOENT, f"no handed-over memfd for handle {data:#x}")
+        if file.parked is not None:
+            try:
+                file.unpark()
+            except OSError as e:
+                raise LuoError(errnos.EIO, f"memfd at {data:#x}: its keeper failed: {e}") from None
         if self._kho is not None:
             try:
                 record = decode_memfd_record(self._kho.read(data, MEMFD_RECORD_SIZE))

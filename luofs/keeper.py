@@ -1,0 +1,79 @@
+"""A file keeper: a tiny process that holds preserved files for a kernel process.
+
+A kernel process holds every preserved file open, and its fd table is bounded by
+RLIMIT_NOFILE. Past a threshold, files are parked here instead: the kernel sends the
+file (SCM_RIGHTS) and keeps a slot number. At a live update the kernel hands over the
+keeper's socket — one fd — instead of every file it holds. A keeper lives exactly as
+long as some kernel holds its socket: the last close ends it and releases its files.
+
+Requests (luofs.wire messages): park (fds in → slots), fetch (slots → fds, the same open
+file descriptions), drop (slots), records (slots → position, size and seals, packed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import socket
+import struct
+import sys
+
+from . import limits, wire
+
+RECORD = struct.Struct("<QQI")  # file position, size, seals
+
+
+def _seals(fd: int) -> int:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return 0
+
+
+def serve(sock: socket.socket) -> None:
+    files: dict[int, int] = {}
+    next_slot = 0
+    while True:
+        message, fds = wire.recv(sock)
+        if message is None:
+            break
+        op = message.get("op")
+        reply, out = {"ok": True}, []
+        if op == "park":
+            reply["slots"] = list(range(next_slot, next_slot + len(fds)))
+            files.update(zip(reply["slots"], fds))
+            next_slot += len(fds)
+            fds = []
+        elif op == "fetch":
+            out = [files[slot] for slot in message["slots"]]
+        elif op == "drop":
+            for slot in message["slots"]:
+                fd = files.pop(slot, None)
+                if fd is not None:
+                    os.close(fd)
+        elif op == "records":
+            packed = bytearray()
+            for slot in message["slots"]:
+                fd = files[slot]
+                packed += RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
+                                      _seals(fd))
+            reply["records"] = packed.hex()
+        else:
+            reply = {"ok": False, "error": f"unknown op {op!r}"}
+        for fd in fds:
+            os.close(fd)
+        wire.send(sock, reply, out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="luofs-keeper", description=__doc__)
+    p.add_argument("--fd", type=int, required=True)
+    args = p.parse_args(argv)
+    limits.raise_fd_limit()
+    serve(socket.socket(fileno=args.fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Preserved files beyond a kernel's direct limit are parked in keeper processes and still
+carried exactly (LUOFS_DIRECT_FILES lowers the limit so a handful of files does it)."""
+
+import os
+import subprocess
+import time
+
+from luofs.testing import booted
+
+
+def keepers() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "luofs.keeper"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in out.split()}
+
+
+def test_parked_files_are_carried_through_live_updates(monkeypatch):
+    monkeypatch.setenv("LUOFS_DIRECT_FILES", "2")
+    before = keepers()
+    with booted() as inst:
+        want = {}
+        with inst.client() as lu:
+            sessions = [lu.create_session(f"vm{i}") for i in range(3)]
+            for i, s in enumerate(sessions):
+                for t in range(3):
+                    fd = os.memfd_create("ram")
+                    content = f"session {i} token {t} ".encode() * (t + 1)
+                    os.write(fd, content)
+                    os.lseek(fd, t, os.SEEK_SET)
+                    s.preserve_fd(fd, t)
+                    os.close(fd)
+                    want[(i, t)] = content
+        assert keepers() - before  # 7 of the 9 files went to a keeper
+        sessions[2].close()  # a closed session's parked files are dropped, not carried
+        for update in range(2):
+            inst.kexec()
+            for s in sessions:
+                s.close()
+            with inst.client() as lu:
+                sessions = []
+                for i in range(2):
+                    old = lu.retrieve_session(f"vm{i}")
+                    fds = [old.retrieve_fd(t) for t in range(3)]
+                    for t, fd in enumerate(fds):
+                        assert os.pread(fd, 1000, 0) == want[(i, t)], (update, i, t)
+                        assert os.lseek(fd, 0, os.SEEK_CUR) == t
+                    old.finish()
+                    old.close()
+                    again = lu.create_session(f"vm{i}")
+                    for t, fd in enumerate(fds):
+                        again.preserve_fd(fd, t)
+                        os.close(fd)
+                    sessions.append(again)
+        for s in sessions:
+            s.close()
+    deadline = time.monotonic() + 10  # keepers end when their last socket closes
+    while keepers() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (keepers() - before)  # nothing left running once the instance is gone
