@@ -288,7 +288,10 @@ def _prefetch_parked(boot: Boot) -> None:
         files = [e.file for e in boot.v2.files.outgoing.values()] if boot.v2 else []
     refs = [f.parked for f in files if f is not None and f.parked is not None]
     if refs:
-        boot.vault.prefetch_records(refs)
+        try:
+            boot.vault.prefetch_records(refs)
+        except OSError as e:  # a keeper is gone: its files cannot be carried
+            raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
 
 
 def _undo_mainline(boot: Boot):

@@ -1,8 +1,10 @@
 """Preserved files beyond a kernel's direct limit are parked in keeper processes and still
 carried exactly (LUOFS_DIRECT_FILES lowers the limit so a handful of files does it)."""
 
+import errno
 import os
 import subprocess
+import sys
 import time
 
 from luofs.testing import booted
@@ -56,3 +58,17 @@ def test_parked_files_are_carried_through_live_updates(monkeypatch):
     while keepers() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not (keepers() - before)  # nothing left running once the instance is gone
+
+
+def test_a_dead_keeper_refuses_the_update_and_the_kernel_serves_on(monkeypatch):
+    monkeypatch.setenv("LUOFS_DIRECT_FILES", "0")
+    before = keepers()
+    with booted() as inst:
+        with inst.client() as lu, lu.create_session("vm") as s:
+            s.preserve_fd(os.memfd_create("m"), 1)
+            for pid in keepers() - before:
+                os.kill(pid, 9)
+            result = subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", inst.root],
+                                    capture_output=True, text=True)
+            assert result.returncode == errno.EIO, result.stderr
+            assert s.get_name() == b"vm"  # the old kernel serves on
