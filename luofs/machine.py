@@ -382,6 +382,9 @@ class Machine:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
         except KernelError as e:
             reply = {"ok": False, "error": str(e)}
+        except OSError as e:  # e.g. a kernel that stopped answering: the machine stays up
+            log.error("%s: %s", op, e)
+            reply = {"ok": False, "error": f"{op}: {e}"}
         try:
             wire.send(conn, reply)
         except OSError:
