@@ -107,3 +107,37 @@ def test_a_failing_device_callback_refuses_the_update_and_everything_runs_on():
         before = received(inst, DMA0)
         assert wait_for(lambda: received(inst, DMA0) > before)  # and its driver still drains
         assert attr(inst, DMA0, "preserved") == "0"
+
+
+def test_rfc_v2_events_carry_a_requested_device():
+    from luofs.client import LiveUpdateV2
+
+    with booted(["--abi", "rfc-v2", "--devices", SPEC]) as inst:
+        request(inst, DMA0)
+        with LiveUpdateV2(inst.root) as lu:
+            lu.prepare()
+            assert attr(inst, DMA0, "preserved") == "1"
+            lu.freeze()
+        before = devices(inst)[0][DMA0]["resets"]
+        inst.kexec()
+        assert attr(inst, DMA0, "reclaimed") == "1" and attr(inst, DMA1, "reclaimed") == "0"
+        assert devices(inst)[0][DMA0]["resets"] == before
+        with LiveUpdateV2(inst.root) as lu:
+            assert lu.state() == "updated"
+            lu.finish()
+        assert attr(inst, DMA0, "preserved") == "0" and attr(inst, DMA0, "requested") == "1"
+
+
+@pytest.mark.parametrize("abi", ["mainline", "rfc-v1", "rfc-v2"])
+def test_status_prints_every_profile(abi):
+    with booted(["--abi", abi, "--devices", SPEC]) as inst:
+        if abi == "mainline":
+            lu = inst.client()
+            lu.create_session("shown").close()
+            lu.close()
+        result = subprocess.run([sys.executable, "-m", "luofs", "status", "--root", inst.root],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert f"{abi}, liveupdate number 0, state normal" in result.stdout
+        assert result.stdout.count("device:") == 2
+        assert ("subsystem:       mm" in result.stdout) == (abi != "mainline")
