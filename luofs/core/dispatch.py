@@ -24,6 +24,9 @@ class Command:
     op: str  # the Luo method that runs it
     direction: Direction | None = None  # sessions it applies to; None = both
     fd_out_offset: int | None = None  # where the kernel writes a new fd's number
+    # Its reply is a function of the request bytes and of what never changes about the
+    # file (a session's name and direction): the front end may answer it again unasked.
+    pure: bool = False
 
     @property
     def nr(self) -> int:
@@ -73,7 +76,8 @@ MAINLINE_SESSION = CommandTable(
                 "retrieve_fd", direction=Direction.INCOMING, fd_out_offset=4),
         Command("FINISH", ioctl.LIVEUPDATE_SESSION_FINISH, structs.Finish, "finish",
                 direction=Direction.INCOMING),
-        Command("GET_NAME", ioctl.LIVEUPDATE_SESSION_GET_NAME, structs.GetName, "get_name"),
+        Command("GET_NAME", ioctl.LIVEUPDATE_SESSION_GET_NAME, structs.GetName, "get_name",
+                pure=True),
     ),
 )
 

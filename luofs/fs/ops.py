@@ -37,6 +37,7 @@ log = logging.getLogger("luofs.fs")
 
 STATIC_TIMEOUT = 60.0  # the layout never changes while mounted
 SYSFS_SIZE = 4096  # what sysfs reports for every attribute
+MEMO_REPLIES = 16  # per session file: callers differ only in the fd number they use
 
 
 class SessionNode(ControlFile):
@@ -50,6 +51,9 @@ class SessionNode(ControlFile):
         super().__init__(0o666)
         self.session = session
         self.pinned = True  # until its file is released
+        # Successful replies of pure commands, by request name: a status-only ioctl then
+        # costs one dictionary lookup beyond the FUSE round trip.
+        self.replies: dict[bytes, bytes] = {}
 
 
 @dataclass
@@ -361,6 +365,9 @@ class KernelFS(pyfuse3.Operations):
         if not name.startswith(frames.XATTR_PREFIX):
             raise pyfuse3.FUSEError(errno.ENODATA)
         node = self._node(inode)
+        replies = getattr(node, "replies", None)
+        if replies is not None and name in replies and not self.luo.rebooting:
+            return replies[name]
         req = self._decode(frames.frame_from_xattr_name, name)
         # A reply through getxattr cannot carry a session fd (a file of this mount): for
         # mainline's device ioctls only the create path can, so here there is no fd.
@@ -372,7 +379,12 @@ class KernelFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
             outcome = self._ioctl(node, req, caller)
             if outcome.file is None:
-                return frames.encode_reply(outcome.copy_back)
+                reply = frames.encode_reply(outcome.copy_back)
+                if replies is not None and outcome.command.pure:
+                    if len(replies) >= MEMO_REPLIES:
+                        replies.clear()
+                    replies[name] = reply
+                return reply
             self._send_fd(caller, req.reply_fd, outcome.file.fd)
             return frames.encode_reply(outcome.copy_back, outcome.command.fd_out_offset, True)
         except Rebooting:

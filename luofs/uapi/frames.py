@@ -36,7 +36,8 @@ Request = Struct(
     "cmd" / Int32ul,
     "file_fd" / Int32sl,  # the caller's fd the ioctl was issued on
     "reply_fd" / Int32sl,  # the caller's unix socket that receives returned fds, or -1
-    "nonce" / Int32ul,  # makes every create name unique, so no dentry is ever reused
+    "nonce" / Int32ul,  # makes every create name unique, so no dentry is ever reused;
+    # 0 on getxattr names, so that the same request always has the same name
     "arg" / GreedyBytes,  # the first bytes of the caller's struct, `size` first
 )
 REQUEST_HEADER_SIZE = 20
@@ -173,6 +174,10 @@ def frame_from_create_name(name: bytes) -> bytes:
 
 def encode_reply(data: bytes, fd_offset: int = -1, fd_sent: bool = False) -> bytes:
     return _REPLY_HEADER.pack(b"LR", 1, 1 if fd_sent else 0, fd_offset, 0) + data
+
+
+# The header of every reply that carries no fd.
+PLAIN_REPLY_HEADER = _REPLY_HEADER.pack(b"LR", 1, 0, -1, 0)
 
 
 def decode_reply(frame: bytes) -> DecodedReply:

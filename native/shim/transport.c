@@ -64,6 +64,9 @@ static int session_returning_ioctl(int fd, struct luofs_request *req, void *user
 
 	if (!root)
 		return -ENOENT;
+	/* Only a create name must be new each time (no dentry is reused); a getxattr
+	 * name stays the same for the same request, which lets the kernel memoize. */
+	req->nonce = luofs_nonce();
 	prefix_len = (size_t)snprintf(path, sizeof(path), "%s%s", root, LUOFS_REQUEST_DIR);
 	if (prefix_len >= sizeof(path) ||
 	    !luofs_request_name(req, LUOFS_CREATE_PREFIX, path + prefix_len,
@@ -142,7 +145,7 @@ static int xattr_ioctl(int fd, struct luofs_request *req, void *user_arg)
 int luofs_transport_ioctl(const struct luofs_fd *file, int fd, uint32_t cmd, void *user_arg)
 {
 	struct luofs_request req = {
-		.flags = 0, .cmd = cmd, .file_fd = fd, .reply_fd = -1, .nonce = luofs_nonce(),
+		.flags = 0, .cmd = cmd, .file_fd = fd, .reply_fd = -1, .nonce = 0,
 	};
 
 	luofs_request_load(&req, user_arg);

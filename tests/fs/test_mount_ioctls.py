@@ -293,6 +293,26 @@ def test_get_name_reserved_nonzero_is_einval(luofs_instance, lu):
                      nums.LIVEUPDATE_SESSION_GET_NAME, arg)
 
 
+def test_get_name_follows_the_file_behind_a_reused_fd_number(lu):
+    # The client remembers request names by fd number and the kernel remembers replies by
+    # file: a number that comes back for another session must answer for that one.
+    first = lu.create_session("first")
+    fd = first.fd
+    assert first.get_name() == b"first"
+    first.close()
+    second = lu.create_session("second")
+    if second.fd != fd:
+        os.dup2(second.fd, fd)
+        os.close(second.fd)
+        second.fd = fd
+    assert second.get_name() == b"second"
+    copy = os.dup(second.fd)  # another fd, same file: the same answer
+    reply, _ = ioctl(lu.root, copy, nums.LIVEUPDATE_SESSION_GET_NAME, bytes([72]) + bytes(71))
+    assert reply[8:15] == b"second\0"
+    os.close(copy)
+    second.close()
+
+
 # ---- §13 closing an outgoing session ----------------------------------------------------
 
 
