@@ -10,6 +10,7 @@ reserve preserved memory, and rebuild sessions at the first open of the device.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .core.serialize import incoming_sessions, luo_image
 from .core.state import Event, StateMachine
 from .core.subsystems import SubsystemRegistry
 from .fdutil import OwnedFile
+from .gcpause import gc_paused
 from .handlers import MemfdHandler
 from .kho_records import KhoOut
 from .vault import Keeper, Vault
@@ -150,6 +152,7 @@ def cold_boot(ram_fd: int, faults: Faults = NONE, profile: str = "mainline",
     return _assemble(profile, PhysicalMemory.adopt(ram_fd), faults, 0, device_fd=device_fd)
 
 
+@gc_paused()
 def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
                   faults: Faults = NONE, profile: str = "mainline", number: int = 1,
                   device_fd: int | None = None, parked: list | None = None,
@@ -162,21 +165,27 @@ def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
     """
     memory = PhysicalMemory.adopt(ram_fd)
     # The last `keepers` fds are the previous kernel's file keepers: adopt them, and the
-    # files parked there ((position in the image, keeper, slot) in `parked`).
+    # files parked there (runs of [position in the image, keeper, first slot, count]).
     split = len(fds) - keepers
     vault = Vault(keepers=[Keeper(socket.socket(fileno=fd)) for fd in fds[split:]])
-    direct = iter(OwnedFile(fd, vault=vault) for fd in fds[:split])
-    where = {i: (k, slot) for i, k, slot in parked or []}
-    total = split + len(where)
-    files = []
-    for i in range(total):
-        if i in where:
-            ref = where[i]
-            vault.keepers[ref[0]].count += 1
-            files.append(OwnedFile(-1, parked=ref, vault=vault))
-        else:
-            vault.direct += 1
-            files.append(next(direct))
+    direct = fds[:split]
+    files: list[OwnedFile] = []
+    taken = 0
+    try:
+        for first, k, slot, count in parked or []:
+            if first < len(files) or first - len(files) > len(direct) - taken:
+                raise Panic(f"parked files at {first} overlap or outrun the direct ones")
+            fill = first - len(files)
+            files += [OwnedFile(fd, vault=vault) for fd in direct[taken:taken + fill]]
+            taken += fill
+            vault.keepers[k].count += count
+            files += [OwnedFile(-1, parked=(k, s), vault=vault) for s in range(slot, slot + count)]
+    except (IndexError, TypeError, ValueError, Panic) as e:
+        for fd in direct:
+            os.close(fd)
+        raise e if isinstance(e, Panic) else Panic(f"malformed parked-file runs: {e}") from None
+    files += [OwnedFile(fd, vault=vault) for fd in direct[taken:]]
+    vault.direct = len(direct)
     try:
         try:
             incoming = IncomingHandover.load(memory, root_phys, root_size)
@@ -190,13 +199,14 @@ def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
         if count != len(files):
             raise Panic(f"LUO image lists {count} files but {len(files)} were handed over")
         handed: dict[str, dict[int, OwnedFile]] = {}
-        it = iter(files)
-        for s in image.sessions if image else []:
-            for f in s.files:
-                by_data = handed.setdefault(f.compatible, {})
-                if f.data in by_data:
-                    raise Panic(f"LUO image: two {f.compatible} files share handle {f.data:#x}")
-                by_data[f.data] = next(it)
+        listed = [f for s in image.sessions for f in s.files] if image else []
+        for compatible in {f.compatible for f in listed}:
+            pairs = [(f.data, file) for f, file in zip(listed, files) if f.compatible == compatible]
+            handed[compatible] = dict(pairs)
+            if len(handed[compatible]) != len(pairs):
+                seen = set()
+                data = next(d for d, _file in pairs if d in seen or seen.add(d))
+                raise Panic(f"LUO image: two {compatible} files share handle {data:#x}")
         number = image.liveupdate_number + 1 if image else number
         boot = _assemble(profile, memory, faults, number, image, handed, incoming, device_fd,
                          vault)
@@ -220,6 +230,7 @@ def undo_reboot(boot: Boot) -> None:
         boot.machine.cancel()
 
 
+@gc_paused()
 def reboot(boot: Boot) -> tuple[dict, list[int]]:
     """Freeze and write the hand-over; (message for the machine, fds to pass).
 
@@ -227,7 +238,6 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
     """
     number = boot.liveupdate_number
     devices_blob = None
-    _prefetch_parked(boot)
     if boot.luo is not None:
         if boot.devices is not None:  # mainline: the device layer freezes first, all in one
             devices_blob = boot.devices.freeze()
@@ -266,32 +276,33 @@ def reboot(boot: Boot) -> tuple[dict, list[int]]:
     if "handover.corrupt" in boot.faults:  # damage in transit: flip the root's magic
         boot.memory.write(root_phys, b"\xde\xad")
     carried = carried or []
-    files = [f.file for s in carried for f in s.files]
-    fds = [f.fd for f in files if f.parked is None]
-    parked = [[i, *f.parked] for i, f in enumerate(files) if f.parked is not None]
+    fds, parked = _split_parked(f.file for s in carried for f in s.files)
     keepers = boot.vault.sockets() if parked else []
     message = {"root_phys": root_phys, "root_size": root_size, "liveupdate_number": number,
-               "sessions": len(carried), "files": len(files), "parked": parked,
+               "sessions": len(carried), "files": sum(len(s.files) for s in carried),
+               "parked": parked,
                "keepers": len(keepers),
                "devices": boot.devices.preserved_paths() if boot.devices else []}
     return message, fds + keepers
 
 
-def _prefetch_parked(boot: Boot) -> None:
-    """Freeze needs every parked file's position: one request per keeper, up front."""
-    if boot.vault is None or not boot.vault.keepers:
-        return
-    if boot.luo is not None:
-        files = [pf.file for s in boot.luo.sessions if s.outgoing and s.open
-                 for pf in s.files.values()]
-    else:
-        files = [e.file for e in boot.v2.files.outgoing.values()] if boot.v2 else []
-    refs = [f.parked for f in files if f is not None and f.parked is not None]
-    if refs:
-        try:
-            boot.vault.prefetch_records(refs)
-        except OSError as e:  # a keeper is gone: its files cannot be carried
-            raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
+def _split_parked(files) -> tuple[list[int], list[list[int]]]:
+    """The fds of files held here, and the parked ones as runs of [first position in the
+    image, keeper, first slot, count]: files are parked in the order they are preserved,
+    so 100,000 make a handful of runs."""
+    fds: list[int] = []
+    runs: list[list[int]] = []
+    last = [-2, -1, -2, 0]
+    for i, file in enumerate(files):
+        ref = file.parked
+        if ref is None:
+            fds.append(file.fd)
+        elif last[0] + last[3] == i and last[1] == ref[0] and last[2] + last[3] == ref[1]:
+            last[3] += 1
+        else:
+            last = [i, ref[0], ref[1], 1]
+            runs.append(last)
+    return fds, runs
 
 
 def _undo_mainline(boot: Boot):

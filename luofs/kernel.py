@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 import pyfuse3
 import trio
@@ -81,6 +82,7 @@ class Kernel:
                 os.close(fd)
             raise SystemExit("the machine went away before boot")
         ram_fd, file_fds = fds[0], fds[1:]
+        t0 = time.perf_counter()
         try:
             if "root_phys" in message:
                 self.boot = handover.handover_boot(
@@ -94,6 +96,8 @@ class Kernel:
             wire.send(self.sock, {"event": "panic", "error": str(e)})
             return False
         if "root_phys" in message:
+            log.info("rebuilt from the hand-over in %.1f ms (%d fds)",
+                     (time.perf_counter() - t0) * 1000, len(file_fds))
             self.faults.check("crash.reload")
         boot = self.boot
         extra = None
@@ -171,17 +175,22 @@ class Kernel:
             cancel.cancel()
             return True
         elif op == "reboot":
+            t0 = time.perf_counter()
             try:
                 reply, fds = handover.reboot(self.boot)
             except LuoError as e:
                 log.warning("live update refused: %s", e)
                 self._send({"ok": False, "errno": e.errno, "error": str(e)})
                 return False
+            t1 = time.perf_counter()
             try:
                 self._send({"ok": True, **reply}, fds)
             except OSError:
                 handover.undo_reboot(self.boot)
                 raise
+            log.info("handed over %d file(s) (%d fds): freeze %.1f ms, send %.1f ms",
+                     reply["files"], len(fds), (t1 - t0) * 1000,
+                     (time.perf_counter() - t1) * 1000)
             handover.shut_devices_down(self.boot)
             self.faults.check("crash.handed-over")
             self.handed_over = True

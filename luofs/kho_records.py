@@ -39,12 +39,7 @@ class KhoOut:
             self._big[phys] = npages
             return phys
         if self._slab is None or self._used + size > slab_bytes:
-            slab_phys = self.memory.alloc_pages(self.SLAB_PAGES)
-            self.handover.preserved.preserve(slab_phys, slab_bytes)
-            self._slab = (slab_phys, bytearray(slab_bytes))
-            self._dirty[slab_phys] = self._slab[1]
-            self._live[slab_phys] = 0
-            self._used = 0
+            self._new_slab()
         slab_phys, buf = self._slab
         buf[self._used:self._used + len(blob)] = blob
         phys = slab_phys + self._used
@@ -52,6 +47,42 @@ class KhoOut:
         self._live[slab_phys] += 1
         self._record_slab[phys] = slab_phys
         return phys
+
+    def store_many(self, blobs: list[bytes]) -> list[int]:
+        """store() for many records of one size (a freeze's), a slab's worth at a time."""
+        lengths = {len(blob) for blob in blobs}
+        slab_bytes = self.SLAB_PAGES * 4096
+        if len(lengths) != 1 or max(lengths) > slab_bytes:
+            return [self.store(blob) for blob in blobs]
+        length = lengths.pop()
+        size = -(-length // self.ALIGN) * self.ALIGN
+        if size != length:
+            blobs = [blob.ljust(size, b"\0") for blob in blobs]
+        out: list[int] = []
+        i = 0
+        while i < len(blobs):
+            if self._slab is None or self._used + size > slab_bytes:
+                self._new_slab()
+            slab_phys, buf = self._slab
+            fit = min(len(blobs) - i, (slab_bytes - self._used) // size)
+            start = self._used
+            buf[start:start + fit * size] = b"".join(blobs[i:i + fit])
+            where = range(slab_phys + start, slab_phys + start + fit * size, size)
+            out += where
+            self._record_slab.update(dict.fromkeys(where, slab_phys))
+            self._live[slab_phys] += fit
+            self._used += fit * size
+            i += fit
+        return out
+
+    def _new_slab(self) -> None:
+        slab_bytes = self.SLAB_PAGES * 4096
+        slab_phys = self.memory.alloc_pages(self.SLAB_PAGES)
+        self.handover.preserved.preserve(slab_phys, slab_bytes)
+        self._slab = (slab_phys, bytearray(slab_bytes))
+        self._dirty[slab_phys] = self._slab[1]
+        self._live[slab_phys] = 0
+        self._used = 0
 
     def drop(self, phys: int) -> None:
         if phys in self._big:

@@ -235,6 +235,7 @@ class Machine:
                 return {"ok": False, "error": f"{reply['error']} during the freeze; "
                                               f"preserved state is lost ({self.panic})"}
             return {"ok": False, "errno": reply.get("errno"), "error": reply.get("error")}
+        t_reply = time.perf_counter()
         try:
             old.expect("unmounted", KERNEL_STOP_TIMEOUT)
         except KernelError as e:
@@ -275,6 +276,9 @@ class Machine:
         self._prepare_standby()
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
+        log.info("kexec to #%d: hand-over %.1f ms, old kernel gone %.1f ms, next kernel "
+                 "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) * 1000,
+                 (t_handed - t_reply) * 1000, (t_ready - t_handed) * 1000, self.last_blackout_ms)
         return {"ok": True, "liveupdate_number": ready["liveupdate_number"],
                 "sessions": reply["sessions"], "files": reply["files"],
                 "blackout_ms": self.last_blackout_ms,

@@ -3,12 +3,13 @@
 Below `direct_limit` files the kernel keeps them open itself (the fast path). Beyond,
 it parks them in keeper processes (luofs/keeper.py), each holding up to `per_keeper`
 files. A parked file is an OwnedFile whose `parked` names (keeper, slot) instead of an
-fd; freezing reads its position, size and seals in one request per keeper, and a live
+fd; freezing reads positions, sizes and seals in one request per keeper, and a live
 update hands over each keeper's socket, not its files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -18,6 +19,10 @@ from . import limits, wire
 from .keeper import RECORD
 
 DEFAULT_DIRECT_LIMIT = 8000
+
+
+def _split(raw: bytes, size: int):
+    return iter([raw[i:i + size] for i in range(0, len(raw), size)])
 
 
 class KeeperError(OSError):
@@ -60,7 +65,6 @@ class Vault:
         self.per_keeper = per_keeper or max(1, limits.fd_limit() - 64)
         self.keepers: list[Keeper] = list(keepers or [])
         self.direct = 0  # files this kernel holds open itself
-        self._records: dict[tuple[int, int], tuple[int, int, int]] = {}
 
     def full(self) -> bool:
         return self.direct >= self.direct_limit
@@ -88,27 +92,35 @@ class Vault:
             return  # a keeper that is gone holds nothing
         keeper.count -= 1
 
-    def prefetch_records(self, refs: list[tuple[int, int]]) -> None:
-        """Positions, sizes and seals of many parked files: one request per keeper, all
-        sent before any reply is read, so the keepers work side by side."""
+    def records(self, refs: list[tuple[int, int]]) -> list[bytes]:
+        """Position, size and seals of parked files (keeper.RECORD, packed), in the order of
+        `refs`: one request per keeper, all sent before any reply is read, so the keepers
+        work side by side."""
         by_keeper: dict[int, list[int]] = {}
         for k, slot in refs:
             by_keeper.setdefault(k, []).append(slot)
-        for k, slots in by_keeper.items():
-            wire.send(self.keepers[k].sock, {"op": "records", "slots": slots})
-        for k, slots in by_keeper.items():
-            reply, _ = wire.recv(self.keepers[k].sock)
+        asked, answers, failure = [], {}, None
+        try:
+            for k, slots in by_keeper.items():
+                wire.send(self.keepers[k].sock, {"op": "records", "slots": slots})
+                asked.append(k)
+        except OSError as e:
+            failure = f"file keeper {k} is gone: {e}"
+        for k in asked:  # every request sent gets its reply read: no socket is left askew
+            reply, fds = wire.recv(self.keepers[k].sock)
+            for fd in fds:
+                os.close(fd)
             if reply is None or not reply.get("ok"):
-                raise KeeperError(5, "file keeper did not answer")
-            raw = bytes.fromhex(reply["records"])
-            for i, slot in enumerate(slots):
-                self._records[(k, slot)] = RECORD.unpack_from(raw, i * RECORD.size)
+                failure = failure or f"file keeper {k}: {(reply or {}).get('error', 'gone')}"
+            else:
+                answers[k] = _split(bytes.fromhex(reply["records"]), RECORD.size)
+        if failure:
+            raise KeeperError(errno.EIO, failure)
+        return [next(answers[k]) for k, _slot in refs]
 
     def record(self, ref: tuple[int, int]) -> tuple[int, int, int]:
-        """(position, size, seals) of a parked file, prefetched or asked for now."""
-        if ref not in self._records:
-            self.prefetch_records([ref])
-        return self._records.pop(ref)
+        """(position, size, seals) of one parked file."""
+        return RECORD.unpack(self.records([ref])[0])
 
     def sockets(self) -> list[int]:
         return [k.sock.fileno() for k in self.keepers]

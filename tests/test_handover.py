@@ -98,3 +98,84 @@ def test_memfd_size_changed_behind_the_record_fails_retrieve_with_eio(ram):
     with pytest.raises(LuoError) as e:
         pf.handler.retrieve(pf.data)
     assert e.value.errno == 5 and "record says 9" in e.value.reason
+
+
+def test_two_files_with_one_handle_panic(ram, monkeypatch):
+    from luofs.handlers.memfd import MemfdHandler
+
+    real = MemfdHandler.freeze_many
+    monkeypatch.setattr(MemfdHandler, "freeze_many",
+                        lambda self, entries: [real(self, entries)[0]] * len(entries))
+    old = boot_with_sessions(ram, {b"vm": [(1, b"one"), (2, b"two")]})
+    message, fds = reboot(old)
+    with pytest.raises(Panic, match="two memfd-v2 files share handle"):
+        handover_boot(os.dup(ram), message["root_phys"], message["root_size"],
+                      [os.dup(fd) for fd in fds])
+
+
+@pytest.mark.parametrize("runs, fragment", [
+    ([[0, 0, 0, 1]], "malformed parked-file runs"),  # names a keeper that was not handed over
+    ([[0, 0, 0, "x"]], "malformed parked-file runs"),
+    ([[1, 0, 0, 1], [1, 0, 1, 1]], "overlap"),
+    ([[5, 0, 0, 1]], "outrun"),  # parked from position 5, with one direct file before it
+])
+def test_malformed_parked_runs_panic_and_close_every_fd(ram, runs, fragment):
+    message, fds = _handed(ram)
+    direct = [os.dup(fd) for fd in fds]
+    keeper_end, far_end = __import__("socket").socketpair()
+    keepers = [] if "malformed" in fragment else [keeper_end.detach()]
+    with pytest.raises(Panic, match=fragment):
+        handover_boot(os.dup(ram), message["root_phys"], message["root_size"],
+                      direct + keepers, parked=runs, keepers=len(keepers))
+    for fd in direct:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed
+    far_end.close()
+    for fd in fds:
+        os.close(fd)
+
+
+def test_split_parked_makes_runs_of_consecutive_slots():
+    from luofs.handover import _split_parked
+
+    def parked(k, slot):
+        return OwnedFile(-1, parked=(k, slot))
+
+    files = [OwnedFile(10), parked(0, 0), parked(0, 1), OwnedFile(11), parked(0, 2),
+             parked(1, 0), parked(1, 1), parked(1, 5)]
+    fds, runs = _split_parked(files)
+    assert fds == [10, 11]
+    assert runs == [[1, 0, 0, 2], [4, 0, 2, 1], [5, 1, 0, 2], [7, 1, 5, 1]]
+    assert _split_parked([]) == ([], [])
+
+
+def test_freeze_many_records_what_freeze_records_for_direct_and_parked_files(ram):
+    import fcntl
+    from types import SimpleNamespace
+
+    from luofs.vault import Vault
+
+    boot = cold_boot(os.dup(ram))
+    handler = next(iter(boot.luo.handlers))
+    handler._vault = vault = Vault(direct_limit=1, per_keeper=2)  # 1 direct, 2 keepers
+    entries = []
+    for i, (content, pos) in enumerate([(b"a" * 10, 3), (b"b" * 5000, 4097), (b"", 0),
+                                        (b"d", 1)]):
+        fd = os.memfd_create("m", os.MFD_ALLOW_SEALING if i == 2 else 0)
+        os.write(fd, content)
+        os.lseek(fd, pos, os.SEEK_SET)
+        if i == 2:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW)
+        file = OwnedFile(fd)
+        entries.append(SimpleNamespace(file=file, data=handler.preserve(file)))
+    assert [e.file.parked is None for e in entries] == [True, False, False, False]
+    many = handler.freeze_many(entries)
+    one_by_one = [handler.freeze(e.file, e.data) for e in entries]
+    read = [boot.kho.read(phys, 48) for phys in many + one_by_one]
+    assert read[:4] == read[4:]
+    assert [int.from_bytes(r[:8], "little") for r in read[:4]] == [3, 4097, 0, 1]
+    assert int.from_bytes(read[2][16:20], "little") == fcntl.F_SEAL_GROW
+    for e in entries:
+        e.file.close()
+    for keeper in vault.keepers:
+        keeper.sock.close()

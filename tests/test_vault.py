@@ -1,10 +1,14 @@
 """luofs.vault and luofs.keeper: files parked outside the kernel's fd table."""
 
+import errno
+import fcntl
 import os
 
 import pytest
 
-from luofs.vault import Vault
+from luofs import keeper
+from luofs.keeper import RECORD
+from luofs.vault import KeeperError, Vault
 
 
 @pytest.fixture
@@ -38,8 +42,46 @@ def test_park_fetch_gives_back_the_same_open_file(vault):
 def test_a_keeper_holds_at_most_per_keeper_files(vault):
     refs = [vault.park(memfd(b"x" * i)) for i in range(7)]
     assert [k for k, _ in refs] == [0, 0, 0, 1, 1, 1, 2]
-    vault.prefetch_records(refs)
+    shuffled = refs[::2] + refs[1::2]  # answers come back in the order asked, across keepers
+    sizes = [RECORD.unpack(raw)[1] for raw in vault.records(shuffled)]
+    assert sizes == [len(b"x" * i) for i in list(range(7))[::2] + list(range(7))[1::2]]
     assert [vault.record(r)[1] for r in refs] == list(range(7))
+
+
+def test_a_dead_keeper_fails_records_and_leaves_the_others_in_step(vault):
+    refs = [vault.park(memfd(b"x" * i)) for i in range(7)]
+    vault.keepers[1].proc.kill()
+    vault.keepers[1].proc.wait(timeout=10)
+    with pytest.raises(KeeperError) as e:
+        vault.records(refs)
+    assert e.value.errno == errno.EIO
+    # the replies of the keepers that answered were all read: the next request is in step
+    assert vault.record(refs[1]) == (0, 1, 1)  # a stale reply would give refs[0]'s record
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_records_read_position_size_and_seals(native):
+    read = keeper.records_function() if native else keeper._records_in_python
+    if native and read is keeper._records_in_python:
+        pytest.skip("native/build/libluofs-records.so is not built (make native)")
+    sealed = os.memfd_create("sealed", os.MFD_ALLOW_SEALING)
+    os.write(sealed, b"abc")
+    fcntl.fcntl(sealed, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
+    plain = memfd(b"y" * 10000, pos=4097)
+    tmp = os.open(__file__, os.O_RDONLY)  # not shmem: no seals at all (F_GET_SEALS fails)
+    raw = read([sealed, plain, tmp])
+    assert [RECORD.unpack_from(raw, i * RECORD.size) for i in range(3)] == [
+        (3, 3, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK),
+        (4097, 10000, fcntl.F_SEAL_SEAL),  # memfd_create without MFD_ALLOW_SEALING
+        (0, os.stat(__file__).st_size, 0),
+    ]
+    os.close(tmp)
+    with pytest.raises(OSError) as e:  # a closed fd: EBADF, named
+        read([plain, tmp])
+    assert e.value.errno == errno.EBADF
+    for fd in (sealed, plain):
+        os.close(fd)
+    assert read([]) == b""
 
 
 def test_drop_releases_and_a_keeper_ends_with_its_last_socket():

@@ -27,7 +27,11 @@ class FileHandler(Protocol):
     def unpreserve(self, file: Any, data: int) -> None: ...
 
     def freeze(self, file: Any, data: int) -> int:
-        """Last chance before reboot to refresh the handle; may fail and veto the reboot."""
+        """Last chance before reboot to refresh the handle; may fail and veto the reboot.
+
+        A handler may also offer freeze_many(entries) -> handles, for many files at once
+        (each entry has `file` and `data`): all of them, or none (it undoes its own part
+        on failure)."""
 
     def unfreeze(self, file: Any, data: int) -> None: ...
 
@@ -69,3 +73,33 @@ class HandlerRegistry:
 
     def __iter__(self):
         return iter(self._handlers)
+
+
+def freeze_all(entries: list) -> None:
+    """Freeze entries (anything with `handler`, `file` and `data`) in order: all, or none
+    and every one frozen so far unfrozen in reverse, the error (a LuoError) propagating.
+
+    A run of consecutive entries of one handler goes to its freeze_many() when it has
+    one: a live update freezes 10^5 files, and one call each was most of its blackout.
+    """
+    done = 0
+    try:
+        while done < len(entries):
+            handler = entries[done].handler
+            stop = done + 1
+            while stop < len(entries) and entries[stop].handler is handler:
+                stop += 1
+            run = entries[done:stop]
+            many = getattr(handler, "freeze_many", None)
+            if many is None:
+                for entry in run:
+                    entry.data = handler.freeze(entry.file, entry.data)
+                    done += 1
+            else:
+                for entry, data in zip(run, many(run), strict=True):
+                    entry.data = data
+                done = stop
+    except BaseException:
+        for entry in reversed(entries[:done]):
+            entry.handler.unfreeze(entry.file, entry.data)
+        raise

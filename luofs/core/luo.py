@@ -14,7 +14,7 @@ from .caller import Caller
 from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check
 from .errors import LuoError
 from .faults import NONE, Faults
-from .handler import HandlerRegistry
+from .handler import HandlerRegistry, freeze_all
 from .session import Direction, PreservedFile, Session
 from .state import StateMachine
 
@@ -51,7 +51,7 @@ class CarriedFile(NamedTuple):
 
 class CarriedSession(NamedTuple):
     name: bytes
-    files: tuple[CarriedFile, ...]
+    files: tuple  # of CarriedFile, or of anything with its attributes (a PreservedFile)
 
 
 def session_name(raw: bytes) -> bytes:
@@ -274,14 +274,9 @@ class Luo:
         self._carried = [s for s in self.sessions if s.outgoing and s.open]
         self.state.reboot()  # PREPARE + FREEZE; the files participant freezes
         self.rebooting = True
-        return [
-            CarriedSession(
-                s.name,
-                tuple(CarriedFile(pf.token, pf.handler.compatible, pf.data, pf.file)
-                      for pf in s.files.values()),
-            )
-            for s in self._carried
-        ]
+        # PreservedFile has CarriedFile's attributes; nothing changes them from here on
+        # (cancel_reboot() unfreezes, but then nothing is carried).
+        return [CarriedSession(s.name, tuple(s.files.values())) for s in self._carried]
 
     def cancel_reboot(self) -> None:
         """The hand-over after a successful freeze failed: thaw in reverse, run on."""
@@ -289,17 +284,9 @@ class Luo:
         self.rebooting = False
 
     def _freeze_files(self) -> None:
-        frozen: list[PreservedFile] = []
-        try:
-            for session in self._carried:
-                for pf in session.files.values():
-                    pf.data = pf.handler.freeze(pf.file, pf.data)
-                    frozen.append(pf)
-        except LuoError:
-            for pf in reversed(frozen):
-                pf.handler.unfreeze(pf.file, pf.data)
-            raise
-        self._frozen = frozen
+        files = [pf for session in self._carried for pf in session.files.values()]
+        freeze_all(files)
+        self._frozen = files
 
     def _thaw_files(self) -> None:
         for pf in reversed(self._frozen):

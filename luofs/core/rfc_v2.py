@@ -23,6 +23,7 @@ from ..uapi.rfc_v2 import (LIVEUPDATE_IOCTL_EVENT_CANCEL, LIVEUPDATE_IOCTL_EVENT
                            LIVEUPDATE_IOCTL_SELFTESTS, LiveupdateFd, LiveupdateState, Selftest,
                            StateArg, Token, ioc_size)
 from .errors import LuoError
+from .handler import freeze_all
 from .luo import CarriedFile
 from .state import Event, State, StateMachine
 
@@ -220,17 +221,10 @@ class RfcV2Files:
             raise
 
     def freeze(self) -> None:
-        done: list[V2File] = []
-        try:
-            for entry in self.outgoing.values():
-                entry.data = entry.handler.freeze(entry.file, entry.data)
-                entry.frozen = True
-                done.append(entry)
-        except BaseException:
-            for entry in reversed(done):
-                entry.handler.unfreeze(entry.file, entry.data)
-                entry.frozen = False
-            raise  # the state machine's cancel unpreserves everything next
+        entries = list(self.outgoing.values())
+        freeze_all(entries)  # on failure the state machine's cancel unpreserves everything
+        for entry in entries:
+            entry.frozen = True
 
     def cancel(self) -> None:
         self._each(reversed(list(self.outgoing.values())), self._unprepare)

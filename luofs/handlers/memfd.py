@@ -19,6 +19,7 @@ from kho.struct_mirror import struct_mirror
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
 from ..fdutil import TMPFS_MAGIC, OwnedFile, fstatfs_type
+from ..keeper import RECORD as KEEPER_RECORD
 from ..uapi import errnos
 
 COMPATIBLE = "memfd-v2"
@@ -27,6 +28,9 @@ KNOWN_SEALS = (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                | fcntl.F_SEAL_WRITE | 0x10 | 0x20)  # FUTURE_WRITE, EXEC
 MAX_PAGES = 2**32 - 1
 _RECORD = struct_mirror(MemfdLuoSer)  # freeze packs one per file: construct is too slow
+assert _RECORD.pack(1, 2, 3, 0, 0, 0, 0, 0, 0).startswith(KEEPER_RECORD.pack(1, 2, 3))
+# The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
+_FLAGS = os.O_RDWR | 0o100000
 
 
 def _seals(fd: int) -> int:
@@ -99,16 +103,46 @@ class MemfdHandler:
         if self._kho is None:
             return data
         if file.parked is not None:
-            pos, size, seals = file.vault.record(file.parked)
+            try:
+                pos, size, seals = file.vault.record(file.parked)
+            except OSError as e:
+                raise LuoError(errnos.EIO, f"cannot read a parked file: {e}") from None
         else:
             fd = file.fd
             pos, size, seals = os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size, _seals(fd)
-        # The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
-        record = _RECORD.pack(pos, size, seals, os.O_RDWR | 0o100000, 0, 0, 0, 0, 0)
+        record = _RECORD.pack(pos, size, seals, _FLAGS, 0, 0, 0, 0, 0)
         try:
             return self._kho.store(record)
         except MemoryError:
             raise LuoError(errnos.ENOMEM, "no preserved memory left for a memfd record") from None
+
+    def freeze_many(self, entries) -> list[int]:
+        """freeze() for many files (entries with `file` and `data`): parked ones are read
+        in one request per keeper."""
+        self._faults.check("memfd.freeze")
+        self._faults.check("crash.freeze")
+        if self._kho is None:
+            return [entry.data for entry in entries]
+        files = [entry.file for entry in entries]
+        parked = [file.parked for file in files if file.parked is not None]
+        try:
+            states = iter(self._vault.records(parked) if parked else ())
+        except OSError as e:  # a keeper is gone: its files cannot be carried
+            raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
+        # A keeper's record is this one's first 20 bytes: position, size, seals.
+        tail = _RECORD.pack(0, 0, 0, _FLAGS, 0, 0, 0, 0, 0)[KEEPER_RECORD.size:]
+        records = []
+        for file in files:
+            if file.parked is not None:
+                records.append(next(states) + tail)
+            else:
+                fd = file.fd
+                records.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
+                                            _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
+        try:
+            return self._kho.store_many(records)
+        except MemoryError:
+            raise LuoError(errnos.ENOMEM, "no preserved memory left for memfd records") from None
 
     def unfreeze(self, file: OwnedFile, data: int) -> None:
         if self._kho is not None and data:
