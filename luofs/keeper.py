@@ -7,12 +7,14 @@ keeper's socket — one fd — instead of every file it holds. A keeper lives ex
 long as some kernel holds its socket: the last close ends it and releases its files.
 
 Requests (luofs.wire messages): park (fds in → slots), fetch (slots → fds, the same open
-file descriptions), drop (slots), records (slots → position, size and seals, packed).
+file descriptions), drop (slots), records (runs of slots → position, size and seals,
+packed, each followed by the asker's pad bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import fcntl
 import os
 import socket
@@ -31,10 +33,11 @@ def _seals(fd: int) -> int:
         return 0
 
 
-def _records_in_python(fds: list[int]) -> bytes:
+def _records_in_python(fds: list[int], pad: bytes = b"") -> bytes:
     packed = bytearray()
     for fd in fds:
         packed += RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size, _seals(fd))
+        packed += pad
     return bytes(packed)
 
 
@@ -50,14 +53,16 @@ def _load_native():
 
     lib = ctypes.CDLL(path)
     fn = lib.luofs_file_records
-    fn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_long, ctypes.c_char_p,
-                   ctypes.POINTER(ctypes.c_long)]
+    fn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_long, ctypes.c_char_p, ctypes.c_long,
+                   ctypes.c_char_p, ctypes.POINTER(ctypes.c_long)]
     fn.restype = ctypes.c_int
 
-    def native(fds: list[int]) -> bytes:
-        out = ctypes.create_string_buffer(RECORD.size * len(fds))
+    def native(fds: list[int], pad: bytes = b"") -> bytes:
+        out = ctypes.create_string_buffer((RECORD.size + len(pad)) * len(fds))
         failed = ctypes.c_long(-1)
-        err = fn((ctypes.c_int * len(fds))(*fds), len(fds), out, ctypes.byref(failed))
+        packed = array.array("i", fds)
+        pointer = (ctypes.c_int * len(fds)).from_buffer(packed) if fds else None
+        err = fn(pointer, len(fds), pad, len(pad), out, ctypes.byref(failed))
         if err:
             raise OSError(-err, f"fd {fds[failed.value]}: {os.strerror(-err)}")
         return out.raw
@@ -94,8 +99,10 @@ def serve(sock: socket.socket, records=_records_in_python) -> None:
                     os.close(fd)
         elif op == "records":
             try:
-                reply["records"] = records([files[slot] for slot in message["slots"]]).hex()
-            except (KeyError, OSError) as e:
+                reply["records"] = records([files[slot] for first, count in message["runs"]
+                                            for slot in range(first, first + count)],
+                                           bytes.fromhex(message.get("pad", ""))).hex()
+            except (KeyError, OSError, TypeError, ValueError) as e:
                 reply = {"ok": False, "error": f"records: {e!r}"}
         else:
             reply = {"ok": False, "error": f"unknown op {op!r}"}

@@ -105,6 +105,12 @@ class Kernel:
             extra = lambda fs: {b"debug": kho_debugfs(boot, fs.table.intern)}  # noqa: E731
         self.fs = KernelFS(boot, cmdline=self.cmdline, extra_kernel=extra,
                            extra_sys=device_sysfs(boot.devices.layer) if boot.devices else None)
+        if message.get("hold_mount"):  # the previous kernel may still be unmounting
+            go, stray = wire.recv(self.sock)
+            for fd in stray:
+                os.close(fd)
+            if go is None or go.get("op") != "mount":
+                raise SystemExit("the machine went away before the mount")
         return True
 
     async def serve(self) -> None:

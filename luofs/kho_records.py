@@ -49,24 +49,31 @@ class KhoOut:
         return phys
 
     def store_many(self, blobs: list[bytes]) -> list[int]:
-        """store() for many records of one size (a freeze's), a slab's worth at a time."""
+        """store() for many records; those of one size (a freeze's) a slab at a time."""
         lengths = {len(blob) for blob in blobs}
-        slab_bytes = self.SLAB_PAGES * 4096
-        if len(lengths) != 1 or max(lengths) > slab_bytes:
+        if len(lengths) != 1:
             return [self.store(blob) for blob in blobs]
         length = lengths.pop()
         size = -(-length // self.ALIGN) * self.ALIGN
         if size != length:
             blobs = [blob.ljust(size, b"\0") for blob in blobs]
+        return self.store_records(b"".join(blobs), size)
+
+    def store_records(self, data: bytes, size: int) -> list[int]:
+        """Records of `size` bytes each, back to back in `data`; their addresses in order."""
+        slab_bytes = self.SLAB_PAGES * 4096
+        if size % self.ALIGN or not 0 < size <= slab_bytes or len(data) % size:
+            return [self.store(data[i:i + size]) for i in range(0, len(data), size or 1)]
+        count = len(data) // size
         out: list[int] = []
         i = 0
-        while i < len(blobs):
+        while i < count:
             if self._slab is None or self._used + size > slab_bytes:
                 self._new_slab()
             slab_phys, buf = self._slab
-            fit = min(len(blobs) - i, (slab_bytes - self._used) // size)
+            fit = min(count - i, (slab_bytes - self._used) // size)
             start = self._used
-            buf[start:start + fit * size] = b"".join(blobs[i:i + fit])
+            buf[start:start + fit * size] = data[i * size:(i + fit) * size]
             where = range(slab_phys + start, slab_phys + start + fit * size, size)
             out += where
             self._record_slab.update(dict.fromkeys(where, slab_phys))

@@ -92,6 +92,8 @@ class KernelProcess:
             message, fds = self.recv()
         except socket.timeout:
             raise KernelError(f"kernel did not answer within {timeout:.0f} s") from None
+        except ConnectionError:  # it died with a message of ours unread
+            message, fds = None, []
         finally:
             self.sock.settimeout(None)
         for fd in fds:
@@ -197,9 +199,26 @@ class Machine:
         if self.standby is None and self.running:
             self.standby = self._spawn()
 
-    def _start(self, kernel: KernelProcess, boot: dict, fds=()) -> dict:
-        wire.send(kernel.sock, {"op": "boot", **boot}, [self.ram, *fds])
+    def _send_boot(self, kernel: KernelProcess, boot: dict, fds=(), hold: bool = False) -> bool:
+        """The boot message, with RAM and the handed-over files; `hold`: build everything
+        but wait for a "mount" before mounting. False if the kernel is gone."""
         try:
+            wire.send(kernel.sock, {"op": "boot", **boot, "hold_mount": hold}, [self.ram, *fds])
+        except OSError as e:
+            log.warning("kernel #%d cannot take its boot message: %s", kernel.number, e)
+            return False
+        return True
+
+    def _start(self, kernel: KernelProcess, boot: dict, fds=(), sent: bool = False) -> dict:
+        """Boot `kernel` (or, `sent` ahead with hold_mount, let it mount) until it serves."""
+        try:
+            if sent:
+                try:
+                    wire.send(kernel.sock, {"op": "mount"})
+                except OSError:
+                    pass  # what it said before it went (a panic, say) is read below
+            elif not self._send_boot(kernel, boot, fds):
+                raise KernelError(f"kernel #{kernel.number} is gone")
             return kernel.expect("ready", KERNEL_START_TIMEOUT)
         except BaseException:
             kernel.kill()
@@ -236,6 +255,13 @@ class Machine:
                                               f"preserved state is lost ({self.panic})"}
             return {"ok": False, "errno": reply.get("errno"), "error": reply.get("error")}
         t_reply = time.perf_counter()
+        boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
+                "number": nxt.number, "parked": reply.get("parked", []),
+                "keepers": reply.get("keepers", 0)}
+        # The next kernel rebuilds from the hand-over while the old one unmounts and exits,
+        # and mounts only once it is gone. Not with devices: their drivers must see the old
+        # kernel stop before the next one attaches.
+        sent = self.devices is None and self._send_boot(nxt, boot, fds, hold=True)
         try:
             old.expect("unmounted", KERNEL_STOP_TIMEOUT)
         except KernelError as e:
@@ -246,15 +272,12 @@ class Machine:
             self.devices.kexec(reply.get("devices", []))
         t_handed = time.perf_counter()
         self.kernel = None
-        boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
-                "number": nxt.number, "parked": reply.get("parked", []),
-                "keepers": reply.get("keepers", 0)}
         try:
             # The hand-over is complete: the machine keeps the files until a kernel has
             # them, so a next kernel that dies while reloading is simply replaced.
             for attempt in range(RELOAD_RETRIES + 1):
                 try:
-                    ready = self._start(nxt, boot, fds)
+                    ready = self._start(nxt, boot, fds, sent=sent)
                     break
                 except KernelPanic:
                     raise
@@ -263,6 +286,7 @@ class Machine:
                         raise
                     log.error("%s while reloading; starting another kernel", e)
                     nxt = self._load(nxt.number)
+                    sent = False
         except KernelError as e:
             self.panic = str(e)
             log.error("kernel #%d did not come up: %s", nxt.number, e)

@@ -21,10 +21,6 @@ from .keeper import RECORD
 DEFAULT_DIRECT_LIMIT = 8000
 
 
-def _split(raw: bytes, size: int):
-    return iter([raw[i:i + size] for i in range(0, len(raw), size)])
-
-
 class KeeperError(OSError):
     pass
 
@@ -92,35 +88,56 @@ class Vault:
             return  # a keeper that is gone holds nothing
         keeper.count -= 1
 
-    def records(self, refs: list[tuple[int, int]]) -> list[bytes]:
-        """Position, size and seals of parked files (keeper.RECORD, packed), in the order of
-        `refs`: one request per keeper, all sent before any reply is read, so the keepers
-        work side by side."""
-        by_keeper: dict[int, list[int]] = {}
-        for k, slot in refs:
-            by_keeper.setdefault(k, []).append(slot)
-        asked, answers, failure = [], {}, None
+    def records(self, runs: list[list[int]], pad: bytes = b"", meanwhile=None) -> list[bytes]:
+        """For runs [keeper, first slot, count] of parked files, one bytes each: every file's
+        position, size and seals (keeper.RECORD), each followed by `pad`.
+
+        One request per keeper, all sent before any reply is read, so the keepers work
+        side by side — and `meanwhile()`, if given, runs here while they do."""
+        by_keeper: dict[int, list[list[int]]] = {}
+        for k, slot, count in runs:
+            by_keeper.setdefault(k, []).append([slot, count])
+        asked, failure = [], None
         try:
             for k, slots in by_keeper.items():
-                wire.send(self.keepers[k].sock, {"op": "records", "slots": slots})
+                wire.send(self.keepers[k].sock, {"op": "records", "runs": slots, "pad": pad.hex()})
                 asked.append(k)
         except OSError as e:
             failure = f"file keeper {k} is gone: {e}"
-        for k in asked:  # every request sent gets its reply read: no socket is left askew
+        try:
+            if meanwhile is not None and not failure:
+                meanwhile()
+        finally:  # every request sent gets its reply read: no socket is left askew
+            answers, errors = self._collect(asked)
+        failure = failure or next((f"file keeper {k}: {why}" for k, why in errors.items()), None)
+        size = RECORD.size + len(pad)
+        for k, slots in by_keeper.items():
+            if not failure and len(answers[k]) != size * sum(count for _slot, count in slots):
+                failure = f"file keeper {k} answered {len(answers[k])} bytes of records"
+        if failure:
+            raise KeeperError(errno.EIO, failure)
+        at = dict.fromkeys(by_keeper, 0)
+        out = []
+        for k, _slot, count in runs:
+            out.append(answers[k][at[k]:at[k] + count * size])
+            at[k] += count * size
+        return out
+
+    def _collect(self, asked: list[int]) -> tuple[dict[int, bytes], dict[int, str]]:
+        answers, errors = {}, {}
+        for k in asked:
             reply, fds = wire.recv(self.keepers[k].sock)
             for fd in fds:
                 os.close(fd)
             if reply is None or not reply.get("ok"):
-                failure = failure or f"file keeper {k}: {(reply or {}).get('error', 'gone')}"
+                errors[k] = (reply or {}).get("error", "gone")
             else:
-                answers[k] = _split(bytes.fromhex(reply["records"]), RECORD.size)
-        if failure:
-            raise KeeperError(errno.EIO, failure)
-        return [next(answers[k]) for k, _slot in refs]
+                answers[k] = bytes.fromhex(reply["records"])
+        return answers, errors
 
     def record(self, ref: tuple[int, int]) -> tuple[int, int, int]:
         """(position, size, seals) of one parked file."""
-        return RECORD.unpack(self.records([ref])[0])
+        return RECORD.unpack(self.records([[ref[0], ref[1], 1]])[0])
 
     def sockets(self) -> list[int]:
         return [k.sock.fileno() for k in self.keepers]

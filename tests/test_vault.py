@@ -43,9 +43,17 @@ def test_a_keeper_holds_at_most_per_keeper_files(vault):
     refs = [vault.park(memfd(b"x" * i)) for i in range(7)]
     assert [k for k, _ in refs] == [0, 0, 0, 1, 1, 1, 2]
     shuffled = refs[::2] + refs[1::2]  # answers come back in the order asked, across keepers
-    sizes = [RECORD.unpack(raw)[1] for raw in vault.records(shuffled)]
+    sizes = [RECORD.unpack(raw)[1] for raw in vault.records([[k, s, 1] for k, s in shuffled])]
     assert sizes == [len(b"x" * i) for i in list(range(7))[::2] + list(range(7))[1::2]]
     assert [vault.record(r)[1] for r in refs] == list(range(7))
+    # runs of consecutive slots, each record followed by the asker's pad
+    blobs = vault.records([[0, 1, 2], [2, 0, 1], [0, 0, 1]], pad=b"PAD")
+    size = RECORD.size + 3
+    assert [len(b) // size for b in blobs] == [2, 1, 1]
+    assert [RECORD.unpack_from(b, i * size)[1] for b in blobs for i in range(len(b) // size)] \
+        == [1, 2, 6, 0]
+    assert all(b[i * size + RECORD.size:(i + 1) * size] == b"PAD"
+               for b in blobs for i in range(len(b) // size))
 
 
 def test_a_dead_keeper_fails_records_and_leaves_the_others_in_step(vault):
@@ -53,7 +61,7 @@ def test_a_dead_keeper_fails_records_and_leaves_the_others_in_step(vault):
     vault.keepers[1].proc.kill()
     vault.keepers[1].proc.wait(timeout=10)
     with pytest.raises(KeeperError) as e:
-        vault.records(refs)
+        vault.records([[k, slot, 1] for k, slot in refs])
     assert e.value.errno == errno.EIO
     # the replies of the keepers that answered were all read: the next request is in step
     assert vault.record(refs[1]) == (0, 1, 1)  # a stale reply would give refs[0]'s record
@@ -69,6 +77,8 @@ def test_records_read_position_size_and_seals(native):
     fcntl.fcntl(sealed, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
     plain = memfd(b"y" * 10000, pos=4097)
     tmp = os.open(__file__, os.O_RDONLY)  # not shmem: no seals at all (F_GET_SEALS fails)
+    assert read([sealed, plain, tmp], b"--") == b"--".join(
+        [read([fd]) for fd in (sealed, plain, tmp)]) + b"--"  # the pad follows each record
     raw = read([sealed, plain, tmp])
     assert [RECORD.unpack_from(raw, i * RECORD.size) for i in range(3)] == [
         (3, 3, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK),

@@ -123,24 +123,42 @@ class MemfdHandler:
         self._faults.check("crash.freeze")
         if self._kho is None:
             return [entry.data for entry in entries]
-        files = [entry.file for entry in entries]
-        parked = [file.parked for file in files if file.parked is not None]
+        # One pass over the files: fds held here, and runs [keeper, first slot, count] of
+        # files parked at consecutive slots (they are parked in the order preserved).
+        layout: list = []
+        for entry in entries:
+            file = entry.file
+            ref = file.parked
+            if ref is None:
+                layout.append(file.fd)
+                continue
+            last = layout[-1] if layout else None
+            if last.__class__ is list and last[0] == ref[0] and last[1] + last[2] == ref[1]:
+                last[2] += 1
+            else:
+                layout.append([ref[0], ref[1], 1])
+        runs = [item for item in layout if item.__class__ is list]
+        direct: list[bytes] = []
+
+        def read_direct() -> None:  # while the keepers read theirs
+            for fd in layout:
+                if fd.__class__ is int:
+                    direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
+                                               _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
+
+        # A keeper's record is this one's first 20 bytes (position, size, seals): it adds
+        # the rest, so parked records arrive whole, a run at a time.
+        tail = _RECORD.pack(0, 0, 0, _FLAGS, 0, 0, 0, 0, 0)[KEEPER_RECORD.size:]
         try:
-            states = iter(self._vault.records(parked) if parked else ())
+            blobs = iter(self._vault.records(runs, tail, read_direct) if runs else ())
         except OSError as e:  # a keeper is gone: its files cannot be carried
             raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
-        # A keeper's record is this one's first 20 bytes: position, size, seals.
-        tail = _RECORD.pack(0, 0, 0, _FLAGS, 0, 0, 0, 0, 0)[KEEPER_RECORD.size:]
-        records = []
-        for file in files:
-            if file.parked is not None:
-                records.append(next(states) + tail)
-            else:
-                fd = file.fd
-                records.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
-                                            _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
+        if not runs:
+            read_direct()
+        held = iter(direct)
+        chunks = [next(held) if item.__class__ is int else next(blobs) for item in layout]
         try:
-            return self._kho.store_many(records)
+            return self._kho.store_records(b"".join(chunks), _RECORD.size)
         except MemoryError:
             raise LuoError(errnos.ENOMEM, "no preserved memory left for memfd records") from None
 

@@ -10,14 +10,21 @@ import time
 from luofs.testing import booted
 
 
-def keepers() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "luofs.keeper"], capture_output=True, text=True).stdout
+def keepers_of(inst) -> set[int]:
+    """The keepers this instance's running kernel started (not another test's: tests run
+    side by side)."""
+    kernel = str(inst.status()["kernel"]["pid"])
+    out = subprocess.run(["pgrep", "-P", kernel, "-f", "luofs.keeper"], capture_output=True,
+                         text=True).stdout
     return {int(pid) for pid in out.split()}
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if os.path.exists(f"/proc/{pid}")}
 
 
 def test_parked_files_are_carried_through_live_updates(monkeypatch):
     monkeypatch.setenv("LUOFS_DIRECT_FILES", "2")
-    before = keepers()
     with booted() as inst:
         want = {}
         with inst.client() as lu:
@@ -31,7 +38,8 @@ def test_parked_files_are_carried_through_live_updates(monkeypatch):
                     s.preserve_fd(fd, t)
                     os.close(fd)
                     want[(i, t)] = content
-        assert keepers() - before  # 7 of the 9 files went to a keeper
+        started = keepers_of(inst)
+        assert started  # 7 of the 9 files went to a keeper
         sessions[2].close()  # a closed session's parked files are dropped, not carried
         for update in range(2):
             inst.kexec()
@@ -52,21 +60,23 @@ def test_parked_files_are_carried_through_live_updates(monkeypatch):
                         again.preserve_fd(fd, t)
                         os.close(fd)
                     sessions.append(again)
+            started |= keepers_of(inst)  # the next kernel parks what is preserved anew
         for s in sessions:
             s.close()
     deadline = time.monotonic() + 10  # keepers end when their last socket closes
-    while keepers() - before and time.monotonic() < deadline:
+    while alive(started) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not (keepers() - before)  # nothing left running once the instance is gone
+    assert not alive(started)  # nothing left running once the instance is gone
 
 
 def test_a_dead_keeper_refuses_the_update_and_the_kernel_serves_on(monkeypatch):
     monkeypatch.setenv("LUOFS_DIRECT_FILES", "0")
-    before = keepers()
     with booted() as inst:
         with inst.client() as lu, lu.create_session("vm") as s:
             s.preserve_fd(os.memfd_create("m"), 1)
-            for pid in keepers() - before:
+            mine = keepers_of(inst)
+            assert mine
+            for pid in mine:
                 os.kill(pid, 9)
             result = subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", inst.root],
                                     capture_output=True, text=True)
