@@ -83,10 +83,11 @@ def freeze_all(entries: list) -> None:
     one: a live update freezes 10^5 files, and one call each was most of its blackout.
     """
     done = 0
+    one_handler = len({entry.handler for entry in entries}) == 1
     try:
         while done < len(entries):
             handler = entries[done].handler
-            stop = done + 1
+            stop = len(entries) if one_handler else done + 1
             while stop < len(entries) and entries[stop].handler is handler:
                 stop += 1
             run = entries[done:stop]
