@@ -210,14 +210,9 @@ class Machine:
         return True
 
     def _start(self, kernel: KernelProcess, boot: dict, fds=(), sent: bool = False) -> dict:
-        """Boot `kernel` (or, `sent` ahead with hold_mount, let it mount) until it serves."""
+        """Boot `kernel` (unless its boot and mount went ahead, `sent`) until it serves."""
         try:
-            if sent:
-                try:
-                    wire.send(kernel.sock, {"op": "mount"})
-                except OSError:
-                    pass  # what it said before it went (a panic, say) is read below
-            elif not self._send_boot(kernel, boot, fds):
+            if not sent and not self._send_boot(kernel, boot, fds):
                 raise KernelError(f"kernel #{kernel.number} is gone")
             return kernel.expect("ready", KERNEL_START_TIMEOUT)
         except BaseException:
@@ -267,6 +262,11 @@ class Machine:
         except KernelError as e:
             log.warning("old kernel after the hand-over: %s; detaching its mount", e)
             detach_mount(self.root)
+        if sent:  # the mount point is free: the next kernel need not wait for the old exit
+            try:
+                wire.send(nxt.sock, {"op": "mount"})
+            except OSError:
+                pass  # what it said before it went (a panic, say) is read in _start
         old.kill()
         if self.devices is not None:  # interrupts latch until the next drivers attach
             self.devices.kexec(reply.get("devices", []))

@@ -5,7 +5,6 @@ This is how preserved files travel to the next kernel without their contents mov
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -16,6 +15,8 @@ MAX_FDS_PER_MESSAGE = 250  # below the kernel's SCM_MAX_FD (253)
 
 def control_address(root: str) -> bytes:
     """The machine's abstract socket for ROOT: no file to leave behind, unique per root."""
+    import hashlib  # here: file keepers import this module, and OpenSSL costs them memory
+
     digest = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:32]
     return b"\0luofs/" + digest.encode()
 
