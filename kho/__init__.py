@@ -9,8 +9,8 @@ memfd, so the luofs core can use it without FUSE.
 from .dump import dump_dts, dump_json
 from .errors import KhoFormatError
 from .handover import Handover, IncomingHandover
-from .luo_image import (LUO_SUBTREE, FileImage, FlbImage, LuoImage, SessionImage, read_luo,
-                        release_luo, write_luo)
+from .luo_image import (LUO_SUBTREE, FileImage, FlbImage, LuoHeader, LuoImage, SessionImage,
+                        read_luo, read_luo_header, release_luo, write_luo)
 from .memfd_record import (MEMFD_COMPATIBLE, MemfdRecord, VmallocDescriptor,
                            decode_memfd_record, encode_memfd_record)
 from .memory import PAGE_SIZE, OutOfPhysicalMemory, PhysicalAddressError, PhysicalMemory
@@ -36,6 +36,8 @@ __all__ = [
     "FlbImage",
     "write_luo",
     "read_luo",
+    "read_luo_header",
+    "LuoHeader",
     "release_luo",
     "MEMFD_COMPATIBLE",
     "MemfdRecord",

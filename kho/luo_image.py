@@ -237,6 +237,20 @@ def read_luo(memory, fdt_bytes: bytes) -> LuoImage:
     return LuoImage(tree.liveupdate_number, sessions, flbs, tree.subsystems)
 
 
+class LuoHeader(NamedTuple):
+    liveupdate_number: int
+    sessions: int
+    files: int
+
+
+def read_luo_header(memory, fdt_bytes: bytes) -> LuoHeader:
+    """The number and the session and file counts, from the tree and the session block
+    only: what a kernel checks at boot before it decodes the files at first use."""
+    tree = _read_tree(fdt_bytes)
+    _names, _addresses, counts, _size = _read_session_block(memory, tree.session_phys)
+    return LuoHeader(tree.liveupdate_number, len(counts), sum(counts))
+
+
 def release_luo(memory, fdt_bytes: bytes, preserved=None) -> None:
     """Free the blocks :func:`write_luo` laid out, once they are no longer needed.
 

@@ -9,13 +9,14 @@ reserve preserved memory, and rebuild sessions at the first open of the device.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 from dataclasses import dataclass
 
 from kho import (LUO_SUBTREE, Handover, IncomingHandover, KhoFormatError, LuoImage,
-                 PhysicalMemory, read_luo, write_luo)
+                 PhysicalMemory, read_luo, read_luo_header, write_luo)
 
 from devices import (DeviceDrivers, DeviceParticipant, SocketTransport, incoming_images,
                      publish as publish_devices)
@@ -83,24 +84,32 @@ def _publish_luo(handover: Handover, memory: PhysicalMemory, image: LuoImage | N
 def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
               image: LuoImage | None = None, handed: dict | None = None,
               incoming: IncomingHandover | None = None, device_fd: int | None = None,
-              vault: Vault | None = None) -> Boot:
+              vault: Vault | None = None, deferred=None, has_sessions: bool = False) -> Boot:
+    """`deferred` (mainline): a call that decodes the image and matches the handed-over
+    files at the first open of the device, as the kernel deserializes its sessions then;
+    `has_sessions` says, from the image's header, whether there are any."""
     if profile not in PROFILES:
         raise ValueError(f"unknown ABI {profile!r}; known: {', '.join(PROFILES)}")
-    handed = dict(handed or {})
     handover = Handover(memory)
     kho = KhoOut(memory, handover)
     vault = vault or Vault()
     handlers = HandlerRegistry()
-    handlers.register(MemfdHandler(kho, handed.pop(MemfdHandler.compatible, {}), faults, vault),
-                      sessions_exist=False)
-    for compatible, stray in handed.items():  # no handler: they fail at first open (EIO)
-        log.warning("handed-over %s files have no handler here", compatible)
-        for f in stray.values():
-            f.close()
+    handlers.register(MemfdHandler(kho, None, faults, vault), sessions_exist=False)
+    _adopt(handlers, handed or {})
     if profile == "mainline":
+        def load_incoming():
+            if deferred is None:
+                return incoming_sessions(image, handlers)
+            try:
+                decoded, files = deferred()
+            except Panic as e:  # every open of the device fails with EIO from now on
+                raise LuoError(errnos.EIO, str(e)) from None
+            _adopt(handlers, files)
+            return incoming_sessions(decoded, handlers)
+
         luo = Luo(handlers, liveupdate_number=number,
-                  load_incoming=(lambda: incoming_sessions(image, handlers)) if image else None,
-                  updated=bool(image and image.sessions), faults=faults)
+                  load_incoming=load_incoming if image or deferred else None,
+                  updated=bool(image and image.sessions) or has_sessions, faults=faults)
         # Mainline registers LUO's subtree at boot, with the number and no sessions yet.
         _publish_luo(handover, memory, luo_image(number, []))
         boot = Boot(profile, memory, handover, kho, luo.state, number, faults, vault=vault,
@@ -130,6 +139,18 @@ def _assemble(profile: str, memory: PhysicalMemory, faults: Faults, number: int,
                 subsystems=registry, mm=mm, incoming=incoming, incoming_image=image)
     _attach_devices(boot, device_fd, lambda: str(machine.state))
     return boot
+
+
+def _adopt(handlers: HandlerRegistry, handed: dict[str, dict[int, OwnedFile]]) -> None:
+    """Give each handler the files handed over for it (by data handle)."""
+    for compatible, files in handed.items():
+        handler = handlers.by_compatible(compatible)
+        if handler is not None and hasattr(handler, "adopt"):
+            handler.adopt(files)
+            continue
+        log.warning("handed-over %s files have no handler here", compatible)
+        for f in files.values():  # their sessions fail at first open (EIO)
+            f.close()
 
 
 def _attach_devices(boot: Boot, device_fd: int | None, luo_state) -> None:
@@ -168,55 +189,104 @@ def handover_boot(ram_fd: int, root_phys: int, root_size: int, fds: list[int],
     # files parked there (runs of [position in the image, keeper, first slot, count]).
     split = len(fds) - keepers
     vault = Vault(keepers=[Keeper(socket.socket(fileno=fd)) for fd in fds[split:]])
-    direct = fds[:split]
-    files: list[OwnedFile] = []
+    sources = _sources(fds[:split], parked or [], vault)
+    try:
+        header = image = None
+        try:
+            incoming = IncomingHandover.load(memory, root_phys, root_size)
+            blob = incoming.subtrees.get(LUO_SUBTREE)
+            if profile == "mainline":
+                if blob is None:
+                    raise Panic("KHO handover has no LUO subtree")
+                header = read_luo_header(memory, blob)
+                count, sessions = header.files, header.sessions
+                number = header.liveupdate_number + 1
+            elif blob is not None:
+                image = read_luo(memory, blob)
+                count, sessions = sum(len(s.files) for s in image.sessions), len(image.sessions)
+                number = image.liveupdate_number + 1
+            else:
+                count = sessions = 0
+        except KhoFormatError as e:
+            raise Panic(str(e)) from None
+        if count != len(sources):
+            raise Panic(f"LUO image lists {count} files but {len(sources)} were handed over")
+        if header is not None:  # mainline: the files are decoded at the first open
+            boot = _assemble(profile, memory, faults, number, None, None, incoming, device_fd,
+                             vault, functools.partial(_decode_handed, memory, blob, sources, vault),
+                             has_sessions=sessions > 0)
+        else:
+            handed = _match(image, _owned(sources, vault)) if image else {}
+            boot = _assemble(profile, memory, faults, number, image, handed, incoming, device_fd,
+                             vault)
+    except Panic:
+        _close(sources, vault)
+        raise
+    log.info("liveupdate number %d: %d incoming session(s), %d file(s)", number, sessions, count)
+    return boot
+
+
+def _sources(direct: list[int], parked: list, vault: Vault) -> list:
+    """The handed-over files in image order: an fd held here, or a (keeper, slot)."""
+    sources: list = []
     taken = 0
     try:
-        for first, k, slot, count in parked or []:
-            if first < len(files) or first - len(files) > len(direct) - taken:
+        for first, k, slot, count in parked:
+            if first < len(sources) or first - len(sources) > len(direct) - taken:
                 raise Panic(f"parked files at {first} overlap or outrun the direct ones")
-            fill = first - len(files)
-            files += [OwnedFile(fd, vault=vault) for fd in direct[taken:taken + fill]]
+            fill = first - len(sources)
+            sources += direct[taken:taken + fill]
             taken += fill
             vault.keepers[k].count += count
-            files += [OwnedFile(-1, parked=(k, s), vault=vault) for s in range(slot, slot + count)]
+            sources += [(k, s) for s in range(slot, slot + count)]
     except (IndexError, TypeError, ValueError, Panic) as e:
         for fd in direct:
             os.close(fd)
         raise e if isinstance(e, Panic) else Panic(f"malformed parked-file runs: {e}") from None
-    files += [OwnedFile(fd, vault=vault) for fd in direct[taken:]]
+    sources += direct[taken:]
     vault.direct = len(direct)
+    return sources
+
+
+def _owned(sources: list, vault: Vault) -> list[OwnedFile]:
+    return [OwnedFile(src, vault=vault) if src.__class__ is int
+            else OwnedFile(-1, parked=src, vault=vault) for src in sources]
+
+
+def _close(sources: list, vault: Vault) -> None:
+    for file in _owned(sources, vault):
+        file.close()
+
+
+def _match(image: LuoImage, files: list[OwnedFile]) -> dict[str, dict[int, OwnedFile]]:
+    """The handed-over files by handler and data handle, in the image's order."""
+    count = sum(len(s.files) for s in image.sessions)
+    if count != len(files):
+        raise Panic(f"LUO image lists {count} files but {len(files)} were handed over")
+    handed: dict[str, dict[int, OwnedFile]] = {}
+    listed = [f for s in image.sessions for f in s.files]
+    for compatible in {f.compatible for f in listed}:
+        pairs = [(f.data, file) for f, file in zip(listed, files) if f.compatible == compatible]
+        handed[compatible] = dict(pairs)
+        if len(handed[compatible]) != len(pairs):
+            seen: set[int] = set()
+            data = next(d for d, _file in pairs if d in seen or seen.add(d))
+            raise Panic(f"LUO image: two {compatible} files share handle {data:#x}")
+    return handed
+
+
+@gc_paused()
+def _decode_handed(memory: PhysicalMemory, blob: bytes, sources: list, vault: Vault):
+    """Mainline's first open: LUO's image decoded and the files matched to it."""
     try:
         try:
-            incoming = IncomingHandover.load(memory, root_phys, root_size)
-            blob = incoming.subtrees.get(LUO_SUBTREE)
-            image = read_luo(memory, blob) if blob is not None else None
+            image = read_luo(memory, blob)
         except KhoFormatError as e:
             raise Panic(str(e)) from None
-        if image is None and profile == "mainline":
-            raise Panic("KHO handover has no LUO subtree")
-        count = sum(len(s.files) for s in image.sessions) if image else 0
-        if count != len(files):
-            raise Panic(f"LUO image lists {count} files but {len(files)} were handed over")
-        handed: dict[str, dict[int, OwnedFile]] = {}
-        listed = [f for s in image.sessions for f in s.files] if image else []
-        for compatible in {f.compatible for f in listed}:
-            pairs = [(f.data, file) for f, file in zip(listed, files) if f.compatible == compatible]
-            handed[compatible] = dict(pairs)
-            if len(handed[compatible]) != len(pairs):
-                seen = set()
-                data = next(d for d, _file in pairs if d in seen or seen.add(d))
-                raise Panic(f"LUO image: two {compatible} files share handle {data:#x}")
-        number = image.liveupdate_number + 1 if image else number
-        boot = _assemble(profile, memory, faults, number, image, handed, incoming, device_fd,
-                         vault)
+        return image, _match(image, _owned(sources, vault))
     except Panic:
-        for f in files:
-            f.close()
+        _close(sources, vault)
         raise
-    log.info("liveupdate number %d: %d incoming session(s), %d file(s)", number,
-             len(image.sessions) if image else 0, count)
-    return boot
 
 
 def undo_reboot(boot: Boot) -> None:

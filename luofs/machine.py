@@ -267,7 +267,8 @@ class Machine:
                 wire.send(nxt.sock, {"op": "mount"})
             except OSError:
                 pass  # what it said before it went (a panic, say) is read in _start
-        old.kill()
+        else:
+            old.kill()
         if self.devices is not None:  # interrupts latch until the next drivers attach
             self.devices.kexec(reply.get("devices", []))
         t_handed = time.perf_counter()
@@ -294,13 +295,14 @@ class Machine:
         finally:
             for fd in fds:
                 os.close(fd)
+            old.kill()  # (when the next kernel went ahead, its exit did not hold anything up)
         self.kernel = nxt
         t_ready = time.perf_counter()
         written_after = self._records_written()
         self._prepare_standby()
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
-        log.info("kexec to #%d: hand-over %.1f ms, old kernel gone %.1f ms, next kernel "
+        log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
                  "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) * 1000,
                  (t_handed - t_reply) * 1000, (t_ready - t_handed) * 1000, self.last_blackout_ms)
         return {"ok": True, "liveupdate_number": ready["liveupdate_number"],

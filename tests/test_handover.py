@@ -100,7 +100,9 @@ def test_memfd_size_changed_behind_the_record_fails_retrieve_with_eio(ram):
     assert e.value.errno == 5 and "record says 9" in e.value.reason
 
 
-def test_two_files_with_one_handle_panic(ram, monkeypatch):
+def test_two_files_with_one_handle_fail_every_open_with_eio(ram, monkeypatch):
+    # Mainline decodes the files at the first open of the device, as the kernel
+    # deserializes its sessions then: a bad file list is EIO there, for good (§5).
     from luofs.handlers.memfd import MemfdHandler
 
     real = MemfdHandler.freeze_many
@@ -108,9 +110,16 @@ def test_two_files_with_one_handle_panic(ram, monkeypatch):
                         lambda self, entries: [real(self, entries)[0]] * len(entries))
     old = boot_with_sessions(ram, {b"vm": [(1, b"one"), (2, b"two")]})
     message, fds = reboot(old)
-    with pytest.raises(Panic, match="two memfd-v2 files share handle"):
-        handover_boot(os.dup(ram), message["root_phys"], message["root_size"],
-                      [os.dup(fd) for fd in fds])
+    handed = [os.dup(fd) for fd in fds]
+    new = handover_boot(os.dup(ram), message["root_phys"], message["root_size"], handed)
+    assert new.luo.liveupdate_number == 1
+    for _ in range(2):
+        with pytest.raises(LuoError) as e:
+            new.luo.open_device()
+        assert e.value.errno == 5 and "two memfd-v2 files share handle" in e.value.reason
+    for fd in handed:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the kernel let go of what it could not use
 
 
 @pytest.mark.parametrize("runs, fragment", [

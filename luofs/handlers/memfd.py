@@ -54,6 +54,10 @@ class MemfdHandler:
         # New kernel: data handle (the record's address) → the file handed over.
         self._handed_over = dict(handed_over or {})
 
+    def adopt(self, handed_over: dict[int, OwnedFile]) -> None:
+        """New kernel: the files handed over for this handler, by data handle."""
+        self._handed_over.update(handed_over)
+
     def can_preserve(self, file: OwnedFile) -> bool:
         if file.is_fuse:  # never stat a FUSE file from the daemon (it may be our own mount)
             return False

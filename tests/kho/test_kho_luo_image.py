@@ -321,3 +321,13 @@ if __name__ == "__main__":
             end = time.perf_counter()
             print(f"10,000 x 10: write {1000 * (middle - start):.1f} ms, read {1000 * (end - middle):.1f} ms")
             release_luo(ram, luo_fdt)
+
+
+def test_the_header_counts_what_the_whole_image_holds(memory):
+    from kho import read_luo_header
+
+    files = [FileImage("memfd-v2", 1, 1), FileImage("memfd-v2", 2, 2)]
+    image = LuoImage(7, [SessionImage(b"a", files), SessionImage(b"b", []),
+                         SessionImage(b"c", [FileImage("memfd-v2", 3, 9)])], [], {})
+    blob = write_luo(memory, PreservedMemory(), image)
+    assert read_luo_header(memory, blob) == (7, 3, 3)

@@ -12,7 +12,8 @@ def test_public_api_is_pinned():
         "PAGE_SIZE", "PhysicalMemory", "OutOfPhysicalMemory", "PhysicalAddressError",
         "PreservedMemory", "Block", "KhoFormatError", "KhoRoot", "build_root", "parse_root",
         "LUO_SUBTREE", "LuoImage", "SessionImage", "FileImage", "FlbImage", "write_luo",
-        "read_luo", "release_luo", "MEMFD_COMPATIBLE", "MemfdRecord", "VmallocDescriptor",
+        "read_luo", "read_luo_header", "LuoHeader", "release_luo", "MEMFD_COMPATIBLE",
+        "MemfdRecord", "VmallocDescriptor",
         "encode_memfd_record", "decode_memfd_record", "Handover", "IncomingHandover",
         "ScratchArea", "scratch_areas", "scratch_debugfs", "dump_json", "dump_dts",
     ])
