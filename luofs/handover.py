@@ -254,8 +254,12 @@ def _owned(sources: list, vault: Vault) -> list[OwnedFile]:
 
 
 def _close(sources: list, vault: Vault) -> None:
-    for file in _owned(sources, vault):
-        file.close()
+    """Let go of handed-over files nobody will use: fds closed, parked ones dropped."""
+    for src in sources:
+        if src.__class__ is int:
+            os.close(src)
+    vault.drop_many([src for src in sources if src.__class__ is not int])
+    vault.direct = 0
 
 
 def _match(image: LuoImage, files: list[OwnedFile]) -> dict[str, dict[int, OwnedFile]]:

@@ -85,27 +85,27 @@ def serve(sock: socket.socket, records=_records_in_python) -> None:
             break
         op = message.get("op")
         reply, out = {"ok": True}, []
-        if op == "park":
-            reply["slots"] = list(range(next_slot, next_slot + len(fds)))
-            files.update(zip(reply["slots"], fds))
-            next_slot += len(fds)
-            fds = []
-        elif op == "fetch":
-            out = [files[slot] for slot in message["slots"]]
-        elif op == "drop":
-            for slot in message["slots"]:
-                fd = files.pop(slot, None)
-                if fd is not None:
-                    os.close(fd)
-        elif op == "records":
-            try:
+        try:  # a bad request gets an error; it must never end the keeper and its files
+            if op == "park":
+                reply["slots"] = list(range(next_slot, next_slot + len(fds)))
+                files.update(zip(reply["slots"], fds))
+                next_slot += len(fds)
+                fds = []
+            elif op == "fetch":
+                out = [files[slot] for slot in message["slots"]]
+            elif op == "drop":
+                for slot in message["slots"]:
+                    fd = files.pop(slot, None)
+                    if fd is not None:
+                        os.close(fd)
+            elif op == "records":
                 reply["records"] = records([files[slot] for first, count in message["runs"]
                                             for slot in range(first, first + count)],
                                            bytes.fromhex(message.get("pad", ""))).hex()
-            except (KeyError, OSError, TypeError, ValueError) as e:
-                reply = {"ok": False, "error": f"records: {e!r}"}
-        else:
-            reply = {"ok": False, "error": f"unknown op {op!r}"}
+            else:
+                reply = {"ok": False, "error": f"unknown op {op!r}"}
+        except (KeyError, OSError, TypeError, ValueError) as e:
+            reply, out = {"ok": False, "error": f"{op}: {e!r}"}, []
         for fd in fds:
             os.close(fd)
         wire.send(sock, reply, out)

@@ -88,6 +88,19 @@ class Vault:
             return  # a keeper that is gone holds nothing
         keeper.count -= 1
 
+    def drop_many(self, refs: list[tuple[int, int]]) -> None:
+        """drop() for many files: one request per keeper."""
+        by_keeper: dict[int, list[int]] = {}
+        for k, slot in refs:
+            by_keeper.setdefault(k, []).append(slot)
+        for k, slots in by_keeper.items():
+            keeper = self.keepers[k]
+            try:
+                keeper.ask({"op": "drop", "slots": slots})
+            except (KeeperError, OSError):
+                continue  # a keeper that is gone holds nothing
+            keeper.count -= len(slots)
+
     def records(self, runs: list[list[int]], pad: bytes = b"", meanwhile=None) -> list[bytes]:
         """For runs [keeper, first slot, count] of parked files, one bytes each: every file's
         position, size and seals (keeper.RECORD), each followed by `pad`.

@@ -111,3 +111,24 @@ def test_a_keeper_answers_unknown_requests_with_an_error(vault):
     vault.park(memfd(b"a"))
     with pytest.raises(OSError):
         vault.keepers[0].ask({"op": "bogus"})
+
+
+def test_drop_many_asks_each_keeper_once_and_counts(vault):
+    refs = [vault.park(memfd(b"x" * i)) for i in range(7)]
+    vault.drop_many(refs[1:6])
+    assert [k.count for k in vault.keepers] == [1, 0, 1]
+    with pytest.raises(OSError):
+        vault.fetch(refs[3])  # dropped: the keeper no longer has it
+    os.close(vault.fetch(refs[6]))  # the keepers serve on for the files they still hold
+    os.close(vault.fetch(refs[0]))
+
+
+def test_a_bad_request_gets_an_error_and_the_keeper_serves_on(vault):
+    ref = vault.park(memfd(b"kept"))
+    for bad in ({"op": "fetch", "slots": [99]}, {"op": "records", "runs": [[0, 5]]},
+                {"op": "records", "runs": "x"}, {"op": "drop", "slots": None}):
+        with pytest.raises(OSError):
+            vault.keepers[0].ask(bad)
+    back = vault.fetch(ref)
+    assert os.pread(back, 10, 0) == b"kept"
+    os.close(back)
