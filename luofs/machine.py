@@ -253,8 +253,8 @@ class Machine:
         boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
                 "number": nxt.number, "parked": reply.get("parked", []),
                 "keepers": reply.get("keepers", 0)}
-        # The next kernel rebuilds from the hand-over while the old one unmounts and exits,
-        # and mounts only once it is gone. Not with devices: their drivers must see the old
+        # The next kernel rebuilds from the hand-over while the old one unmounts, and mounts
+        # once the mount point is free. Not with devices: their drivers must see the old
         # kernel stop before the next one attaches.
         sent = self.devices is None and self._send_boot(nxt, boot, fds, hold=True)
         try:

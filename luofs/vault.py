@@ -139,7 +139,11 @@ class Vault:
     def _collect(self, asked: list[int]) -> tuple[dict[int, bytes], dict[int, str]]:
         answers, errors = {}, {}
         for k in asked:
-            reply, fds = wire.recv(self.keepers[k].sock)
+            try:
+                reply, fds = wire.recv(self.keepers[k].sock)
+            except OSError as e:  # it died with our request unread
+                errors[k] = str(e)
+                continue
             for fd in fds:
                 os.close(fd)
             if reply is None or not reply.get("ok"):
