@@ -48,22 +48,13 @@ class KhoOut:
         self._record_slab[phys] = slab_phys
         return phys
 
-    def store_many(self, blobs: list[bytes]) -> list[int]:
-        """store() for many records; those of one size (a freeze's) a slab at a time."""
-        lengths = {len(blob) for blob in blobs}
-        if len(lengths) != 1:
-            return [self.store(blob) for blob in blobs]
-        length = lengths.pop()
-        size = -(-length // self.ALIGN) * self.ALIGN
-        if size != length:
-            blobs = [blob.ljust(size, b"\0") for blob in blobs]
-        return self.store_records(b"".join(blobs), size)
-
     def store_records(self, data: bytes, size: int) -> list[int]:
         """Records of `size` bytes each, back to back in `data`; their addresses in order."""
+        if size <= 0 or len(data) % size:
+            raise ValueError(f"{len(data)} bytes are not whole records of {size}")
         slab_bytes = self.SLAB_PAGES * 4096
-        if size % self.ALIGN or not 0 < size <= slab_bytes or len(data) % size:
-            return [self.store(data[i:i + size]) for i in range(0, len(data), size or 1)]
+        if size % self.ALIGN or size > slab_bytes:  # one at a time, as store() lays them out
+            return [self.store(data[i:i + size]) for i in range(0, len(data), size)]
         count = len(data) // size
         out: list[int] = []
         i = 0
