@@ -103,7 +103,7 @@ def _closer() -> None:
 
 class OwnedFile:
     """A file the daemon holds a reference to: its own fd on the caller's open file, or,
-    once parked in a vault (luofs/vault.py), a (keeper, slot) there instead."""
+    once parked (luofs/filestore.py), a (keeper, slot) there instead."""
 
     __slots__ = ("fd", "fstype", "_closed", "parked", "vault")
 
@@ -117,18 +117,6 @@ class OwnedFile:
     @property
     def is_fuse(self) -> bool:
         return self.fstype.startswith("fuse")
-
-    def park(self, vault) -> None:
-        self.parked = vault.park(self.fd)
-        self.fd = -1
-        self.vault = vault
-
-    def unpark(self) -> None:
-        """Hold the file here again (to hand an fd of it to user space)."""
-        fd = self.vault.fetch(self.parked)
-        self.vault.drop(self.parked)
-        self.parked, self.fd = None, fd
-        self.vault.direct += 1
 
     def close(self) -> None:
         if self._closed:

@@ -22,40 +22,36 @@ import trio
 
 import kho
 
-from . import handover, limits, wire
+from . import limits, personalities, wire
 from .core import LuoError
 from .core.faults import Faults
-from .fs.escape import escape_name
 from .fs.debugfs import kho_debugfs
-from .fs.devices import device_sysfs
+from .fs.device_sysfs import device_sysfs
+from .fs.nodes import Dir, InodeTable, TextFile
 from .fs.ops import KernelFS
 from .fs.server import Mount
+from .personalities.base import Panic, Personality
+from .personalities.boot import cold_boot, handover_boot
+from .protocol import FILES, KEEPERS, HandOver, ParkedRun
 
 log = logging.getLogger("luofs.kernel")
 
 
-def status(fs: KernelFS) -> dict:
-    boot, luo = fs.boot, fs.luo
-    out = {
-        "pid": os.getpid(),
-        "abi": boot.profile,
-        "state": str(boot.machine.state),
-        "liveupdate_number": boot.liveupdate_number,
-        "device_open": luo.device_open if luo else None,
-        "sessions": [
-            {"name": escape_name(s.name).decode(), "direction": s.direction.value,
-             "retrieved": s.retrieved, "files": len(s.files)}
-            for s in (luo.sessions if luo else [])
-        ],
-    }
-    if boot.v2 is not None:
-        out["files"] = {"outgoing": sorted(boot.v2.files.outgoing),
-                        "incoming": sorted(boot.v2.files.incoming)}
-    if boot.subsystems is not None:
-        out["subsystems"] = boot.subsystems.export()
-    if boot.devices is not None:
-        out["devices"] = boot.devices.status()
-    return out
+def build_fs(personality: Personality, cmdline: str, debugfs: bool) -> KernelFS:
+    """The tree this kernel serves: its personality's sysfs, KHO's debugfs if asked,
+    the devices' sysfs, proc/cmdline; and its device."""
+    table = InodeTable()
+    kernel = {b"liveupdate": Dir(0o755, personality.liveupdate_nodes(table.intern))}
+    if debugfs:
+        parts = personality.parts
+        kernel[b"debug"] = kho_debugfs(parts.memory, parts.handover, parts.incoming, table.intern)
+    devices = device_sysfs(personality.devices.layer) if personality.devices else {}
+    fs = KernelFS(table, {
+        b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel), **devices}),
+        b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),
+    }, personality.device)
+    personality.state.subscribe(fs.wake_pollers)
+    return fs
 
 
 class Kernel:
@@ -68,7 +64,7 @@ class Kernel:
         self.faults = faults
         self.root = root
         self.cmdline = cmdline
-        self.boot: handover.Boot | None = None
+        self.personality: Personality | None = None
         self.fs: KernelFS | None = None
         self.handed_over = False
 
@@ -85,13 +81,16 @@ class Kernel:
         t0 = time.perf_counter()
         try:
             if "root_phys" in message:
-                self.boot = handover.handover_boot(
-                    ram_fd, message["root_phys"], message["root_size"], file_fds, self.faults,
-                    self.abi, message.get("number", 1), self.device_fd,
-                    message.get("parked"), message.get("keepers", 0))
+                split = len(file_fds) - message.get("keepers", 0)
+                handover = HandOver(message["root_phys"], message["root_size"],
+                                    message.get("number", 1) - 1,
+                                    parked=tuple(ParkedRun(*r) for r in message.get("parked", [])))
+                self.personality = handover_boot(
+                    self.abi, ram_fd, handover, {FILES: file_fds[:split], KEEPERS: file_fds[split:]},
+                    self.faults, self.device_fd)
             else:
-                self.boot = handover.cold_boot(ram_fd, self.faults, self.abi, self.device_fd)
-        except handover.Panic as e:
+                self.personality = cold_boot(self.abi, ram_fd, self.faults, self.device_fd)
+        except Panic as e:
             log.critical("panic: %s", e)
             wire.send(self.sock, {"event": "panic", "error": str(e)})
             return False
@@ -99,12 +98,7 @@ class Kernel:
             log.info("rebuilt from the hand-over in %.1f ms (%d fds)",
                      (time.perf_counter() - t0) * 1000, len(file_fds))
             self.faults.check("crash.reload")
-        boot = self.boot
-        extra = None
-        if self.debugfs:
-            extra = lambda fs: {b"debug": kho_debugfs(boot, fs.table.intern)}  # noqa: E731
-        self.fs = KernelFS(boot, cmdline=self.cmdline, extra_kernel=extra,
-                           extra_sys=device_sysfs(boot.devices.layer) if boot.devices else None)
+        self.fs = build_fs(self.personality, self.cmdline, self.debugfs)
         if message.get("hold_mount"):  # the previous kernel may still be unmounting
             go, stray = wire.recv(self.sock)
             for fd in stray:
@@ -119,7 +113,7 @@ class Kernel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send({"event": "ready", "pid": os.getpid(), "mnt_id": self.fs.mnt_id,
-                            "liveupdate_number": self.boot.liveupdate_number})
+                            "liveupdate_number": self.personality.parts.liveupdate_number})
                 await self.control_loop(nursery.cancel_scope)
             mount.unmount()
         if self.handed_over:
@@ -135,16 +129,17 @@ class Kernel:
             self.sock.setblocking(blocking)
 
     def kho_dump(self, which: str, fmt: str) -> dict:
+        parts = self.personality.parts
         if which == "in":
-            if self.boot.incoming is None:
+            if parts.incoming is None:
                 return {"ok": False, "error": "this kernel booted cold: there is no incoming KHO"}
-            blob, preserved = self.boot.incoming.root_blob, self.boot.incoming.preserved
+            blob, preserved = parts.incoming.root_blob, parts.incoming.preserved
         else:
-            blob, preserved = self.boot.handover.root_blob, self.boot.handover.preserved
+            blob, preserved = parts.handover.root_blob, parts.handover.preserved
         try:
             if fmt == "dts":
                 return {"ok": True, "text": kho.dump_dts(blob)}
-            return {"ok": True, "json": kho.dump_json(blob, self.boot.memory, preserved)}
+            return {"ok": True, "json": kho.dump_json(blob, parts.memory, preserved)}
         except kho.KhoFormatError as e:
             return {"ok": False, "error": str(e)}
 
@@ -171,33 +166,38 @@ class Kernel:
         """Carry out one command of the machine; True when the kernel is done serving."""
         op = message.get("op")
         if op == "status":
-            self._send({"ok": True, "kernel": status(self.fs)})
+            self._send({"ok": True, "kernel": {"pid": os.getpid(), **self.personality.status()}})
         elif op == "kho-dump":
             self._send(self.kho_dump(message.get("which", "out"), message.get("format")))
         elif op == "shutdown":
-            if self.boot.devices is not None:
-                self.boot.devices.close()  # devices run on in the machine
+            self.personality.close()  # devices run on in the machine
             self._send({"ok": True})
             cancel.cancel()
             return True
         elif op == "reboot":
             t0 = time.perf_counter()
             try:
-                reply, fds = handover.reboot(self.boot)
+                handover, groups = self.personality.freeze()
             except LuoError as e:
                 log.warning("live update refused: %s", e)
                 self._send({"ok": False, "errno": e.errno, "error": str(e)})
                 return False
             t1 = time.perf_counter()
+            fds = groups[FILES] + groups[KEEPERS]
+            reply = {"root_phys": handover.root_phys, "root_size": handover.root_size,
+                     "liveupdate_number": handover.liveupdate_number,
+                     "sessions": handover.sessions, "files": handover.files,
+                     "parked": [list(r) for r in handover.parked],
+                     "keepers": len(groups[KEEPERS]), "devices": list(handover.devices)}
             try:
                 self._send({"ok": True, **reply}, fds)
             except OSError:
-                handover.undo_reboot(self.boot)
+                self.personality.undo_freeze()
                 raise
             log.info("handed over %d file(s) (%d fds): freeze %.1f ms, send %.1f ms",
                      reply["files"], len(fds), (t1 - t0) * 1000,
                      (time.perf_counter() - t1) * 1000)
-            handover.shut_devices_down(self.boot)
+            self.personality.after_handover()
             self.faults.check("crash.handed-over")
             self.handed_over = True
             cancel.cancel()
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-level", default=os.environ.get("LUOFS_LOG", "INFO"))
     p.add_argument("--fault", action="append", default=[])
     p.add_argument("--debugfs", action="store_true")
-    p.add_argument("--abi", choices=handover.PROFILES, default="mainline")
+    p.add_argument("--abi", choices=personalities.names(), default=personalities.DEFAULT)
     p.add_argument("--device-fd", type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

@@ -10,28 +10,28 @@ from __future__ import annotations
 
 from kho import scratch_areas, scratch_debugfs
 
-from ..handover import Boot
 from .nodes import Dir, DynamicDir, Node, TextFile
 
 
-def kho_debugfs(boot: Boot, intern) -> Dir:
-    """`intern(key, make)` keeps a dynamic node's inode stable while its name exists."""
-    scratch = scratch_debugfs(scratch_areas(boot.memory.size))
+def kho_debugfs(memory, handover, incoming, intern) -> Dir:
+    """KHO's outgoing `handover` and the `incoming` one (None after a cold boot) in
+    emulated `memory`. `intern(key, make)` keeps a dynamic node's inode stable while its
+    name exists."""
+    scratch = scratch_debugfs(scratch_areas(memory.size))
 
     def out_subtrees() -> dict[bytes, Node]:
         return {name.encode(): intern(("kho-out", name), lambda name=name: TextFile(
-            lambda: boot.handover.subtrees.get(name, b""), 0o400))
-            for name in boot.handover.subtrees}
+            lambda: handover.subtrees.get(name, b""), 0o400))
+            for name in handover.subtrees}
 
     out = Dir(0o700, {
-        b"fdt": TextFile(lambda: boot.handover.root_blob, 0o400),
+        b"fdt": TextFile(lambda: handover.root_blob, 0o400),
         b"scratch_phys": TextFile(lambda: scratch["scratch_phys"].encode(), 0o400),
         b"scratch_len": TextFile(lambda: scratch["scratch_len"].encode(), 0o400),
         b"sub_fdts": DynamicDir(out_subtrees, 0o700),
     })
     children = {b"out": out}
-    if boot.incoming is not None:
-        incoming = boot.incoming
+    if incoming is not None:
         children[b"in"] = Dir(0o700, {
             b"fdt": TextFile(lambda: incoming.root_blob, 0o400),
             b"sub_fdts": Dir(0o700, {

@@ -1,9 +1,12 @@
-"""The FUSE front end: translates requests into calls on the LUO core and back.
+"""The FUSE front end: inode operations on a tree it is given, for a device it is given.
 
-It decides nothing: every rule is in luofs.core. Only FUSEError(errno) leaves a
-handler. Requests that carry an ioctl arrive as getxattr (session ioctls, one
-round trip) or create (device ioctls that return a session fd: the new file *is*
-the session fd), because those operations tell us who is calling.
+DOC: It decides nothing. The tree (sys/, proc/ and whatever else the kernel serves)
+comes from the kernel, built by its personality; the device behind dev/liveupdate
+is the personality's too. Here: lookups and lookup counts, attributes, sysfs-style
+reads (a read at offset 0 shows the value now), writes to control files, poll on
+state files, and releases. Ioctls go to the transport (fs/transport.py).
+Unhappy paths: only FUSEError(errno) leaves a handler; the device's LuoError becomes
+its errno; anything unexpected is logged and answered EIO (never a dead kernel).
 """
 
 from __future__ import annotations
@@ -13,47 +16,20 @@ import functools
 import logging
 import os
 import select
-import socket
-import stat
 from dataclasses import dataclass
-from typing import Callable
 
 import pyfuse3
 import trio
 
-from ..core import LuoError, Rebooting, Request, Session
-from ..core import rfc_sysfs
-from ..core.rfc_sysfs import render_state
-from ..fdutil import MountTypes
+from ..core import LuoError, Rebooting
 from ..uapi import frames
-from ..uapi.ioctl import ioc_size
-from ..handover import Boot
-from .caller import FuseCaller, inode_behind
-from .device import MainlineDevice, V2Device
-from .escape import escape_name
-from .nodes import ROOT_INO, ControlFile, Dir, DynamicDir, InodeTable, Node, Symlink, TextFile
+from .nodes import ROOT_INO, ControlFile, Dir, InodeTable, Node, Symlink, TextFile
+from .transport import IoctlTransport, SessionNode
 
 log = logging.getLogger("luofs.fs")
 
 STATIC_TIMEOUT = 60.0  # the layout never changes while mounted
 SYSFS_SIZE = 4096  # what sysfs reports for every attribute
-MEMO_REPLIES = 16  # per session file: callers differ only in the fd number they use
-
-
-class SessionNode(ControlFile):
-    """The inode behind one session fd (an anon inode in the real kernel)."""
-
-    def __init__(self, session: Session):
-        # Whoever holds the fd may ioctl it, as on the kernel: the request is a getxattr,
-        # which default_permissions lets through only with read permission. The inode
-        # cannot be reached by path (its name never resolves again, and reopening it
-        # through /proc gives ENXIO), so the bits guard nothing else.
-        super().__init__(0o666)
-        self.session = session
-        self.pinned = True  # until its file is released
-        # Successful replies of pure commands, by request name: a status-only ioctl then
-        # costs one dictionary lookup beyond the FUSE round trip.
-        self.replies: dict[bytes, bytes] = {}
 
 
 @dataclass
@@ -84,50 +60,34 @@ class KernelFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, boot: Boot, *, cmdline: str,
-                 extra_kernel: Callable[["KernelFS"], dict[bytes, Node]] | None = None,
-                 extra_sys: dict[bytes, Node] | None = None):
+    def __init__(self, table: InodeTable, tree: dict[bytes, Node], device=None):
+        """`tree`: the root's entries besides dev/ (built with `table.intern` for dynamic
+        nodes); `device`: what dev/liveupdate opens and ioctls reach, or None."""
         super().__init__()
-        self.boot = boot
-        self.luo = boot.luo
-        self.machine = boot.machine
-        self.dev = (MainlineDevice(boot.luo) if boot.luo else
-                    V2Device(boot.v2) if boot.v2 else None)
-        self.table = InodeTable()
-        self.mounts = MountTypes()
-        self.mnt_id = -1  # set once mounted: identifies our files in other processes' fdinfo
+        self.table = table
         self.handles: dict[int, Handle] = {}
         self._pollers: dict[int, object] = {}  # fh → the kernel's poll handle, until woken
         self._next_fh = 1
-        self.device = ControlFile(0o600)
+        self.device = device
+        self.device_node = ControlFile(0o600)
         self.requests = Dir(0o700)  # create() target for device ioctls; never lists anything
-        machine = self.machine
-        liveupdate: dict[bytes, Node] = {
-            b"state": TextFile(lambda: render_state(machine.state), version=lambda: machine.version),
-        }
-        if boot.profile == "rfc-v1":
-            for name in (b"prepare", b"finish"):
-                liveupdate[name] = TextFile(None, 0o200, store=functools.partial(
-                    rfc_sysfs.store, machine, name.decode()))
-        if self.luo is not None:
-            liveupdate[b"sessions"] = Dir(0o555, {
-                b"outgoing": DynamicDir(lambda: self._session_dirs(outgoing=True), 0o555),
-                b"incoming": DynamicDir(lambda: self._session_dirs(outgoing=False), 0o555),
-            })
-        if boot.subsystems is not None:
-            liveupdate[b"subsystems"] = DynamicDir(self._subsystem_files, 0o555)
-        kernel = {b"liveupdate": Dir(0o755, liveupdate)}
-        kernel.update(extra_kernel(self) if extra_kernel else {})
+        self.transport = IoctlTransport(table, device, self.device_node)
         self.root = self.table.add_tree(Dir(0o755, {
-            b"dev": Dir(0o755, {b"liveupdate": self.device} if self.dev else {}),
-            b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel), **(extra_sys or {})}),
-            b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),
+            b"dev": Dir(0o755, {b"liveupdate": self.device_node} if device else {}),
+            **tree,
             b".luofs": self.requests,
         }))
         assert self.root.ino == ROOT_INO
-        machine.subscribe(self._state_changed)
 
-    def _state_changed(self, change) -> None:
+    @property
+    def mnt_id(self) -> int:
+        return self.transport.mnt_id
+
+    @mnt_id.setter
+    def mnt_id(self, value: int) -> None:
+        self.transport.mnt_id = value
+
+    def wake_pollers(self, change=None) -> None:
         """sysfs_notify(): wake every poll() on a state file that is waiting."""
         pollers, self._pollers = self._pollers, {}
         for handle in pollers.values():
@@ -135,44 +95,6 @@ class KernelFS(pyfuse3.Operations):
                 handle.notify()
             except Exception:  # a poller that went away in the meantime
                 log.debug("poll notify failed", exc_info=True)
-
-    def _subsystem_files(self) -> dict[bytes, Node]:
-        registry, mm = self.boot.subsystems, self.boot.mm
-
-        def render(handle) -> bytes:
-            text = f"data=0x{registry.data(handle):x}\n".encode() if handle in registry else b""
-            return text + (mm.describe() if mm is not None and handle is mm.handle else b"")
-
-        return {h.name.encode(): self.table.intern(("subsystem", h.name),
-                                                  lambda h=h: TextFile(lambda: render(h)))
-                for h in registry}
-
-    # ---- the sessions view (an emulator extension, read-only) -----------------------------
-
-    def _session_dirs(self, outgoing: bool) -> dict[bytes, Node]:
-        # Keyed by the session object, not its name: a name can be reused by a new
-        # session while the kernel still remembers the old one's inodes.
-        return {escape_name(s.name): self.table.intern(("view", s), lambda s=s: self._session_dir(s))
-                for s in self.luo.sessions if s.outgoing == outgoing}
-
-    def _session_dir(self, s: Session) -> Node:
-        def render_files() -> bytes:
-            lines = [f"{pf.token:#x} {pf.handler.compatible}"
-                     f"{' retrieved' if pf.retrieved and not s.outgoing else ''}\n"
-                     for pf in s.files.values()]
-            return "".join(lines).encode()
-
-        def render_state() -> bytes:
-            if s.outgoing:
-                return b"outgoing\n"
-            return b"retrieved\n" if s.retrieved else b"incoming\n"
-
-        key = ("view", s)
-        return Dir(0o555, {
-            b"name": self.table.intern(key + ("name",), lambda: TextFile(lambda: s.name + b"\n")),
-            b"state": self.table.intern(key + ("state",), lambda: TextFile(render_state)),
-            b"files": self.table.intern(key + ("files",), lambda: TextFile(render_files)),
-        })
 
     # ---- attributes and names ------------------------------------------------------------
 
@@ -262,8 +184,8 @@ class KernelFS(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
-        if node is self.device:
-            self._luo_call(self.dev.open, flags, ctx.uid)
+        if node is self.device_node:
+            self._luo_call(self.device.open, flags, ctx.uid)
             return pyfuse3.FileInfo(fh=self._new_handle(node), direct_io=True, nonseekable=True)
         if isinstance(node, SessionNode):
             raise pyfuse3.FUSEError(errno.ENXIO)  # an anon inode cannot be reopened by path
@@ -327,12 +249,12 @@ class KernelFS(pyfuse3.Operations):
         if handle is None:
             return
         node = handle.node
-        if node is self.device:
-            self.dev.close()
+        if node is self.device_node:
+            self.device.close()
         elif isinstance(node, SessionNode):
             node.pinned = False
             try:
-                self.luo.close_session(node.session)
+                self.device.close_session(node.session)
             except Rebooting:
                 pass  # the old kernel is on its way out; the session was already carried
             if node.lookups <= 0:
@@ -344,89 +266,14 @@ class KernelFS(pyfuse3.Operations):
         """Device ioctls that return a session fd (CREATE/RETRIEVE_SESSION)."""
         if parent_inode != self.requests.ino:
             raise pyfuse3.FUSEError(errno.EACCES)
-        req = self._decode(frames.frame_from_create_name, name)
-        node = self._node_held(ctx.pid, req.file_fd)
-        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
-                            fd_table_full=req.flags.fd_table_full)
-        try:
-            outcome = self._ioctl(node, req, caller)
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
-        finally:
-            caller.close()
-        if outcome.session is None:  # a command that returns no fd cannot travel this way
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        node = self.table.add(SessionNode(outcome.session))
-        self.table.remember(node)
+        node = await self.transport.create(name, ctx)
         fh = self._new_handle(node)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True), self._attrs(node)
 
     async def getxattr(self, inode, name, ctx):
         if not name.startswith(frames.XATTR_PREFIX):
             raise pyfuse3.FUSEError(errno.ENODATA)
-        node = self._node(inode)
-        replies = getattr(node, "replies", None)
-        if replies is not None and name in replies and not self.luo.rebooting:
-            return replies[name]
-        req = self._decode(frames.frame_from_xattr_name, name)
-        # A reply through getxattr cannot carry a session fd (a file of this mount): for
-        # mainline's device ioctls only the create path can, so here there is no fd.
-        no_fd = node is self.device and isinstance(self.dev, MainlineDevice)
-        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
-                            fd_table_full=req.flags.fd_table_full or no_fd)
-        try:
-            if node is self.device and self._node_held(ctx.pid, req.file_fd) is not node:
-                raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
-            outcome = self._ioctl(node, req, caller)
-            if outcome.file is None:
-                reply = frames.encode_reply(outcome.copy_back)
-                if replies is not None and outcome.command.pure:
-                    if len(replies) >= MEMO_REPLIES:
-                        replies.clear()
-                    replies[name] = reply
-                return reply
-            self._send_fd(caller, req.reply_fd, outcome.file.fd)
-            return frames.encode_reply(outcome.copy_back, outcome.command.fd_out_offset, True)
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
-        finally:
-            caller.close()
-
-    def _node_held(self, tid: int, fd: int) -> Node:
-        """Our node behind the caller's fd; EBADF unless the caller really holds one."""
-        ino = inode_behind(tid, fd, self.mnt_id)
-        node = self.table.get(ino) if ino is not None else None
-        if node is None:
-            log.debug("tid %d: fd %d is not a file of this mount", tid, fd)
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return node
-
-    def _ioctl(self, node: Node, req, caller: FuseCaller):
-        """Run one ioctl in the core; LuoError becomes the FUSE errno, Rebooting passes."""
-        # A number that encodes its size is never a mainline command: the dispatch
-        # rejects it (EINVAL, EFAULT or ENOTTY) before `size` matters.
-        sized = (node is not self.device or self.dev.sized) and not ioc_size(req.cmd)
-        if sized and not frames.sized_ok(req):
-            log.debug("request frame carries %d bytes for its size", len(req.arg))
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        request = Request(req.cmd, req.arg, req.flags.arg_fault, req.flags.copy_fault,
-                          req.flags.tail_nonzero)
-        try:
-            if node is self.device:
-                return self.dev.ioctl(request, caller)
-            if isinstance(node, SessionNode):
-                return self.luo.session_ioctl(node.session, request, caller)
-        except LuoError as e:
-            log.debug("%s", e)
-            raise pyfuse3.FUSEError(e.errno) from None
-        raise pyfuse3.FUSEError(errno.ENOTTY)  # an ordinary file has no ioctls
-
-    def _decode(self, unwrap: Callable[[bytes], bytes], name: bytes):
-        try:
-            return frames.decode_request(unwrap(name))
-        except frames.FrameError as e:
-            log.debug("bad request frame: %s", e)
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        return await self.transport.getxattr(self._node(inode), name, ctx)
 
     def _luo_call(self, fn, *args):
         try:
@@ -434,23 +281,6 @@ class KernelFS(pyfuse3.Operations):
         except LuoError as e:
             log.debug("%s", e)
             raise pyfuse3.FUSEError(e.errno) from None
-
-    def _send_fd(self, caller: FuseCaller, reply_fd: int, fd: int) -> None:
-        try:
-            sock_file = caller.take_socket(reply_fd)
-        except LuoError as e:
-            log.debug("reply socket: %s", e)
-            raise pyfuse3.FUSEError(errno.EFAULT) from None
-        try:
-            if sock_file.is_fuse or not stat.S_ISSOCK(os.fstat(sock_file.fd).st_mode):
-                raise OSError(errno.ENOTSOCK, "reply fd is not a socket")
-            with socket.socket(fileno=os.dup(sock_file.fd)) as sock:
-                socket.send_fds(sock, [b"F"], [fd], flags=socket.MSG_DONTWAIT)
-        except OSError as e:
-            log.debug("cannot send the fd back: %s", e)
-            raise pyfuse3.FUSEError(errno.EFAULT) from None
-        finally:
-            sock_file.close()
 
     # ---- extended attributes other than requests ------------------------------------------
 

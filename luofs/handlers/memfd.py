@@ -19,6 +19,7 @@ from kho.struct_mirror import struct_mirror
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
 from ..fdutil import TMPFS_MAGIC, OwnedFile, fstatfs_type
+from ..filestore import FileStore
 from ..keeper import RECORD as KEEPER_RECORD
 from ..uapi import errnos
 
@@ -47,10 +48,10 @@ class MemfdHandler:
     compatible = COMPATIBLE
 
     def __init__(self, kho=None, handed_over: dict[int, OwnedFile] | None = None,
-                 faults: Faults = NONE, vault=None):
+                 faults: Faults = NONE, store=None):
         self._kho = kho
         self._faults = faults
-        self._vault = vault  # where files go once this kernel holds many (luofs/vault.py)
+        self._store = store  # where preserved files live (luofs/filestore.py)
         # New kernel: data handle (the record's address) → the file handed over.
         self._handed_over = dict(handed_over or {})
 
@@ -86,15 +87,11 @@ class MemfdHandler:
                     raise LuoError(errnos.ENOMEM, "cannot allocate the memfd's pages") from None
                 if e.errno != errnos.EPERM:  # sealed against writes: its pages already exist
                     raise LuoError(e.errno, f"fallocate failed: {e.strerror}") from None
-        if self._vault is not None:
-            if self._vault.full():
-                try:
-                    file.park(self._vault)
-                except OSError as e:
-                    raise LuoError(errnos.ENOMEM, f"cannot park the file: {e}") from None
-            else:
-                file.vault = self._vault
-                self._vault.direct += 1
+        if self._store is not None:
+            try:
+                self._store.hold(file)
+            except OSError as e:
+                raise LuoError(errnos.ENOMEM, str(e)) from None
         return 0
 
     def unpreserve(self, file: OwnedFile, data: int) -> None:
@@ -127,40 +124,32 @@ class MemfdHandler:
         self._faults.check("crash.freeze")
         if self._kho is None:
             return [entry.data for entry in entries]
-        # One pass over the files: fds held here, and runs [keeper, first slot, count] of
-        # files parked at consecutive slots (they are parked in the order preserved).
-        layout: list = []
-        for entry in entries:
-            file = entry.file
-            ref = file.parked
-            if ref is None:
-                layout.append(file.fd)
-                continue
-            last = layout[-1] if layout else None
-            if last.__class__ is list and last[0] == ref[0] and last[1] + last[2] == ref[1]:
-                last[2] += 1
-            else:
-                layout.append([ref[0], ref[1], 1])
-        runs = [item for item in layout if item.__class__ is list]
+        fds, runs = FileStore.split(entry.file for entry in entries)
         direct: list[bytes] = []
 
         def read_direct() -> None:  # while the keepers read theirs
-            for fd in layout:
-                if fd.__class__ is int:
-                    direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
-                                               _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
+            for fd in fds:
+                direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
+                                           _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
 
         # A keeper's record is this one's first 20 bytes (position, size, seals): it adds
         # the rest, so parked records arrive whole, a run at a time.
         tail = _RECORD.pack(0, 0, 0, _FLAGS, 0, 0, 0, 0, 0)[KEEPER_RECORD.size:]
         try:
-            blobs = iter(self._vault.records(runs, tail, read_direct) if runs else ())
+            blobs = (self._store.records([run[1:] for run in runs], tail, read_direct)
+                     if runs else [])
         except OSError as e:  # a keeper is gone: its files cannot be carried
             raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
         if not runs:
             read_direct()
-        held = iter(direct)
-        chunks = [next(held) if item.__class__ is int else next(blobs) for item in layout]
+        chunks: list[bytes] = []
+        at = taken = 0  # image positions done; direct records used
+        for run, blob in zip(runs, blobs):
+            chunks += direct[taken:taken + run.first - at]
+            taken += run.first - at
+            chunks.append(blob)
+            at = run.first + run.count
+        chunks += direct[taken:]
         try:
             return self._kho.store_records(b"".join(chunks), _RECORD.size)
         except MemoryError:
@@ -176,7 +165,7 @@ class MemfdHandler:
             raise LuoError(errnos.ENOENT, f"no handed-over memfd for handle {data:#x}")
         if file.parked is not None:
             try:
-                file.unpark()
+                file.vault.unpark(file)
             except OSError as e:
                 raise LuoError(errnos.EIO, f"memfd at {data:#x}: its keeper failed: {e}") from None
         if self._kho is not None:

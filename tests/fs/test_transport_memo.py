@@ -7,9 +7,10 @@ import os
 import pyfuse3
 import pytest
 
-from luofs import handover
+from luofs.kernel import build_fs
+from luofs.personalities.boot import cold_boot
 from luofs.core import Request
-from luofs.fs.ops import MEMO_REPLIES, KernelFS, SessionNode
+from luofs.fs.transport import MEMO_REPLIES, SessionNode
 from luofs.uapi import frames, ioctl as nums, structs
 
 
@@ -43,7 +44,7 @@ def _get_name_arg(reserved=0, fill=b"") -> bytes:
 def fs():
     ram = os.memfd_create("ram")
     os.ftruncate(ram, 1 << 24)
-    yield KernelFS(handover.cold_boot(ram), cmdline="")
+    yield build_fs(cold_boot("mainline", ram), cmdline="", debugfs=False)
     os.close(ram)
 
 
@@ -51,19 +52,19 @@ def fs():
 def calls(fs, monkeypatch):
     """How often the core was asked."""
     seen = []
-    real = fs.luo.session_ioctl
+    real = fs.device.luo.session_ioctl
 
     def counting(session, req, caller):
         seen.append(req.cmd)
         return real(session, req, caller)
 
-    monkeypatch.setattr(fs.luo, "session_ioctl", counting)
+    monkeypatch.setattr(fs.device.luo, "session_ioctl", counting)
     return seen
 
 
 def _session_node(fs, name=b"vm") -> SessionNode:
     arg = structs.CreateSession.build(dict(size=72, fd=-1, name=name.ljust(64, b"\0")))
-    outcome = fs.dev.ioctl(Request(nums.LIVEUPDATE_IOCTL_CREATE_SESSION, arg), _Caller())
+    outcome = fs.device.ioctl(Request(nums.LIVEUPDATE_IOCTL_CREATE_SESSION, arg), _Caller())
     return fs.table.add(SessionNode(outcome.session))
 
 
@@ -123,7 +124,7 @@ def test_while_rebooting_the_core_decides(fs, calls):
     node = _session_node(fs)
     name = _name(nums.LIVEUPDATE_SESSION_GET_NAME, _get_name_arg())
     _run(fs.getxattr(node.ino, name, _Ctx))
-    fs.luo.rebooting = True
+    fs.device.luo.rebooting = True
     coroutine = fs.getxattr(node.ino, name, _Ctx)
     coroutine.send(None)  # the core said Rebooting: the request waits, as the kernel's does
     coroutine.close()

@@ -1,5 +1,5 @@
-"""luofs.handover without a mount: a live update within one process, and every way a
-hand-over can be unusable (the new kernel's "panic")."""
+"""Personalities booted without a mount: a live update within one process, and every
+way a hand-over can be unusable (the new kernel's "panic")."""
 
 import os
 
@@ -8,7 +8,9 @@ import pytest
 from luofs.core import Direction, LuoError, Session
 from luofs.core.session import PreservedFile
 from luofs.fdutil import OwnedFile
-from luofs.handover import Panic, cold_boot, handover_boot, reboot
+from luofs.personalities.base import Panic
+from luofs.personalities import boot as booting
+from luofs.protocol import FILES, KEEPERS, HandOver, ParkedRun
 
 RAM = 64 << 20
 
@@ -19,6 +21,27 @@ def ram():
     os.ftruncate(fd, RAM)
     yield fd
     os.close(fd)
+
+
+def cold_boot(ram_fd):
+    return booting.cold_boot("mainline", ram_fd)
+
+
+def handover_boot(ram_fd, root_phys, root_size, fds, parked=(), keepers=0):
+    """The next mainline kernel, from a hand-over given as the machine passes it."""
+    split = len(fds) - keepers
+    handover = HandOver(root_phys, root_size, 0,
+                        parked=tuple(ParkedRun(*r) for r in parked))
+    return booting.handover_boot("mainline", ram_fd, handover,
+                                 {FILES: fds[:split], KEEPERS: fds[split:]})
+
+
+def reboot(kernel):
+    """The old kernel's freeze, as the dict the tests below read and one fd list."""
+    handover, groups = kernel.freeze()
+    message = {"root_phys": handover.root_phys, "root_size": handover.root_size,
+               "sessions": handover.sessions, "files": handover.files}
+    return message, groups[FILES] + groups[KEEPERS]
 
 
 def boot_with_sessions(ram, layout):
@@ -144,29 +167,29 @@ def test_malformed_parked_runs_panic_and_close_every_fd(ram, runs, fragment):
         os.close(fd)
 
 
-def test_split_parked_makes_runs_of_consecutive_slots():
-    from luofs.handover import _split_parked
+def test_store_split_makes_runs_of_consecutive_slots():
+    from luofs.filestore import FileStore
 
     def parked(k, slot):
         return OwnedFile(-1, parked=(k, slot))
 
     files = [OwnedFile(10), parked(0, 0), parked(0, 1), OwnedFile(11), parked(0, 2),
              parked(1, 0), parked(1, 1), parked(1, 5)]
-    fds, runs = _split_parked(files)
+    fds, runs = FileStore.split(files)
     assert fds == [10, 11]
-    assert runs == [[1, 0, 0, 2], [4, 0, 2, 1], [5, 1, 0, 2], [7, 1, 5, 1]]
-    assert _split_parked([]) == ([], [])
+    assert runs == [(1, 0, 0, 2), (4, 0, 2, 1), (5, 1, 0, 2), (7, 1, 5, 1)]
+    assert FileStore.split([]) == ([], [])
 
 
 def test_freeze_many_records_what_freeze_records_for_direct_and_parked_files(ram):
     import fcntl
     from types import SimpleNamespace
 
-    from luofs.vault import Vault
+    from luofs.filestore import FileStore
 
     boot = cold_boot(os.dup(ram))
     handler = next(iter(boot.luo.handlers))
-    handler._vault = vault = Vault(direct_limit=1, per_keeper=2)  # 1 direct, 2 keepers
+    handler._store = vault = FileStore(direct_limit=1, per_keeper=2)  # 1 direct, 2 keepers
     entries = []
     for i, (content, pos) in enumerate([(b"a" * 10, 3), (b"b" * 5000, 4097), (b"", 0),
                                         (b"d", 1)]):
@@ -180,7 +203,7 @@ def test_freeze_many_records_what_freeze_records_for_direct_and_parked_files(ram
     assert [e.file.parked is None for e in entries] == [True, False, False, False]
     many = handler.freeze_many(entries)
     one_by_one = [handler.freeze(e.file, e.data) for e in entries]
-    read = [boot.kho.read(phys, 48) for phys in many + one_by_one]
+    read = [boot.parts.slabs.read(phys, 48) for phys in many + one_by_one]
     assert read[:4] == read[4:]
     assert [int.from_bytes(r[:8], "little") for r in read[:4]] == [3, 4097, 0, 1]
     assert int.from_bytes(read[2][16:20], "little") == fcntl.F_SEAL_GROW

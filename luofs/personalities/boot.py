@@ -1,0 +1,80 @@
+"""Bringing a personality up: cold, or from the previous kernel's hand-over.
+
+DOC: `cold_boot()` starts kernel #0 (or a kernel after a cold restart) on emulated
+RAM; `handover_boot()` rebuilds from a HandOver and its fd groups: the files held
+directly and the keepers' sockets become the file store, KHO's root is validated,
+and the personality thaws. Either way the devices, if the machine has any, are then
+bound to their drivers, re-attached where the previous kernel preserved them.
+Unhappy paths: anything the next kernel cannot trust is a Panic, and every fd the
+hand-over brought is closed or dropped; a damaged devices subtree only means fresh
+probes (never a panic).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from kho import PhysicalMemory
+
+from devices import DeviceDrivers, DeviceParticipant, SocketTransport, incoming_images
+
+from ..core.faults import NONE, Faults
+from ..filestore import FileStore
+from ..gcpause import gc_paused
+from ..protocol import FILES, KEEPERS, HandOver
+from . import incoming as inc
+from . import load
+from .base import KernelParts, Panic, Personality
+from .rfc import RfcPersonality
+
+log = logging.getLogger("luofs.personality")
+
+
+def cold_boot(abi: str, ram_fd: int, faults: Faults = NONE,
+              device_fd: int | None = None) -> Personality:
+    parts = KernelParts.build(PhysicalMemory.adopt(ram_fd), faults, 0)
+    personality = load(abi).cold(parts)
+    _attach_devices(personality, device_fd)
+    return personality
+
+
+@gc_paused()
+def handover_boot(abi: str, ram_fd: int, handover: HandOver, fds: dict[str, list[int]],
+                  faults: Faults = NONE, device_fd: int | None = None) -> Personality:
+    """Rebuild from the previous kernel's hand-over; Panic if it cannot be trusted."""
+    cls = load(abi)
+    memory = PhysicalMemory.adopt(ram_fd)
+    try:
+        store, sources = FileStore.adopt(fds.get(FILES, []), handover.parked,
+                                         fds.get(KEEPERS, []))
+    except ValueError as e:
+        raise Panic(str(e)) from None
+    try:
+        incoming = inc.load_root(memory, handover.root_phys, handover.root_size)
+        parts = KernelParts.build(memory, faults, handover.next_number, store, incoming)
+        personality = cls.thaw(parts, handover, sources)
+    except Panic:
+        store.release(sources)
+        raise
+    log.info("liveupdate number %d: %d incoming session(s), %d file(s)",
+             handover.next_number, handover.sessions, handover.files)
+    _attach_devices(personality, device_fd)
+    return personality
+
+
+def _attach_devices(personality: Personality, device_fd: int | None) -> None:
+    """Bind drivers to the machine's devices, re-attaching those the previous kernel
+    handed over (a damaged devices subtree only means fresh probes, never a panic)."""
+    if device_fd is None:
+        return
+    parts = personality.parts
+    transport = SocketTransport(socket.socket(fileno=device_fd))
+    drivers = DeviceDrivers(transport, parts.memory, parts.handover.preserved,
+                            luo_state=personality.device_state)
+    personality.devices = drivers
+    if isinstance(personality, RfcPersonality):  # the device layer as a participant
+        personality.device_participant = DeviceParticipant(drivers)
+    report = drivers.boot(incoming_images(parts.incoming),
+                          parts.incoming.preserved if parts.incoming else None)
+    log.info("devices: %s", {k: len(v) for k, v in report.items()})
