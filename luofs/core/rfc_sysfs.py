@@ -17,21 +17,12 @@ the buffer is a C string, so a NUL byte ends it.
 from __future__ import annotations
 
 import errno as _errno
-from types import MappingProxyType
-from typing import Mapping
 
 from ..uapi import errnos
 from .errors import LuoError
 from .state import Event, State, StateMachine
 
 ERANGE = _errno.ERANGE  # not in luofs.uapi.errnos: no store below lets it out
-
-# Files under /sys/kernel/liveupdate/ per profile: name → mode.
-SYSFS_FILES: Mapping[str, Mapping[str, int]] = MappingProxyType({
-    "rfc-v1": MappingProxyType({"state": 0o444, "prepare": 0o200, "finish": 0o200}),
-    "rfc-v2": MappingProxyType({"state": 0o444}),
-    "mainline": MappingProxyType({"state": 0o444}),  # an emulator extension
-})
 
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 

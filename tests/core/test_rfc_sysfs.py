@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from luofs.core.errors import LuoError
-from luofs.core.rfc_sysfs import (SYSFS_FILES, kstrtoint, parse_finish, parse_prepare,
+from luofs.core.rfc_sysfs import (kstrtoint, parse_finish, parse_prepare,
                                   render_state, store)
 from luofs.core.state import Event, State, StateMachine
 from luofs.uapi import errnos
@@ -118,11 +118,6 @@ def test_an_empty_write_is_a_no_op():
 def test_render_state():
     assert [render_state(s) for s in State] == [b"normal\n", b"prepared\n", b"frozen\n",
                                                 b"updated\n"]
-
-
-def test_files_per_profile():
-    assert dict(SYSFS_FILES["rfc-v1"]) == {"state": 0o444, "prepare": 0o200, "finish": 0o200}
-    assert dict(SYSFS_FILES["rfc-v2"]) == {"state": 0o444}
 
 
 # ---- writes driving the rfc-v1 state machine -------------------------------------------------
