@@ -31,7 +31,7 @@ from ..core.state import StateMachine
 from ..filestore import FileStore
 from ..fs.nodes import Node
 from ..handlers import MemfdHandler
-from ..kho_records import KhoOut
+from ..record_slabs import RecordSlabs
 from ..protocol import FILES, KEEPERS, HandOver
 from ..uapi import errnos
 
@@ -46,7 +46,7 @@ class Panic(Exception):
 class KernelParts:
     memory: PhysicalMemory
     handover: Handover  # KHO out: what this kernel will hand over
-    slabs: KhoOut  # small records (memfd records) in preserved memory
+    slabs: RecordSlabs  # small records (memfd records) in preserved memory
     faults: Faults
     store: FileStore
     handlers: HandlerRegistry
@@ -58,7 +58,7 @@ class KernelParts:
               store: FileStore | None = None,
               incoming: IncomingHandover | None = None) -> "KernelParts":
         handover = Handover(memory)
-        slabs = KhoOut(memory, handover)
+        slabs = RecordSlabs(memory, handover)
         store = store or FileStore()
         handlers = HandlerRegistry()
         handlers.register(MemfdHandler(slabs, None, faults, store), sessions_exist=False)

@@ -1,4 +1,10 @@
-"""Small records in preserved memory, for handlers (a memfd's position, size and seals)."""
+"""Small records in preserved memory, for handlers (a memfd's position, size and seals).
+
+DOC: A slab allocator over KHO-preserved pages: records share slabs, are written at
+`flush()` (before KHO is finalized) and read back in the next kernel by address.
+Unhappy paths: no preserved memory left is MemoryError (the handler's ENOMEM); a
+read outside what was handed over is the caller's KhoFormatError.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from kho import Handover, PhysicalMemory
 from kho.memory import pages_for
 
 
-class KhoOut:
+class RecordSlabs:
     """Preserved-memory services for handlers: store a small record, drop it, read it.
 
     Records (a memfd's is 48 bytes) share slabs of preserved pages, as kmalloc'ed
