@@ -2,8 +2,8 @@
 
 DOC: A slab allocator over KHO-preserved pages: records share slabs, are written at
 `flush()` (before KHO is finalized) and read back in the next kernel by address.
-Unhappy paths: no preserved memory left is MemoryError (the handler's ENOMEM); a
-read outside what was handed over is the caller's KhoFormatError.
+Unhappy paths: no preserved memory left is MemoryError (the handler turns it into
+ENOMEM); a record read in the next kernel is checked by its decoder, not here.
 """
 
 from __future__ import annotations
