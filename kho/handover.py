@@ -14,7 +14,7 @@ import errno
 
 from .errors import KhoFormatError
 from .fdt_blob import FDT_HEADER_SIZE, check_node_name, fdt_header, fdt_totalsize
-from .mem_map import release_mem_map
+from .mem_map import mem_map_pages, release_mem_map
 from .memory import PAGE_SIZE, pages_for, read_handover
 from .preserve import PreservedMemory
 from .root_tree import build_root, parse_root
@@ -155,7 +155,8 @@ class IncomingHandover:
 
     @classmethod
     def load(cls, memory, root_phys: int, root_size: int) -> "IncomingHandover":
-        """Validate the handover at ``root_phys`` and reserve all preserved blocks in ``memory``.
+        """Validate the handover at ``root_phys`` and reserve all preserved blocks in
+        ``memory``, and the pages of the memory map.
 
         Nothing may be allocated from ``memory`` before this returns: the
         memory map itself lives in unpreserved pages.
@@ -171,6 +172,11 @@ class IncomingHandover:
             _check_preserved(preserved, phys, len(subtrees[name]), f"KHO subtree '{name}'")
         for block in preserved:
             memory.reserve(block.phys, block.size)
+        # The map itself lives in pages nobody preserved. Reserving them too keeps the
+        # whole hand-over read-only for this kernel's life: if it dies before it serves,
+        # the machine boots another one from exactly what the old kernel wrote.
+        for page in mem_map_pages(memory, root.mem_map_phys):
+            memory.reserve(page, PAGE_SIZE)
         return cls(memory, blob, root_phys, root.mem_map_phys, preserved, subtrees,
                    dict(root.subtrees))
 

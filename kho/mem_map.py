@@ -114,13 +114,18 @@ def read_mem_map(memory, phys: int) -> dict[int, set[int]]:
     return orders
 
 
-def release_mem_map(memory, phys: int) -> None:
-    """Free the chunk and bitmap pages of a map, e.g. when finalize is aborted."""
+def mem_map_pages(memory, phys: int) -> list[int]:
+    """The chunk and bitmap pages of the map at ``phys`` (validated)."""
     pages = []
     for chunk_phys, _, entries in _walk_chunks(memory, phys):
         pages.append(chunk_phys)
         pages.extend(bitmap_phys for _, bitmap_phys, _ in entries)
-    for page in pages:
+    return pages
+
+
+def release_mem_map(memory, phys: int) -> None:
+    """Free the chunk and bitmap pages of a map, e.g. when finalize is aborted."""
+    for page in mem_map_pages(memory, phys):
         memory.free_pages(page, 1)
 
 

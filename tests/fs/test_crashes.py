@@ -78,6 +78,34 @@ def test_crash_of_the_next_kernel_while_reloading_is_retried_and_loses_nothing()
         s.close()
 
 
+def test_a_crashed_reload_leaves_every_file_of_many_sessions_intact():
+    """The reloading kernel allocated over the old kernel's memory map before it died,
+    and the retry lost 14 of 100 files to EIO (issue 12 §3)."""
+    with booted(["--fault", "crash.reload"]) as inst:
+        lu = inst.client()
+        expected, held = {}, []
+        for i in range(20):
+            s = lu.create_session(f"s{i}")
+            for token in range(5):
+                fd = os.memfd_create("m")
+                expected[(i, token)] = os.urandom(100 + 37 * token + i)
+                os.write(fd, expected[(i, token)])
+                s.preserve_fd(fd, token)
+                os.close(fd)
+            held.append(s)
+        result = luofs("kexec", "--root", inst.root)
+        assert result.returncode == 0 and "100 file(s)" in result.stdout, result.stderr
+        got = {}
+        with inst.client() as lu2:
+            for i in range(20):
+                with lu2.retrieve_session(f"s{i}") as r:
+                    for token in range(5):
+                        fd = r.retrieve_fd(token)
+                        got[(i, token)] = os.pread(fd, 1000, 0)
+                        os.close(fd)
+        assert got == expected
+
+
 def test_sigkill_of_a_client_at_any_time_releases_its_sessions(luofs_instance):
     code = (
         "import os, sys\n"

@@ -11,6 +11,7 @@ from kho.errors import KhoFormatError
 from kho.fdt_blob import new_node, new_tree, to_blob, u64_prop
 from kho.handover import Handover, IncomingHandover
 from kho.luo_image import FileImage, LuoImage, SessionImage, read_luo, release_luo, write_luo
+from kho.mem_map import mem_map_pages
 from kho.memory import PAGE_SIZE, OutOfPhysicalMemory, PhysicalMemory
 from kho.preserve import PreservedMemory
 from kho.root_tree import build_root, parse_root
@@ -144,9 +145,14 @@ def test_kexec_hands_everything_to_the_next_kernel(memory):
         assert incoming.subtree_phys == parse_root(incoming.root_blob).subtrees
         assert incoming.preserved == handover.preserved
         assert incoming.preserved_blocks == list(handover.preserved)
-        # every preserved page is reserved: allocating all free RAM never hits one
+        # every preserved page is reserved: allocating all free RAM never hits one; nor
+        # a page of the memory map, so a kernel that dies before it serves leaves the
+        # hand-over as the old kernel wrote it (issue 12 §3)
+        map_pages = mem_map_pages(ram, parse_root(incoming.root_blob).mem_map_phys)
+        assert map_pages
         taken = [ram.alloc_pages(1) for _ in range(ram.free_page_count)]
         assert not any(incoming.preserved.covers(page, PAGE_SIZE) for page in taken)
+        assert not set(taken) & set(map_pages)
         for page in taken:
             ram.free_pages(page, 1)
 
@@ -155,8 +161,8 @@ def test_kexec_hands_everything_to_the_next_kernel(memory):
         release_luo(ram, incoming.subtrees["LUO"])
         incoming.release()
         assert ram.free_page_count == free_before + 3 + 1 + 2   # LUO blocks, root, subtrees
-        # only the user's 16 pages stay reserved; the map pages were never taken
-        assert ram.free_page_count == ram.size // PAGE_SIZE - 1 - 16
+        # the user's 16 pages stay reserved, and the map's for this kernel's life
+        assert ram.free_page_count == ram.size // PAGE_SIZE - 1 - 16 - len(map_pages)
 
 
 def test_load_in_a_new_process(memory):
