@@ -134,6 +134,13 @@ def cmd_kexec(args) -> int:
           f"carried {reply['sessions']} session(s), {reply['files']} file(s); "
           f"blackout {reply['blackout_ms']:.1f} ms (freeze + hand-over {reply['freeze_ms']:.1f}, "
           f"next kernel up {reply['start_ms']:.1f})")
+    lost = reply.get("lost")
+    if lost:  # the update happened, but not everything arrived: say what, and fail
+        sessions = ", ".join(f"'{name}' ({n})" for name, n in lost["sessions"].items())
+        print(f"luofs kexec: {lost['files']} preserved file(s) were lost with a file keeper "
+              f"that died during the update{': sessions ' + sessions if sessions else ''}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -233,6 +240,17 @@ def cmd_status(args) -> int:
         return 0
     print(f"kernel:          pid {k['pid']}, {k['abi']}, liveupdate number "
           f"{k['liveupdate_number']}, state {k['state']}")
+    for keeper in k.get("keepers", []):
+        if not keeper["alive"]:
+            print(f"file keeper:     pid {keeper['pid']} died holding {keeper['files']} file(s)")
+    if k.get("lost"):
+        print("lost files:      " + ", ".join(f"{owner} ({n})" for owner, n in k["lost"].items())
+              + " — a live update is refused until they are closed")
+    if k.get("lost_at_boot"):
+        lost = k["lost_at_boot"]
+        print(f"lost at boot:    {lost['files']} file(s) of "
+              + (", ".join(f"'{name}' ({n})" for name, n in lost["sessions"].items())
+                 or "the hand-over") + " died with a file keeper during the update")
     if k["device_open"] is not None:
         print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
     for name, data in k.get("subsystems", {}).items():

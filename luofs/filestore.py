@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import signal
+import socket
 from typing import Iterable
 
 from .fdutil import OwnedFile
@@ -81,14 +84,15 @@ class FileStore(Vault):
         return fds, runs
 
     @classmethod
-    def adopt(cls, direct: list[int], runs: Iterable, keeper_fds: list[int]
-              ) -> tuple["FileStore", list]:
+    def adopt(cls, direct: list[int], runs: Iterable, keeper_fds: list[int],
+              keeper_pids: Iterable[int | None] = ()) -> tuple["FileStore", list]:
         """The next kernel's store, with the previous kernel's keepers, and the handed-over
         files as sources in image order. ValueError (every fd closed) if the runs do not
         fit the fds."""
-        import socket
-
+        pids = list(keeper_pids) + [None] * len(keeper_fds)
         store = cls(keepers=[Keeper(socket.socket(fileno=fd)) for fd in keeper_fds])
+        for keeper, pid in zip(store.keepers, pids):
+            keeper.pid = pid
         sources: list = []
         taken = 0
         try:
@@ -122,3 +126,43 @@ class FileStore(Vault):
 
     def keeper_sockets(self) -> list[int]:
         return self.sockets()
+
+    # ---- keepers that died -----------------------------------------------------------
+
+    def dead_keepers(self) -> set[int]:
+        """Indexes of keepers whose process is gone: their socket hung up (no round trip,
+        so a freeze can ask before it starts)."""
+        if not self.keepers:
+            return set()
+        poller = select.poll()
+        for keeper in self.keepers:
+            poller.register(keeper.sock, select.POLLIN)
+        hung = {fd for fd, events in poller.poll(0) if events & (select.POLLHUP | select.POLLERR)}
+        return {k for k, keeper in enumerate(self.keepers) if keeper.sock.fileno() in hung}
+
+    def lost(self, named: Iterable[tuple[object, OwnedFile]]) -> dict[object, int]:
+        """How many of the `(owner, file)` pairs are parked in a dead keeper, by owner."""
+        dead = self.dead_keepers()
+        counts: dict[object, int] = {}
+        if dead:
+            for owner, file in named:
+                if file.parked is not None and file.parked[0] in dead:
+                    counts[owner] = counts.get(owner, 0) + 1
+        return counts
+
+    def keeper_status(self) -> list[dict]:
+        """Each keeper's process id, the files parked there, and whether it lives."""
+        dead = self.dead_keepers()
+        return [{"pid": pid, "files": keeper.count, "alive": k not in dead}
+                for k, (keeper, pid) in enumerate(zip(self.keepers, self.keeper_pids()))]
+
+    def kill_keeper(self, k: int, timeout: float = 5.0) -> None:
+        """SIGKILL keeper `k` and wait until its socket hangs up (fault injection)."""
+        keeper = self.keepers[k]
+        os.kill(keeper.pid, signal.SIGKILL)
+        poller = select.poll()
+        poller.register(keeper.sock, select.POLLIN)
+        poller.poll(int(timeout * 1000))
+
+    def keeper_pids(self) -> list[int | None]:
+        return [k.pid for k in self.keepers]

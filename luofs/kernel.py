@@ -84,7 +84,8 @@ class Kernel:
                 split = len(file_fds) - message.get("keepers", 0)
                 handover = HandOver(message["root_phys"], message["root_size"],
                                     message.get("number", 1) - 1,
-                                    parked=tuple(ParkedRun(*r) for r in message.get("parked", [])))
+                                    parked=tuple(ParkedRun(*r) for r in message.get("parked", [])),
+                                    keeper_pids=tuple(message.get("keeper_pids", [])))
                 self.personality = handover_boot(
                     self.abi, ram_fd, handover, {FILES: file_fds[:split], KEEPERS: file_fds[split:]},
                     self.faults, self.device_fd)
@@ -113,7 +114,8 @@ class Kernel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send({"event": "ready", "pid": os.getpid(), "mnt_id": self.fs.mnt_id,
-                            "liveupdate_number": self.personality.parts.liveupdate_number})
+                            "liveupdate_number": self.personality.parts.liveupdate_number,
+                            "lost": self.personality.lost_at_boot})
                 await self.control_loop(nursery.cancel_scope)
             mount.unmount()
         if self.handed_over:
@@ -188,7 +190,8 @@ class Kernel:
                      "liveupdate_number": handover.liveupdate_number,
                      "sessions": handover.sessions, "files": handover.files,
                      "parked": [list(r) for r in handover.parked],
-                     "keepers": len(groups[KEEPERS]), "devices": list(handover.devices)}
+                     "keepers": len(groups[KEEPERS]), "devices": list(handover.devices),
+                     "keeper_pids": list(handover.keeper_pids)}
             try:
                 self._send({"ok": True, **reply}, fds)
             except OSError:
@@ -198,6 +201,8 @@ class Kernel:
                      reply["files"], len(fds), (t1 - t0) * 1000,
                      (time.perf_counter() - t1) * 1000)
             self.personality.after_handover()
+            if "keeper.die" in self.faults and self.personality.parts.store.keepers:
+                self.personality.parts.store.kill_keeper(0)
             self.faults.check("crash.handed-over")
             self.handed_over = True
             cancel.cancel()

@@ -252,7 +252,7 @@ class Machine:
         t_reply = time.perf_counter()
         boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
                 "number": nxt.number, "parked": reply.get("parked", []),
-                "keepers": reply.get("keepers", 0)}
+                "keepers": reply.get("keepers", 0), "keeper_pids": reply.get("keeper_pids", [])}
         # The next kernel rebuilds from the hand-over while the old one unmounts, and mounts
         # once the mount point is free. Not with devices: their drivers must see the old
         # kernel stop before the next one attaches.
@@ -305,7 +305,10 @@ class Machine:
         log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
                  "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) * 1000,
                  (t_handed - t_reply) * 1000, (t_ready - t_handed) * 1000, self.last_blackout_ms)
+        if ready.get("lost"):
+            log.error("kexec to #%d lost files with their keepers: %s", nxt.number, ready["lost"])
         return {"ok": True, "liveupdate_number": ready["liveupdate_number"],
+                "lost": ready.get("lost"),
                 "sessions": reply["sessions"], "files": reply["files"],
                 "blackout_ms": self.last_blackout_ms,
                 "freeze_ms": round((t_handed - t_freeze) * 1000, 3),

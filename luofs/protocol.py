@@ -45,6 +45,7 @@ class HandOver:
     files: int = 0
     parked: tuple[ParkedRun, ...] = ()
     devices: tuple[str, ...] = ()  # sysfs paths of the preserved devices
+    keeper_pids: tuple[int | None, ...] = ()  # for `luofs status`, beside the KEEPERS fds
 
     @property
     def next_number(self) -> int:

@@ -30,6 +30,7 @@ class Keeper:
         self.sock = sock
         self.count = count  # files parked here and not dropped
         self.proc = proc  # set in the kernel that started it
+        self.pid: int | None = proc.pid if proc is not None else None
 
     @classmethod
     def spawn(cls) -> "Keeper":

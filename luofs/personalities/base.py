@@ -102,8 +102,14 @@ class KernelParts:
         message = HandOver(root_phys=root[0], root_size=root[1],
                            liveupdate_number=self.liveupdate_number,
                            sessions=len(carried), files=sum(len(s.files) for s in carried),
-                           parked=tuple(parked), devices=devices)
+                           parked=tuple(parked), devices=devices,
+                           keeper_pids=tuple(self.store.keeper_pids()) if parked else ())
         return message, {FILES: fds, KEEPERS: self.store.keeper_sockets() if parked else []}
+
+
+def describe_lost(lost: dict) -> str:
+    """{owner: count} for a message: "session 'vm' (3), session 'db' (1)"."""
+    return ", ".join(f"{owner} ({n})" for owner, n in lost.items())
 
 
 class Personality(abc.ABC):
@@ -115,6 +121,7 @@ class Personality(abc.ABC):
         self.parts = parts
         self.state = state  # the global state the `state` file shows
         self.devices = None  # DeviceDrivers, once attached
+        self.lost_at_boot: dict | None = None  # files the hand-over brought in dead keepers
 
     # ---- construction --------------------------------------------------------------
 
@@ -148,6 +155,20 @@ class Personality(abc.ABC):
     def freeze(self) -> tuple[HandOver, dict[str, list[int]]]:
         """Freeze and write the hand-over; LuoError (everything as it was) if refused."""
 
+    def outgoing_files(self):
+        """(owner, OwnedFile) for every file a live update would carry now; the owner
+        names it for people (a session name, a token)."""
+        return ()
+
+    def refuse_lost_files(self) -> None:
+        """A freeze cannot carry files whose keeper died: refuse it, naming them, and
+        serve on (the files are gone either way; what is left is not lost silently)."""
+        lost = self.parts.store.lost(self.outgoing_files())
+        if lost:
+            raise LuoError(errnos.EIO, f"{sum(lost.values())} preserved file(s) died with "
+                                       f"their file keeper: {describe_lost(lost)}; close "
+                                       "what holds them, then live-update again")
+
     @abc.abstractmethod
     def undo_freeze(self) -> None:
         """The machine never got the hand-over: thaw and serve on."""
@@ -171,6 +192,14 @@ class Personality(abc.ABC):
                "device_open": None, "sessions": []}
         if self.devices is not None:
             out["devices"] = self.devices.status()
+        store = self.parts.store
+        if store.keepers:
+            out["keepers"] = store.keeper_status()
+        lost = store.lost(self.outgoing_files())
+        if lost:
+            out["lost"] = {str(owner): n for owner, n in lost.items()}
+        if self.lost_at_boot:
+            out["lost_at_boot"] = self.lost_at_boot
         return out
 
     def device_state(self) -> str:

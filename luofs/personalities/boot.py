@@ -47,7 +47,7 @@ def handover_boot(abi: str, ram_fd: int, handover: HandOver, fds: dict[str, list
     memory = PhysicalMemory.adopt(ram_fd)
     try:
         store, sources = FileStore.adopt(fds.get(FILES, []), handover.parked,
-                                         fds.get(KEEPERS, []))
+                                         fds.get(KEEPERS, []), handover.keeper_pids)
     except ValueError as e:
         raise Panic(str(e)) from None
     try:
@@ -59,8 +59,32 @@ def handover_boot(abi: str, ram_fd: int, handover: HandOver, fds: dict[str, list
         raise
     log.info("liveupdate number %d: %d incoming session(s), %d file(s)",
              handover.next_number, handover.sessions, handover.files)
+    dead = store.dead_keepers()
+    if dead:
+        personality.lost_at_boot = _lost_with(parts, handover, dead)
+        log.error("files lost with their keepers: %s", personality.lost_at_boot)
     _attach_devices(personality, device_fd)
     return personality
+
+
+def _lost_with(parts: KernelParts, handover: HandOver, dead: set[int]) -> dict:
+    """What the hand-over brought in keepers that died on the way: how many files, and
+    which sessions they belong to (from LUO's image, when it reads)."""
+    lost = {p for run in handover.parked if run.keeper in dead
+            for p in range(run.first, run.first + run.count)}
+    sessions: dict[str, int] = {}
+    blob = inc.luo_blob(parts.incoming)
+    try:
+        image = inc.read_image(parts.memory, blob) if blob is not None else None
+    except Panic:  # mainline reads it again at the first open, and fails there
+        image = None
+    at = 0
+    for s in image.sessions if image else ():
+        n = sum(1 for p in range(at, at + len(s.files)) if p in lost)
+        if n:
+            sessions[s.name.decode(errors="backslashreplace")] = n
+        at += len(s.files)
+    return {"files": len(lost), "sessions": sessions}
 
 
 def _attach_devices(personality: Personality, device_fd: int | None) -> None:

@@ -119,8 +119,14 @@ class Mainline(Personality):
 
     # ---- a live update -------------------------------------------------------------
 
+    def outgoing_files(self):
+        return ((f"session {s.name.decode(errors='backslashreplace')!r}", pf.file)
+                for s in self.luo.sessions if s.outgoing and s.open
+                for pf in s.files.values())
+
     @gc_paused()
     def freeze(self):
+        self.refuse_lost_files()
         devices_blob = None
         if self.devices is not None:  # the device layer freezes first, all in one
             devices_blob = self.devices.freeze()

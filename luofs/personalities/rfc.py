@@ -94,6 +94,7 @@ class RfcPersonality(Personality):
 
     @gc_paused()
     def freeze(self):
+        self.refuse_lost_files()
         if self.state.reboot():  # PREPARED (or FROZEN) hands LUO data over
             carried = self._carried()
             image = luo_image(self.parts.liveupdate_number, carried, self.subsystems.export())

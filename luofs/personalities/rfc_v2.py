@@ -56,6 +56,9 @@ class RfcV2(RfcPersonality):
     def _own_participants(self) -> list:
         return [self.files]
 
+    def outgoing_files(self):
+        return ((f"token {token:#x}", entry.file) for token, entry in self.files.outgoing.items())
+
     def _carried(self) -> list[CarriedSession]:
         return [CarriedSession(V2_SESSION, tuple(self.files.carried()))]
 

@@ -7,7 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from luofs.testing import booted
+
+
+def luofs(*args):
+    return subprocess.run([sys.executable, "-m", "luofs", *args], capture_output=True, text=True)
 
 
 def keepers_of(inst) -> set[int]:
@@ -78,7 +84,40 @@ def test_a_dead_keeper_refuses_the_update_and_the_kernel_serves_on(monkeypatch):
             assert mine
             for pid in mine:
                 os.kill(pid, 9)
-            result = subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", inst.root],
-                                    capture_output=True, text=True)
+            result = luofs("kexec", "--root", inst.root)
             assert result.returncode == errno.EIO, result.stderr
+            assert "1 preserved file(s) died with their file keeper: session 'vm' (1)" \
+                in result.stderr
             assert s.get_name() == b"vm"  # the old kernel serves on
+            status = luofs("status", "--root", inst.root).stdout
+            assert "died holding 1 file(s)" in status and "session 'vm' (1)" in status
+            assert inst.status()["kernel"]["lost"] == {"session 'vm'": 1}
+        # once what held the lost file is closed, the update goes ahead
+        assert luofs("kexec", "--root", inst.root).returncode == 0
+
+
+def test_a_keeper_that_dies_in_the_blackout_fails_the_kexec_naming_what_was_lost(monkeypatch):
+    monkeypatch.setenv("LUOFS_DIRECT_FILES", "1")
+    with booted(["--fault", "keeper.die"]) as inst:
+        with inst.client() as lu:
+            kept, lost = lu.create_session("kept"), lu.create_session("lost")
+            for s, n in ((kept, 1), (lost, 2)):
+                for t in range(n):
+                    fd = os.memfd_create("m")
+                    os.write(fd, f"{s.name} {t}".encode())
+                    s.preserve_fd(fd, t)
+                    os.close(fd)
+        result = luofs("kexec", "--root", inst.root)
+        assert result.returncode == 1
+        assert "2 preserved file(s) were lost with a file keeper that died during the " \
+               "update: sessions 'lost' (2)" in result.stderr, result.stderr
+        assert "'lost' (2)" in luofs("status", "--root", inst.root).stdout
+        with inst.client() as lu:
+            with lu.retrieve_session("kept") as s:
+                fd = s.retrieve_fd(0)
+                assert os.pread(fd, 100, 0) == b"kept 0"  # the direct file arrived
+                os.close(fd)
+            with lu.retrieve_session("lost") as s:
+                with pytest.raises(OSError) as e:
+                    s.retrieve_fd(0)
+                assert e.value.errno == errno.EIO
