@@ -105,7 +105,7 @@ class OwnedFile:
     """A file the daemon holds a reference to: its own fd on the caller's open file, or,
     once parked (luofs/filestore.py), a (keeper, slot) there instead."""
 
-    __slots__ = ("fd", "fstype", "_closed", "parked", "vault")
+    __slots__ = ("fd", "fstype", "_closed", "parked", "vault", "pinned")
 
     def __init__(self, fd: int, fstype: str = "", parked=None, vault=None):
         self.fd = fd
@@ -113,6 +113,7 @@ class OwnedFile:
         self._closed = False
         self.parked = parked  # (keeper, slot) while the vault holds the file
         self.vault = vault  # the vault that counts or holds it, if any
+        self.pinned = 0  # bytes of the machine's memory this file's preservation holds
 
     @property
     def is_fuse(self) -> bool:

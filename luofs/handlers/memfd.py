@@ -48,10 +48,14 @@ class MemfdHandler:
     compatible = COMPATIBLE
 
     def __init__(self, kho=None, handed_over: dict[int, OwnedFile] | None = None,
-                 faults: Faults = NONE, store=None):
+                 faults: Faults = NONE, store=None, memory: int | None = None):
         self._kho = kho
         self._faults = faults
         self._store = store  # where preserved files live (luofs/filestore.py)
+        # The machine's memory (`luofs boot --memory`): preserved pages are pinned, and
+        # no machine pins more than it has. None: no limit (unit tests).
+        self._memory = memory
+        self.pinned = 0
         # New kernel: data handle (the record's address) → the file handed over.
         self._handed_over = dict(handed_over or {})
 
@@ -79,23 +83,44 @@ class MemfdHandler:
         size = os.fstat(file.fd).st_size
         if (size + PAGE_SIZE - 1) // PAGE_SIZE > MAX_PAGES:
             raise LuoError(errnos.EFBIG, f"memfd of {size} bytes exceeds 2^32-1 pages")
-        if size:
-            try:  # populate every hole: preserved memory is fully allocated (§15)
-                os.posix_fallocate(file.fd, 0, size)
-            except OSError as e:
-                if e.errno == errnos.ENOMEM or e.errno == 28:  # ENOSPC from tmpfs = no memory
-                    raise LuoError(errnos.ENOMEM, "cannot allocate the memfd's pages") from None
-                if e.errno != errnos.EPERM:  # sealed against writes: its pages already exist
-                    raise LuoError(e.errno, f"fallocate failed: {e.strerror}") from None
-        if self._store is not None:
-            try:
-                self._store.hold(file)
-            except OSError as e:
-                raise LuoError(errnos.ENOMEM, str(e)) from None
+        pages = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+        self._pin(file, pages)  # before a single page is allocated
+        try:
+            if size:
+                self._populate(file.fd, size)
+            if self._store is not None:
+                try:
+                    self._store.hold(file)
+                except OSError as e:
+                    raise LuoError(errnos.ENOMEM, str(e)) from None
+        except BaseException:
+            self.unpreserve(file, 0)
+            raise
         return 0
 
+    def _pin(self, file: OwnedFile, nbytes: int) -> None:
+        """Count the file's pages against the machine's memory, as the kernel pins them:
+        ENOMEM, with nothing allocated, if they do not fit beside what is pinned."""
+        if self._memory is not None and self.pinned + nbytes > self._memory:
+            raise LuoError(errnos.ENOMEM, f"memfd of {nbytes} bytes does not fit: "
+                                          f"{self.pinned} of the machine's {self._memory} "
+                                          "bytes are pinned by preserved files")
+        self.pinned += nbytes
+        file.pinned = nbytes
+
+    @staticmethod
+    def _populate(fd: int, size: int) -> None:
+        try:  # populate every hole: preserved memory is fully allocated (§15)
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno == errnos.ENOMEM or e.errno == 28:  # ENOSPC from tmpfs = no memory
+                raise LuoError(errnos.ENOMEM, "cannot allocate the memfd's pages") from None
+            if e.errno != errnos.EPERM:  # sealed against writes: its pages already exist
+                raise LuoError(e.errno, f"fallocate failed: {e.strerror}") from None
+
     def unpreserve(self, file: OwnedFile, data: int) -> None:
-        pass  # nothing is pinned beyond LUO's reference, which the core drops
+        self.pinned -= file.pinned  # LUO's reference itself the core drops
+        file.pinned = 0
 
     def freeze(self, file: OwnedFile, data: int) -> int:
         """Record position, size and seals as of now; the record's address is the handle."""

@@ -61,7 +61,8 @@ class KernelParts:
         slabs = RecordSlabs(memory, handover)
         store = store or FileStore()
         handlers = HandlerRegistry()
-        handlers.register(MemfdHandler(slabs, None, faults, store), sessions_exist=False)
+        handlers.register(MemfdHandler(slabs, None, faults, store, memory.size),
+                          sessions_exist=False)
         return cls(memory, handover, slabs, faults, store, handlers, number, incoming)
 
     def publish_luo(self, image: LuoImage | None) -> None:

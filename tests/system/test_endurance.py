@@ -31,7 +31,7 @@ def machine_usage(pid: int) -> tuple[int, int]:
 
 def carry(total_bytes: int, updates: int):
     per_file = total_bytes // (SESSIONS * FILES)
-    with booted(["--memory", "256M"]) as inst:
+    with booted(["--memory", str(max(256 << 20, 2 * total_bytes))]) as inst:
         want, held = {}, []
         with LiveUpdate(inst.root) as lu:
             for s in range(SESSIONS):
