@@ -91,7 +91,15 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
     name = _plain_names.get(key)
     if name is not None:  # asked before: same frame, no fd to pass either way
         return _plain_reply(os.getxattr(fd, name)), None
-    size = int.from_bytes(arg[:4], "little") if len(arg) >= 4 else 0
+    carried, flags = _copy_from_user(cmd, arg)
+    if cmd in _SESSION_RETURNING:
+        return _create_ioctl(root, fd, cmd, carried, flags)
+    return _xattr_ioctl(key, fd, cmd, carried, flags)
+
+
+def _copy_from_user(cmd: int, arg: bytes) -> tuple[bytes, dict]:
+    """What the kernel would read of the caller's struct: the bytes a frame carries, and
+    flags for what it could not read (so the daemon applies §4's rules in order)."""
     flags = {}
     encoded = nums.ioc_size(cmd)
     if encoded:
@@ -99,39 +107,47 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
         # that much in (for _IOW/_IOWR), or faults.
         want = encoded if nums.ioc_dir(cmd) & nums.IOC_WRITE else 0
         if len(arg) < max(want, 4):  # unreadable: EFAULT wherever a kernel reads it
-            flags["arg_fault"] = True
-            carried = b""
-        else:
-            carried = arg[:want]
-    elif len(arg) < 4:
-        flags["arg_fault"] = True
-        carried = b""
-    else:
-        want = frames.expected_arg_len(size)
-        carried = arg[:want]
-        if len(arg) < min(size, want):
-            flags["copy_fault"] = True  # the buffer ends before `size` bytes
-        elif size > want and any(arg[want:size]):
-            flags["tail_nonzero"] = True
-        if len(arg) < size:
-            flags["copy_fault"] = True
-    if cmd in _SESSION_RETURNING:
-        nonce = random.getrandbits(32)  # a create name is never reused (nor its dentry)
+            return b"", {"arg_fault": True}
+        return arg[:want], flags
+    if len(arg) < 4:
+        return b"", {"arg_fault": True}
+    size = int.from_bytes(arg[:4], "little")
+    want = frames.expected_arg_len(size)
+    if len(arg) < min(size, want):
+        flags["copy_fault"] = True  # the buffer ends before `size` bytes
+    elif size > want and any(arg[want:size]):
+        flags["tail_nonzero"] = True
+    if len(arg) < size:
+        flags["copy_fault"] = True
+    return arg[:want], flags
+
+
+def _create_ioctl(root: str, fd: int, cmd: int, carried: bytes, flags: dict
+                  ) -> tuple[bytes, int]:
+    """A device ioctl that returns a session fd: a create in ROOT/.luofs/, whose new file
+    is the session fd."""
+    nonce = random.getrandbits(32)  # a create name is never reused (nor its dentry)
+    frame = frames.encode_request(cmd, carried, file_fd=fd, nonce=nonce, **flags)
+    path = os.path.join(root, REQUEST_DIR, frames.request_create_name(frame).decode())
+    try:
+        new_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        # No fd to give: let the kernel decide which error comes first.
+        flags["fd_table_full"] = True
         frame = frames.encode_request(cmd, carried, file_fd=fd, nonce=nonce, **flags)
-        path = os.path.join(root, REQUEST_DIR, frames.request_create_name(frame).decode())
-        try:
-            new_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            if e.errno != errno.EMFILE:
-                raise
-            # No fd to give: let the kernel decide which error comes first.
-            flags["fd_table_full"] = True
-            frame = frames.encode_request(cmd, carried, file_fd=fd, nonce=nonce, **flags)
-            os.getxattr(fd, frames.request_xattr_name(frame))
-            raise  # unreachable unless the kernel disagrees: the fd table is full
-        reply = carried[: structs.struct_size(structs.CreateSession)]
-        reply = reply[:4] + new_fd.to_bytes(4, "little", signed=True) + reply[8:]
-        return reply, new_fd
+        os.getxattr(fd, frames.request_xattr_name(frame))
+        raise  # unreachable unless the kernel disagrees: the fd table is full
+    reply = carried[: structs.struct_size(structs.CreateSession)]
+    reply = reply[:4] + new_fd.to_bytes(4, "little", signed=True) + reply[8:]
+    return reply, new_fd
+
+
+def _xattr_ioctl(key, fd: int, cmd: int, carried: bytes, flags: dict
+                 ) -> tuple[bytes, int | None]:
+    """Any other ioctl: a getxattr whose value is the reply; a returned fd arrives on
+    this thread's reply socket."""
     reply_fd = -1
     ours = None
     if cmd in _FD_RETURNING:
@@ -147,8 +163,7 @@ def ioctl(root: str, fd: int, cmd: int, arg: bytes) -> tuple[bytes, int | None]:
             _plain_names.clear()
         _plain_names[key] = name
     # Replies are at most 80 bytes, inside os.getxattr's first 128-byte try: one request.
-    raw = os.getxattr(fd, name)
-    reply = frames.decode_reply(raw)
+    reply = frames.decode_reply(os.getxattr(fd, name))
     data = bytes(reply.data)
     new_fd = None
     if reply.fd_sent:
@@ -182,13 +197,20 @@ def _close(obj) -> None:
         os.close(fd)
     except OSError as e:
         # The fd is released either way; a file of a kernel replaced by a live update
-        # reports ENOTCONN from its flush, and that is no error for the closer.
-        if e.errno != errno.ENOTCONN:
+        # reports that from its flush, and that is no error for the closer.
+        if e.errno not in _KERNEL_GONE:
             raise
 
 
+# "This kernel is gone" (a live update replaced it, or it died): FUSE says ENOTCONN once
+# the mount is gone and ECONNABORTED for a request the unmount cut short. Callers see
+# one errno for both, ENOTCONN.
+_KERNEL_GONE = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def _fail(e: OSError, what: str) -> OSError:
-    return OSError(e.errno, f"{what}: {os.strerror(e.errno)}")
+    code = errno.ENOTCONN if e.errno in _KERNEL_GONE else e.errno
+    return OSError(code, f"{what}: {os.strerror(code)}")
 
 
 def _name_bytes(name: str | bytes) -> bytes:
