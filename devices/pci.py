@@ -9,9 +9,8 @@ shut down at the kexec, and the next kernel re-attaches it without a reset.
 from __future__ import annotations
 
 from kho.errors import KhoFormatError
-from luofs.core.errors import LuoError
 
-from . import errnos
+from .errors import ENODEV, DeviceError
 from .model import Bus, Device, Driver, LiveupdateOps
 from .spec import DeviceConfig
 from .state import BRIDGE_COMPATIBLE, BridgeState, decode_bridge_state, encode_bridge_state
@@ -61,7 +60,7 @@ class BridgeDriver(Driver):
                                  f"{state.secondary_bus}, the bridge has {config.secondary_bus}")
         reply = self.client.simple("device-attach", dev.path)
         if state.enabled and not reply["enabled"]:
-            raise LuoError(errnos.ENODEV, f"{dev.path} was reset since the hand-over")
+            raise DeviceError(ENODEV, f"{dev.path} was reset since the hand-over")
         dev.driver_data = BridgeData(config.secondary_bus)
 
     def shutdown(self, dev: Device) -> None:

@@ -94,7 +94,7 @@ class SimulatedKernel:
         """The old kernel's half: freeze devices, finalize KHO, shut the rest down.
 
         Returns (root_phys, root_size, preserved paths); on a refused freeze the
-        LuoError propagates and this kernel runs on.
+        DeviceError propagates and this kernel runs on.
         """
         blob = self.drivers.freeze()
         try:

@@ -21,9 +21,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from luofs import wire
-from luofs.core.errors import LuoError
 
-from . import errnos
+from .errors import EIO, DeviceError
 from .spec import DeviceConfig
 
 if TYPE_CHECKING:
@@ -102,7 +101,7 @@ def start_server(host: "DeviceHost", sock: socket.socket) -> threading.Thread:
 
 
 class DeviceClient:
-    """The kernel's side of the requests: failures become :class:`LuoError` with the errno."""
+    """The kernel's side of the requests: failures become :class:`DeviceError` with the errno."""
 
     def __init__(self, transport):
         self.transport = transport
@@ -112,12 +111,12 @@ class DeviceClient:
         try:
             reply, fds = self.transport.request(message)
         except TransportError as e:
-            raise LuoError(errnos.EIO, str(e)) from None
+            raise DeviceError(EIO, str(e)) from None
         if not reply.get("ok"):
             for fd in fds:
                 os.close(fd)
-            raise LuoError(reply.get("errno") or errnos.EIO,
-                           reply.get("error") or f"{op} failed")
+            raise DeviceError(reply.get("errno") or EIO,
+                              reply.get("error") or f"{op} failed")
         return reply, fds
 
     def simple(self, op: str, device: str) -> dict:

@@ -123,10 +123,10 @@ def test_start_checks_the_registers(machine_factory):
 
 @pytest.mark.parametrize("spec", ["dma0:rate=0,lu=0", "bridge0:lu=0;dma0@bridge0:rate=0"])
 def test_devices_without_liveupdate_support_cannot_be_requested(machine_factory, spec):
-    from luofs.core.errors import LuoError
+    from devices.errors import DeviceError
 
     machine = machine_factory(spec, irq_thread=False)
     kernel = machine.boot()
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         kernel.request("dma0")
     assert e.value.errno == 22 and "has no liveupdate callbacks" in e.value.reason
