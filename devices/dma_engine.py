@@ -30,9 +30,8 @@ import threading
 import time
 from typing import Callable
 
-from kho.memory import PAGE_SIZE
-
 from .iommu import IommuFault, translate
+from .ram import PAGE_SIZE
 from .registers import (DMA_ENGINE_ID, STATUS_BLOCKED, STATUS_FAULT, STATUS_FULL, STATUS_RUNNING,
                         Bar)
 from .ring import RECORD_SIZE, RECORDS_PER_PAGE, pack_records

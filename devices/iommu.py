@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 
-from kho.memory import PAGE_SHIFT, PAGE_SIZE
+from .ram import PAGE_SHIFT, PAGE_SIZE
 
 LEVEL_BITS = 9
 ENTRIES = 1 << LEVEL_BITS
