@@ -18,6 +18,18 @@ Live update, as ``dev_liveupdate`` callbacks:
 In the next kernel :meth:`DmaDriver.reattach` takes the state instead of probing:
 no reset, the same ring and tables (already reserved, since they are preserved),
 the latched interrupts delivered into the new eventfd; the ring is drained at once.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: a probe fails with DeviceError — ENODEV if the registers are not a
+DMA engine's, ENOMEM if this kernel's RAM has no room for the ring (nothing stays
+allocated), the machine's errno if a request fails; a re-attach fails with
+KhoFormatError if the state cannot be trusted (outside RAM, not preserved) or
+DeviceError (ENODEV: reset or reprogrammed since; EIO: ``head`` does not fit), and
+the caller probes fresh; ``prepare`` fails with the errno of the preserve (pages
+already preserved are unpreserved); a ``head`` outside the ring is counted as an
+error and nothing is consumed; a record with a bad CRC, epoch or device id is
+counted (``bad_records``) and skipped.
 """
 
 from __future__ import annotations

@@ -20,6 +20,13 @@ irq_discarded`` — an interrupt is in an eventfd (delivered), latched, or throw
 away by a reset (a reset device forgets its latched interrupts, as hardware
 does); never lost otherwise. Detaching reads back what the eventfd still holds
 (the driver never saw it) into pending.
+
+Half: hardware (the machine process).
+
+Unhappy paths: :meth:`DmaEngine.start` refuses bad registers with ValueError (the
+host answers EINVAL); an IOMMU fault, or a driver moving ``tail`` outside the ring,
+stops the engine (``STATUS_FAULT``, ``fault_iova`` for the IOMMU, counted and logged)
+until a reset; a full ring stalls or drops, as configured, and never overwrites.
 """
 
 from __future__ import annotations

@@ -16,6 +16,17 @@ LUO's global state machine)::
     paths = drivers.shutdown()   # the point of no return; paths for DeviceHost.kexec
 
 and in the new one: ``drivers.boot(incoming_images(incoming), incoming.preserved)``.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: a device whose hand-over cannot be used (wrong path or compatible,
+damaged state, reset meanwhile) is probed fresh (``fallback``); a failed probe leaves
+it unbound; a damaged devices subtree is logged and every device starts fresh
+(:func:`incoming_images`); a refused prepare or reboot raises DeviceError with the
+layer as before (interrupts re-attached); a failed shutdown of one device is logged
+and the others go on; an interrupt handler that raises is logged and the thread
+serves on. A machine that does not answer makes :meth:`DeviceDrivers.boot` fail
+with DeviceError (EIO).
 """
 
 from __future__ import annotations

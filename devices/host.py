@@ -30,6 +30,13 @@ device-info     the device's counters
 
 The fds of a reply are the host's own: a transport sends copies (SCM_RIGHTS
 does) and never closes them.
+
+Half: hardware (the machine process).
+
+Unhappy paths: an unknown op is EINVAL, an unknown device ENODEV, bad registers at
+``device-start`` EINVAL, all as error replies (the host never raises to the
+transport); at a kexec, a device that is neither preserved nor shut down by the old
+kernel is reset, with a warning.
 """
 
 from __future__ import annotations

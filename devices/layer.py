@@ -22,6 +22,12 @@ finish     (new kernel)    every ``preserved`` device deepest first: warn if it 
                            ``preserved`` and ``reclaimed``.
 =========  ==============  =============================================================
 
+Half: drivers (the kernel process). Unhappy paths: every refusal is DeviceError — EBUSY
+for a move the table does not have or a previous update not finished, the callback's
+errno for a veto (EIO for a callback that raised something else), EINVAL for
+reclaiming a device that was not preserved; ``cancel`` and ``finish`` callbacks that
+raise are logged and the rest goes on.
+
 Deviations, on purpose: FINISH keeps ``requested`` (the user's policy for the next
 update; RFC v1 cleared "flags" without saying which), and the new kernel sets
 ``reclaimed`` when a driver re-attaches (v1 had no setter, so it always read 0).

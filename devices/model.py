@@ -7,6 +7,13 @@ Everything here is data and pure rules, no I/O. A :class:`Device` is the kernel'
 and a :class:`Bus` may carry :class:`LiveupdateOps`, the emulator's
 ``struct dev_liveupdate_cbs``; ``None`` means "no liveupdate support", which is
 what makes a device (or anything below it) impossible to request.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: building a malformed tree (bad name, a name twice, an unregistered
+parent) is ValueError, a bug; an unknown path is DeviceError (ENODEV); the rules
+say no with DeviceError (EINVAL): not a boolean, LUO not normal, no liveupdate
+callbacks on the device or an ancestor.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ A bridge matters to a live update because it carries its children's DMA: a reset
 bridge stops forwarding and resets everything behind it. So a bridge above a
 preserved device is preserved too (the device layer adds all ancestors), is not
 shut down at the kexec, and the next kernel re-attaches it without a reset.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: a hand-over whose secondary bus differs from the machine's is
+KhoFormatError, a bridge reset since the hand-over is DeviceError (ENODEV); either
+way the caller probes the bridge fresh.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ with MMIO. Registers are little-endian u64s. Who writes what:
 and ``head - tail`` records are waiting. A u64 read while the other side
 writes it could tear, so :meth:`Bar.read` reads until two reads agree.
 
-Unhappy paths: an unknown register name is KeyError (a programming error); a failed
+Shared: the machine's engine and a kernel's driver both use the page. Unhappy paths:
+an unknown register name is KeyError (a programming error); a failed
 pread/pwrite (the memfd was closed) is OSError, to the caller.
 """
 

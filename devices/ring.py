@@ -11,7 +11,7 @@
         u32 crc;                   // CRC-32 (zlib's) of the 28 bytes above
     };
 
-The machine packs records (:func:`pack_records`), a kernel unpacks them
+Shared: the machine packs records (:func:`pack_records`), a kernel unpacks them
 (:func:`unpack_records`). Unhappy paths: a record whose CRC or reserved field is
 wrong is not an error here, it is :attr:`Record.valid` False, and the driver counts
 and skips it; data that is not a whole number of records is ``struct.error``.

@@ -9,6 +9,14 @@ caller's to close. Two are provided:
   while the machine's main thread waits for the kernel (during the freeze).
 * :class:`LoopbackTransport` — the same in one process, for tests: replies go
   through JSON and fds are duplicated, as SCM_RIGHTS would.
+
+Shared: the server half runs in the machine, :class:`DeviceClient` in a kernel.
+
+Unhappy paths: a machine that does not answer (socket closed, timeout) is
+:class:`TransportError`, which :class:`DeviceClient` reports as DeviceError(EIO);
+an error reply becomes DeviceError with the host's errno and reason (its fds
+closed); the server ends quietly when the kernel's end closes or a socket error
+occurs, and closes any fd a kernel sends it.
 """
 
 from __future__ import annotations
