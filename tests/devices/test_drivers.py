@@ -1,4 +1,5 @@
-"""Live updates with devices running: preserved ones go on untouched, the others restart."""
+"""devices/drivers.py: live updates with devices running — preserved ones go on untouched,
+the others restart; refusals, faults and damaged hand-overs."""
 
 import errno
 import logging
@@ -232,3 +233,12 @@ def test_a_damaged_devices_subtree_means_everything_starts_fresh(machine_factory
         assert incoming_images(Incoming()) == []
     assert "the devices hand-over is unusable" in caplog.text
     assert incoming_images(None) == []
+
+
+@pytest.mark.parametrize("spec", ["dma0:rate=0,lu=0", "bridge0:lu=0;dma0@bridge0:rate=0"])
+def test_devices_without_liveupdate_support_cannot_be_requested(machine_factory, spec):
+    machine = machine_factory(spec, irq_thread=False)
+    kernel = machine.boot()
+    with pytest.raises(DeviceError) as e:
+        kernel.request("dma0")
+    assert e.value.errno == 22 and "has no liveupdate callbacks" in e.value.reason
