@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from devices.errors import DeviceError
-from devices.layer import DevLiveupdate, LayerState
+from devices.layer import TRANSITIONS, DevLiveupdate, LayerState, Step
 
 PREPARE_ORDER = [("prepare", "driver", "C"), ("prepare", "bus", "C"),
                  ("prepare", "driver", "B"), ("prepare", "bus", "B"),
@@ -68,6 +68,24 @@ def test_a_prepare_fault_cancels_what_was_done_in_reverse(path, layer, tree, rec
     assert layer.state is LayerState.IDLE and layer.devices == []
 
 
+def test_an_unwound_prepare_cancels_only_callbacks_whose_prepare_ran(path, layer, tree,
+                                                                    recorder):
+    c = tree.get(path("C"))
+    original = c.driver
+    cancels = []  # C's driver: no prepare callback, a cancel one (as the PCI bridge driver)
+    c.driver = type(original)("no-prepare", type(original.liveupdate)(
+        cancel=lambda dev: cancels.append(dev.name)))
+    layer.fail_at(path("B"), "prepare", errno.EIO, "bus")
+    try:
+        with pytest.raises(DeviceError):
+            layer.prepare()
+    finally:
+        c.driver = original
+    assert cancels == []
+    assert recorder.calls == [("prepare", "bus", "C"), ("prepare", "driver", "B"),
+                              ("cancel", "driver", "B"), ("cancel", "bus", "C")]
+
+
 def test_after_a_failed_prepare_the_next_one_succeeds(path, layer, tree, recorder):
     layer.fail_at(path("B"), "prepare", errno.EIO)
     with pytest.raises(DeviceError):
@@ -114,6 +132,39 @@ def test_phases_out_of_order_are_ebusy(layer):
     assert e.value.errno == errno.EBUSY
     with pytest.raises(DeviceError):
         layer.finish()
+
+
+REACH = {LayerState.IDLE: (), LayerState.PREPARED: ("prepare",),
+         LayerState.REBOOTED: ("prepare", "reboot")}
+MOVES = {Step.PREPARE: "prepare", Step.REBOOT: "reboot", Step.CANCEL: "cancel"}
+
+
+@pytest.mark.parametrize("state", list(LayerState))
+@pytest.mark.parametrize("step", list(MOVES))
+def test_every_move_outside_the_table_is_ebusy(layer, state, step):
+    for method in REACH[state]:
+        getattr(layer, method)()
+    assert layer.state is state
+    move = getattr(layer, MOVES[step])
+    if (state, step) in TRANSITIONS:
+        move()
+        assert layer.state is TRANSITIONS[(state, step)]
+        return
+    with pytest.raises(DeviceError) as e:
+        move()
+    assert (e.value.errno, e.value.reason) == (
+        errno.EBUSY, f"device layer: {step.value} is not possible while {state.value}")
+    assert layer.state is state
+
+
+@pytest.mark.parametrize("state", [LayerState.PREPARED, LayerState.REBOOTED])
+def test_finish_is_refused_during_an_update(layer, state):
+    for method in REACH[state]:
+        getattr(layer, method)()
+    with pytest.raises(DeviceError) as e:
+        layer.finish()
+    assert (e.value.errno, e.value.reason) == (
+        errno.EBUSY, f"the device layer is {state.value}; cancel first")
 
 
 def test_a_callback_that_is_not_a_luo_error_still_unwinds(path, tree, recorder):
