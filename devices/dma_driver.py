@@ -22,8 +22,8 @@ the latched interrupts delivered into the new eventfd; the ring is drained at on
 Half: drivers (the kernel process).
 
 Unhappy paths: a probe fails with DeviceError — ENODEV if the registers are not a
-DMA engine's, ENOMEM if this kernel's RAM has no room for the ring (nothing stays
-allocated), the machine's errno if a request fails; a re-attach fails with
+DMA engine's, ENOMEM if this kernel's RAM has no room for the ring or its I/O page
+tables (nothing stays allocated), the machine's errno if a request fails; a re-attach fails with
 KhoFormatError if the state cannot be trusted (outside RAM, not preserved) or
 DeviceError (ENODEV: reset or reprogrammed since; EIO: ``head`` does not fit), and
 the caller probes fresh; ``prepare`` fails with the errno of the preserve (pages
