@@ -73,14 +73,17 @@ def test_the_machine_process_runs_its_devices_without_the_kernel():
     SPEC, serve a kernel's request over the device socket — loads no kernel module."""
     code = """
 import os, socket
-import luofs.machine as machine
-from devices.spec import DEFAULT_SPEC
+import luofs.machine
+from devices.host import DeviceHost
+from devices.ram import RamView
+from devices.spec import DEFAULT_SPEC, parse_spec
+from devices.transport import start_server
+from luofs import wire
 ram = os.memfd_create("ram")
 os.ftruncate(ram, 16 << 20)
-host = machine.DeviceHost(machine.RamView(ram), machine.parse_spec(DEFAULT_SPEC))
+host = DeviceHost(RamView(ram), parse_spec(DEFAULT_SPEC))
 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-server = machine.start_server(host, theirs)
-from luofs import wire
+server = start_server(host, theirs)
 wire.send(ours, {"op": "device-list"})
 reply, _ = wire.recv(ours)
 assert reply["ok"] and reply["devices"], reply
