@@ -1,9 +1,13 @@
 """devices/dma_driver.py: what the DMA driver refuses — a probe without memory for its ring,
 and re-attaching to a device that is no longer what the hand-over describes."""
 
+import errno
 import logging
 
 import pytest
+
+from devices.errors import DeviceError
+from devices.layer import LayerState
 
 MiB = 1 << 20
 DMA0 = "pci0000:00/0000:00:01.0"
@@ -36,3 +40,16 @@ def test_a_device_changed_in_the_blackout_is_probed_fresh(machine_factory, caplo
     assert kernel.report["fallback"] == [DMA0]
     assert f"{DMA0}: cannot re-attach ({why}); probing it fresh" in caplog.text
     assert engine.running and engine.bar.read(register) != value  # reset and programmed anew
+
+
+def test_a_ring_that_cannot_be_preserved_refuses_the_update(machine_factory):
+    machine = machine_factory("dma0:rate=0", irq_thread=False)
+    kernel = machine.boot()
+    kernel.request("dma0")
+    kernel.handover.preserved.freeze()  # KHO finalized: nothing more can be preserved
+    with pytest.raises(DeviceError) as e:
+        kernel.drivers.freeze()
+    assert e.value.errno == errno.EBUSY
+    assert e.value.reason.startswith(f"{DMA0}: cannot preserve the ring: [Errno 16] ")
+    assert not kernel.device("dma0").lu.preserved
+    assert kernel.drivers.layer.state is LayerState.IDLE
