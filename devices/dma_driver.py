@@ -18,6 +18,18 @@ Live update, as ``dev_liveupdate`` callbacks:
 In the next kernel :meth:`DmaDriver.reattach` takes the state instead of probing:
 no reset, the same ring and tables (already reserved, since they are preserved),
 the latched interrupts delivered into the new eventfd; the ring is drained at once.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: a probe fails with DeviceError — ENODEV if the registers are not a
+DMA engine's, ENOMEM if this kernel's RAM has no room for the ring or its I/O page
+tables (nothing stays allocated), the machine's errno if a request fails; a re-attach fails with
+KhoFormatError if the state cannot be trusted (outside RAM, not preserved) or
+DeviceError (ENODEV: reset or reprogrammed since; EIO: ``head`` does not fit), and
+the caller probes fresh; ``prepare`` fails with the errno of the preserve (pages
+already preserved are unpreserved); a ``head`` outside the ring is counted as an
+error and nothing is consumed; a record with a bad CRC, epoch or device id is
+counted (``bad_records``) and skipped.
 """
 
 from __future__ import annotations
@@ -30,9 +42,9 @@ from dataclasses import dataclass, field
 
 from kho.errors import KhoFormatError
 from kho.memory import PAGE_SIZE, OutOfPhysicalMemory, PhysicalAddressError
-from luofs.core.errors import LuoError
+from luofs.unwind import do_all
 
-from . import errnos
+from .errors import EIO, ENODEV, ENOMEM, DeviceError
 from .iommu import IoPageTable
 from .model import Device, Driver, LiveupdateOps
 from .registers import DMA_ENGINE_ID, STATUS_FAULT, Bar
@@ -109,7 +121,7 @@ class DmaDriver(Driver):
         allocated = []
         try:
             if bar.read("id") != DMA_ENGINE_ID:
-                raise LuoError(errnos.ENODEV, f"{path} is not a luofs DMA engine")
+                raise DeviceError(ENODEV, f"{path} is not a luofs DMA engine")
             pages = ring_pages(config.ring)
             ring_phys = self.memory.alloc_pages(pages)
             allocated.append((ring_phys, pages))
@@ -128,7 +140,7 @@ class DmaDriver(Driver):
             bar.close()
             os.close(irq_fd)
             if isinstance(e, OutOfPhysicalMemory):
-                raise LuoError(errnos.ENOMEM, f"{path}: no memory for the ring: {e}") from None
+                raise DeviceError(ENOMEM, f"{path}: no memory for the ring: {e}") from None
             raise
         dev.driver_data = DmaChannel(
             config, bar, irq_fd, ring_phys=ring_phys, ring_iova=RING_IOVA, entries=config.ring,
@@ -140,7 +152,7 @@ class DmaDriver(Driver):
                  ) -> None:
         """Take over from the previous kernel's state: no reset, nothing lost.
 
-        KhoFormatError if the state cannot be trusted; LuoError(ENODEV) if the device
+        KhoFormatError if the state cannot be trusted; DeviceError(ENODEV) if the device
         no longer is what the state describes (it was reset meanwhile).
         """
         path = dev.path
@@ -161,16 +173,16 @@ class DmaDriver(Driver):
         try:
             regs = bar.snapshot()
             if reply["epoch"] != state.epoch or reply["device_id"] != state.device_id:
-                raise LuoError(errnos.ENODEV, f"{path} was reset since the hand-over (epoch "
-                                              f"{state.epoch} → {reply['epoch']})")
+                raise DeviceError(ENODEV, f"{path} was reset since the hand-over (epoch "
+                                          f"{state.epoch} → {reply['epoch']})")
             programmed = (regs["ring_iova"], regs["ring_entries"], regs["iommu_root"])
             if programmed != (state.ring_iova, state.ring_entries, state.pt_phys):
-                raise LuoError(errnos.ENODEV, f"{path} is programmed differently from the "
-                                              f"hand-over state")
+                raise DeviceError(ENODEV, f"{path} is programmed differently from the "
+                                          f"hand-over state")
             head = bar.read("head")
             if not state.head <= head <= state.tail + state.ring_entries:
-                raise LuoError(errnos.EIO, f"{path}: head {head} does not fit the hand-over "
-                                           f"(tail {state.tail}, head then {state.head})")
+                raise DeviceError(EIO, f"{path}: head {head} does not fit the hand-over "
+                                       f"(tail {state.tail}, head then {state.head})")
             for phys, nbytes, _ in ranges:
                 self.memory.reserve(phys, nbytes)  # already reserved by KHO; idempotent
             bar.write("tail", state.tail)
@@ -195,7 +207,7 @@ class DmaDriver(Driver):
     def _detach_quietly(self, path: str) -> None:
         try:
             self.client.simple("device-detach", path)
-        except LuoError as e:
+        except DeviceError as e:
             log.warning("%s: detach failed: %s", path, e)
 
     def shutdown(self, dev: Device) -> None:
@@ -296,17 +308,13 @@ class DmaDriver(Driver):
     def _prepare(self, dev: Device) -> None:
         channel: DmaChannel = dev.driver_data
         if channel is None or channel.phase != "running":
-            raise LuoError(errnos.ENODEV, f"{dev.path} is not running under this driver")
-        done = []
+            raise DeviceError(ENODEV, f"{dev.path} is not running under this driver")
         try:
-            for phys, nbytes in self._ranges(channel):
-                self.preserved.preserve(phys, nbytes)
-                done.append((phys, nbytes))
+            do_all(self._ranges(channel), lambda r: self.preserved.preserve(*r),
+                   lambda r, _: self.preserved.unpreserve(*r))
         except (OSError, PhysicalAddressError) as e:
-            for phys, nbytes in reversed(done):
-                self.preserved.unpreserve(phys, nbytes)
-            raise LuoError(getattr(e, "errno", None) or errnos.EIO,
-                           f"{dev.path}: cannot preserve the ring: {e}") from None
+            raise DeviceError(getattr(e, "errno", None) or EIO,
+                              f"{dev.path}: cannot preserve the ring: {e}") from None
         channel.phase = "prepared"
 
     def _reboot(self, dev: Device) -> None:

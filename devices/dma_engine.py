@@ -20,6 +20,13 @@ irq_discarded`` — an interrupt is in an eventfd (delivered), latched, or throw
 away by a reset (a reset device forgets its latched interrupts, as hardware
 does); never lost otherwise. Detaching reads back what the eventfd still holds
 (the driver never saw it) into pending.
+
+Half: hardware (the machine process).
+
+Unhappy paths: :meth:`DmaEngine.start` refuses bad registers with ValueError (the
+host answers EINVAL); an IOMMU fault, or a driver moving ``tail`` outside the ring,
+stops the engine (``STATUS_FAULT``, ``fault_iova`` for the IOMMU, counted and logged)
+until a reset; a full ring stalls or drops, as configured, and never overwrites.
 """
 
 from __future__ import annotations
@@ -30,9 +37,8 @@ import threading
 import time
 from typing import Callable
 
-from kho.memory import PAGE_SIZE
-
 from .iommu import IommuFault, translate
+from .ram import PAGE_SIZE
 from .registers import (DMA_ENGINE_ID, STATUS_BLOCKED, STATUS_FAULT, STATUS_FULL, STATUS_RUNNING,
                         Bar)
 from .ring import RECORD_SIZE, RECORDS_PER_PAGE, pack_records

@@ -7,7 +7,7 @@ and services interrupts in a thread of its own (the kernel's trio loop is never
 involved). For a live update it drives :class:`~devices.layer.DevLiveupdate` and
 returns the KHO subtree; at the kexec it shuts down what is not preserved.
 
-Call order in the old kernel (:class:`DeviceParticipant` wraps the first three for
+Call order in the old kernel (``luofs/device_adapter.py`` wraps the first three for
 LUO's global state machine)::
 
     drivers.prepare()            # or freeze() = [finish()] + prepare() + reboot()
@@ -16,6 +16,17 @@ LUO's global state machine)::
     paths = drivers.shutdown()   # the point of no return; paths for DeviceHost.kexec
 
 and in the new one: ``drivers.boot(incoming_images(incoming), incoming.preserved)``.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: a device whose hand-over cannot be used (wrong path or compatible,
+damaged state, reset meanwhile) is probed fresh (``fallback``); a failed probe leaves
+it unbound; a damaged devices subtree is logged and every device starts fresh
+(:func:`incoming_images`); a refused prepare or reboot raises DeviceError with the
+layer as before (interrupts re-attached); a failed shutdown of one device is logged
+and the others go on; an interrupt handler that raises is logged and the thread
+serves on. A machine that does not answer makes :meth:`DeviceDrivers.boot` fail
+with DeviceError (EIO).
 """
 
 from __future__ import annotations
@@ -26,9 +37,9 @@ import selectors
 import threading
 
 from kho.errors import KhoFormatError
-from luofs.core.errors import LuoError
 
 from .dma_driver import DmaDriver
+from .errors import DeviceError
 from .layer import DevLiveupdate
 from .model import Device, DeviceTree
 from .pci import BridgeDriver, PciBus
@@ -97,7 +108,7 @@ class DeviceDrivers:
                 self.layer.adopt(dev)
                 try:
                     driver.reattach(dev, config, image.state, incoming_preserved)
-                except (LuoError, KhoFormatError) as e:
+                except (DeviceError, KhoFormatError) as e:
                     log.warning("%s: cannot re-attach (%s); probing it fresh", dev.path, e)
                     report["fallback"].append(dev.path)
                 else:
@@ -107,7 +118,7 @@ class DeviceDrivers:
                     continue
             try:
                 driver.probe(dev, config)
-            except LuoError as e:
+            except DeviceError as e:
                 log.error("%s: probe failed: %s", dev.path, e)
                 report["unbound"].append(dev.path)
                 continue
@@ -161,7 +172,7 @@ class DeviceDrivers:
         self._stop_irq()
         try:
             devices = self.layer.reboot()
-        except LuoError:
+        except DeviceError:
             self._start_irq()  # the layer cancelled: interrupts are attached again
             raise
         images = []
@@ -199,7 +210,7 @@ class DeviceDrivers:
             if dev.driver is not None:
                 try:
                     dev.driver.shutdown(dev)
-                except LuoError as e:
+                except DeviceError as e:
                     log.warning("%s: shutdown failed: %s", dev.path, e)
         for dev in self.layer.devices:
             if dev.driver is not None:
@@ -226,41 +237,6 @@ class DeviceDrivers:
                 entry.update(dev.driver.info(dev))
             out.append(entry)
         return out
-
-
-class DeviceParticipant:
-    """The device layer as a participant of LUO's global state machine
-    (``luofs.core.state.StateMachine``: prepare/freeze/cancel/finish, prepare and
-    freeze veto with LuoError, cancel and finish never fail).
-
-    ``freeze`` is RFC v1's REBOOT: its KHO subtree is left in :attr:`blob` for the
-    reboot path to publish. Under the mainline profile a kernel that was handed
-    devices but no sessions never sees FINISH, so ``prepare`` finishes the previous
-    update first, as :meth:`DeviceDrivers.freeze` does.
-    """
-
-    name = "dev_liveupdate"
-
-    def __init__(self, drivers: "DeviceDrivers"):
-        self.drivers = drivers
-        self.blob: bytes | None = None
-
-    def prepare(self) -> None:
-        if self.drivers.layer.pending_finish:
-            self.drivers.finish()
-        self.blob = None
-        self.drivers.prepare()
-
-    def freeze(self) -> None:
-        self.blob = self.drivers.reboot()  # on failure the layer has cancelled itself
-
-    def cancel(self) -> None:
-        self.blob = None
-        if self.drivers.layer.state != "idle":
-            self.drivers.cancel()
-
-    def finish(self) -> None:
-        self.drivers.finish()
 
 
 def publish(handover, blob: bytes | None) -> None:

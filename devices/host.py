@@ -30,6 +30,13 @@ device-info     the device's counters
 
 The fds of a reply are the host's own: a transport sends copies (SCM_RIGHTS
 does) and never closes them.
+
+Half: hardware (the machine process).
+
+Unhappy paths: an unknown op is EINVAL, an unknown device ENODEV, bad registers at
+``device-start`` EINVAL, all as error replies (the host never raises to the
+transport); at a kexec, a device that is neither preserved nor shut down by the old
+kernel is reset, with a warning.
 """
 
 from __future__ import annotations
@@ -37,18 +44,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import errnos
 from .dma_engine import DmaEngine
+from .errors import EINVAL, ENODEV, DeviceError
 from .spec import ROOT_NAME, DeviceConfig, Topology, parse_spec
 
 log = logging.getLogger("devices.host")
-
-
-class HostError(Exception):
-    def __init__(self, errno: int, reason: str):
-        super().__init__(reason)
-        self.errno = errno
-        self.reason = reason
 
 
 class Bridge:
@@ -141,13 +141,13 @@ class DeviceHost:
                                                     self.topology.devices]}, []
                 handler = _OPS.get(op)
                 if handler is None:
-                    raise HostError(errnos.EINVAL, f"unknown device op {op!r}")
+                    raise DeviceError(EINVAL, f"unknown device op {op!r}")
                 path = message.get("device")
                 device = self.devices.get(path) if isinstance(path, str) else None
                 if device is None:
-                    raise HostError(errnos.ENODEV, f"no device {path!r}")
+                    raise DeviceError(ENODEV, f"no device {path!r}")
                 return handler(self, device)
-        except HostError as e:
+        except DeviceError as e:
             return {"ok": False, "errno": e.errno, "error": e.reason}, []
 
     def _attach(self, device) -> tuple[dict, list[int]]:
@@ -187,7 +187,7 @@ class DeviceHost:
             try:
                 device.start()
             except ValueError as e:
-                raise HostError(errnos.EINVAL, f"{device.label}: {e}") from None
+                raise DeviceError(EINVAL, f"{device.label}: {e}") from None
         return {"ok": True}, []
 
     def _stop(self, device) -> tuple[dict, list[int]]:

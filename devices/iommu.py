@@ -11,13 +11,20 @@ tables with pages from its allocator; the machine side (:func:`translate`) walks
 them from RAM on every DMA access — there is no IOTLB — so the tables really must
 survive a kexec for a preserved device to keep working. A failed walk is an
 :class:`IommuFault`; the device that hit it stops.
+
+Shared: the machine walks the tables, a kernel's DMA driver builds them.
+
+Unhappy paths: :func:`translate` raises :class:`IommuFault` (outside the IOVA
+space, no root or L1 table, not mapped, read-only, a table or page outside RAM);
+:meth:`IoPageTable.create` refuses a range outside the IOVA space, and ``map`` one
+outside its tables, with ValueError; ``create`` frees what it allocated if it fails.
 """
 
 from __future__ import annotations
 
 import struct
 
-from kho.memory import PAGE_SHIFT, PAGE_SIZE
+from .ram import PAGE_SHIFT, PAGE_SIZE
 
 LEVEL_BITS = 9
 ENTRIES = 1 << LEVEL_BITS

@@ -1,6 +1,7 @@
 """``dev_liveupdate``: the device layer's part of a live update (spec/rfc.md §6, RFC v1).
 
-Phases and their order, as one table (a missing transition is EBUSY):
+Phases and their order, as one table (the moves are :data:`TRANSITIONS`; a move that is
+not there is EBUSY):
 
 =========  ==============  =============================================================
 phase      allowed from    what runs
@@ -21,6 +22,12 @@ finish     (new kernel)    every ``preserved`` device deepest first: warn if it 
                            ``preserved`` and ``reclaimed``.
 =========  ==============  =============================================================
 
+Half: drivers (the kernel process). Unhappy paths: every refusal is DeviceError — EBUSY
+for a move the table does not have or a previous update not finished, the callback's
+errno for a veto (EIO for a callback that raised something else), EINVAL for
+reclaiming a device that was not preserved; ``cancel`` and ``finish`` callbacks that
+raise are logged and the rest goes on.
+
 Deviations, on purpose: FINISH keeps ``requested`` (the user's policy for the next
 update; RFC v1 cleared "flags" without saying which), and the new kernel sets
 ``reclaimed`` when a driver re-attaches (v1 had no setter, so it always read 0).
@@ -29,24 +36,46 @@ update; RFC v1 cleared "flags" without saying which), and the new kernel sets
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Callable
 
-from luofs.core.errors import LuoError
+from luofs.unwind import do_all
 
-from . import errnos
+from .errors import EBUSY, EINVAL, EIO, DeviceError
 from .model import (Device, DeviceTree, collect_for_update, deepest_first, parse_bool,
                     set_requested)
 
 log = logging.getLogger("devices.layer")
 
-PHASES = ("prepare", "reboot")
+PHASES = ("prepare", "reboot")  # the callbacks that may fail (and may have faults injected)
 TARGETS = ("driver", "bus")
 
-#: phase → the layer states it may start from (and the state it leaves on success).
+
+class LayerState(Enum):
+    IDLE = "idle"
+    PREPARED = "prepared"
+    REBOOTED = "rebooted"
+
+    def __str__(self) -> str:  # as the messages say it: "… while idle"
+        return self.value
+
+
+class Step(Enum):
+    PREPARE = "prepare"
+    REBOOT = "reboot"
+    CANCEL = "cancel"
+    FINISH = "finish"
+
+
+#: (state, step) → the state the step leaves on success. A pair that is not here is an
+#: illegal move, EBUSY. FINISH belongs to the new kernel and leaves the layer idle; a failed
+#: prepare leaves it idle, a failed reboot cancels (idle again).
 TRANSITIONS = {
-    "prepare": (("idle",), "prepared"),
-    "reboot": (("prepared",), "rebooted"),
-    "cancel": (("prepared", "rebooted"), "idle"),
+    (LayerState.IDLE, Step.PREPARE): LayerState.PREPARED,
+    (LayerState.PREPARED, Step.REBOOT): LayerState.REBOOTED,
+    (LayerState.PREPARED, Step.CANCEL): LayerState.IDLE,
+    (LayerState.REBOOTED, Step.CANCEL): LayerState.IDLE,
+    (LayerState.IDLE, Step.FINISH): LayerState.IDLE,
 }
 
 Trace = Callable[[str, str, Device], None]
@@ -66,7 +95,7 @@ class DevLiveupdate:
         self.tree = tree
         self.luo_state = luo_state
         self.trace = trace
-        self.state = "idle"
+        self.state = LayerState.IDLE
         self.devices: list[Device] = []  # the update's devices, deepest first
         self._faults: dict[tuple[str, str, str], int] = {}
 
@@ -98,51 +127,60 @@ class DevLiveupdate:
 
     def prepare(self) -> list[Device]:
         """Prepare every device of the update; returns them, deepest first."""
-        self._check("prepare")
+        after = self._move(Step.PREPARE)
         stale = [d.path for d in self.tree if d.lu.preserved]
         if stale:
-            raise LuoError(errnos.EBUSY, f"the previous live update is not finished: "
-                                         f"{', '.join(stale)} still preserved")
+            raise DeviceError(EBUSY, f"the previous live update is not finished: "
+                                     f"{', '.join(stale)} still preserved")
         devices = collect_for_update(self.tree)
-        done: list[tuple[Device, str]] = []
-        try:
-            for device in devices:
-                for target in TARGETS:
-                    if self._call(device, "prepare", target):
-                        done.append((device, target))
-                device.lu.preserved = True
-        except LuoError:
-            for device, target in reversed(done):
-                self._call(device, "cancel", target)
-            for device in devices:
-                device.lu.preserved = False
-            raise
+        do_all(devices, self._prepare_one, self._unprepare_one)
         self.devices = devices
-        self.state = "prepared"
+        self.state = after
         return list(devices)
 
+    def _prepare_one(self, device: Device) -> list[bool]:
+        """Driver then bus; which of the two ran. A failing bus undoes the driver here."""
+        ran = do_all(TARGETS, lambda target: self._call(device, "prepare", target),
+                     lambda target, did: self._cancel_if(did, device, target))
+        device.lu.preserved = True
+        return ran
+
+    def _unprepare_one(self, device: Device, ran: list[bool]) -> None:
+        for target, did in reversed(list(zip(TARGETS, ran))):
+            self._cancel_if(did, device, target)
+        device.lu.preserved = False
+
+    def _cancel_if(self, prepared: bool, device: Device, target: str) -> None:
+        """Only a callback whose prepare ran gets cancel (a missing one is not called)."""
+        if prepared:
+            self._call(device, "cancel", target)
+
     def reboot(self) -> list[Device]:
-        """The kexec itself is about to happen: ``reboot`` callbacks, same order."""
-        self._check("reboot")
+        """The kexec itself is about to happen: ``reboot`` callbacks, same order.
+
+        Not a "do all, undo in reverse": a failure cancels *every* device of the update,
+        the failing one and those not reached too, since all of them were prepared.
+        """
+        after = self._move(Step.REBOOT)
         try:
             for device in self.devices:
                 for target in TARGETS:
                     self._call(device, "reboot", target)
-        except LuoError:
+        except DeviceError:
             self.cancel()
             raise
-        self.state = "rebooted"
+        self.state = after
         return list(self.devices)
 
     def cancel(self) -> None:
         """Back out of prepare (or reboot): cancel all in reverse; flags as before."""
-        self._check("cancel")
+        after = self._move(Step.CANCEL)
         for device in reversed(self.devices):
             for target in reversed(TARGETS):
                 self._call(device, "cancel", target)
             device.lu.preserved = False
         self.devices = []
-        self.state = "idle"
+        self.state = after
 
     def shutdown_order(self) -> list[Device]:
         """What ``device_shutdown()`` shuts down at the kexec: every device that is not
@@ -159,18 +197,18 @@ class DevLiveupdate:
     def reclaimed(self, device: Device) -> None:
         """The device's driver re-attached to it from its handed-over state."""
         if not device.lu.preserved:
-            raise LuoError(errnos.EINVAL, f"{device.path} was not preserved; nothing to reclaim")
+            raise DeviceError(EINVAL, f"{device.path} was not preserved; nothing to reclaim")
         device.lu.reclaimed = True
 
     @property
     def pending_finish(self) -> bool:
         """True while devices handed over by the previous kernel await :meth:`finish`."""
-        return self.state == "idle" and any(d.lu.preserved for d in self.tree)
+        return self.state is LayerState.IDLE and any(d.lu.preserved for d in self.tree)
 
     def finish(self) -> list[Device]:
         """Finish the update that brought this kernel up; returns the unreclaimed devices."""
-        if self.state != "idle":
-            raise LuoError(errnos.EBUSY, f"the device layer is {self.state}; cancel first")
+        if (self.state, Step.FINISH) not in TRANSITIONS:
+            raise DeviceError(EBUSY, f"the device layer is {self.state}; cancel first")
         devices = deepest_first(d for d in self.tree if d.lu.preserved)
         unreclaimed = [d for d in devices if not d.lu.reclaimed]
         for device in unreclaimed:
@@ -183,11 +221,13 @@ class DevLiveupdate:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _check(self, phase: str) -> None:
-        allowed, _ = TRANSITIONS[phase]
-        if self.state not in allowed:
-            raise LuoError(errnos.EBUSY, f"device layer: {phase} is not possible while "
-                                         f"{self.state}")
+    def _move(self, step: Step) -> LayerState:
+        """The state ``step`` leads to from here; EBUSY if the table has no such move."""
+        after = TRANSITIONS.get((self.state, step))
+        if after is None:
+            raise DeviceError(EBUSY, f"device layer: {step.value} is not possible while "
+                                     f"{self.state}")
+        return after
 
     @staticmethod
     def _ops(device: Device, target: str):
@@ -206,15 +246,15 @@ class DevLiveupdate:
         if self.trace is not None:
             self.trace(phase, target, device)
         if fault is not None:
-            raise LuoError(fault, f"{target} {phase} of {device.path}: fault injected")
+            raise DeviceError(fault, f"{target} {phase} of {device.path}: fault injected")
         if phase in PHASES:
             try:
                 callback(device)
-            except LuoError:
+            except DeviceError:
                 raise
             except Exception as e:  # a driver bug must still unwind cleanly
                 log.exception("%s %s of %s failed", target, phase, device.path)
-                raise LuoError(errnos.EIO, f"{target} {phase} of {device.path}: {e}") from e
+                raise DeviceError(EIO, f"{target} {phase} of {device.path}: {e}") from e
             return True
         try:
             callback(device)

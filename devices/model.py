@@ -7,6 +7,13 @@ Everything here is data and pure rules, no I/O. A :class:`Device` is the kernel'
 and a :class:`Bus` may carry :class:`LiveupdateOps`, the emulator's
 ``struct dev_liveupdate_cbs``; ``None`` means "no liveupdate support", which is
 what makes a device (or anything below it) impossible to request.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: building a malformed tree (bad name, a name twice, an unregistered
+parent) is ValueError, a bug; an unknown path is DeviceError (ENODEV); the rules
+say no with DeviceError (EINVAL): not a boolean, LUO not normal, no liveupdate
+callbacks on the device or an ancestor.
 """
 
 from __future__ import annotations
@@ -14,9 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from luofs.core.errors import LuoError
-
-from . import errnos
+from .errors import EINVAL, ENODEV, DeviceError
 
 #: The LUO states in which ``requested`` may change (rfc.md §6: normal only).
 WRITABLE_STATES = ("normal",)
@@ -28,7 +33,7 @@ Callback = Callable[["Device"], None]
 class LiveupdateOps:
     """``struct dev_liveupdate_cbs``: four optional callbacks, each given the device.
 
-    ``prepare`` and ``reboot`` fail by raising :class:`LuoError` (the kernel's
+    ``prepare`` and ``reboot`` fail by raising :class:`DeviceError` (the kernel's
     negative errno); ``finish`` and ``cancel`` must not fail — if they raise
     anyway, the layer logs it and goes on, as the kernel only warns.
     """
@@ -124,7 +129,7 @@ class DeviceTree:
         try:
             return self._devices[path]
         except KeyError:
-            raise LuoError(errnos.ENODEV, f"no device {path}") from None
+            raise DeviceError(ENODEV, f"no device {path}") from None
 
     def by_label(self, label: str) -> Device | None:
         return next((d for d in self._devices.values() if d.label == label), None)
@@ -157,7 +162,7 @@ def parse_bool(buf: bytes) -> bool:
         return False
     if first == b"o" and text[1:2].lower() in (b"n", b"f"):
         return text[1:2].lower() == b"n"
-    raise LuoError(errnos.EINVAL, f"{text[:16]!r} is not a boolean (1/0, y/n, on/off)")
+    raise DeviceError(EINVAL, f"{text[:16]!r} is not a boolean (1/0, y/n, on/off)")
 
 
 def missing_callbacks(device: Device) -> str | None:
@@ -183,15 +188,15 @@ def set_requested(device: Device, value: bool, luo_state: str) -> None:
     callbacks up the ancestry (EINVAL) for a 1.
     """
     if luo_state not in WRITABLE_STATES:
-        raise LuoError(errnos.EINVAL,
-                       f"{device.path}: liveupdate/requested can change only while LUO is "
-                       f"normal (it is {luo_state})")
+        raise DeviceError(EINVAL,
+                          f"{device.path}: liveupdate/requested can change only while LUO is "
+                          f"normal (it is {luo_state})")
     if device.lu.requested == value:
         return
     if value:
         reason = missing_callbacks(device)
         if reason is not None:
-            raise LuoError(errnos.EINVAL, f"{device.path} cannot be requested: {reason}")
+            raise DeviceError(EINVAL, f"{device.path} cannot be requested: {reason}")
     device.lu.requested = value
 
 

@@ -4,14 +4,19 @@ A bridge matters to a live update because it carries its children's DMA: a reset
 bridge stops forwarding and resets everything behind it. So a bridge above a
 preserved device is preserved too (the device layer adds all ancestors), is not
 shut down at the kexec, and the next kernel re-attaches it without a reset.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: a hand-over whose secondary bus differs from the machine's is
+KhoFormatError, a bridge reset since the hand-over is DeviceError (ENODEV); either
+way the caller probes the bridge fresh.
 """
 
 from __future__ import annotations
 
 from kho.errors import KhoFormatError
-from luofs.core.errors import LuoError
 
-from . import errnos
+from .errors import ENODEV, DeviceError
 from .model import Bus, Device, Driver, LiveupdateOps
 from .spec import DeviceConfig
 from .state import BRIDGE_COMPATIBLE, BridgeState, decode_bridge_state, encode_bridge_state
@@ -61,7 +66,7 @@ class BridgeDriver(Driver):
                                  f"{state.secondary_bus}, the bridge has {config.secondary_bus}")
         reply = self.client.simple("device-attach", dev.path)
         if state.enabled and not reply["enabled"]:
-            raise LuoError(errnos.ENODEV, f"{dev.path} was reset since the hand-over")
+            raise DeviceError(ENODEV, f"{dev.path} was reset since the hand-over")
         dev.driver_data = BridgeData(config.secondary_bus)
 
     def shutdown(self, dev: Device) -> None:

@@ -3,11 +3,21 @@
 The kernel allocates RAM (kho.PhysicalMemory); devices only access it, through
 the same memfd, so there is no allocator here. A physical address is a byte
 offset into the memfd, as everywhere in luofs.
+
+Half: hardware (the machine process). Unhappy paths: an access outside the memfd
+is ValueError, a short read or write (the memfd shrank under us) OSError, both to
+the caller (a DMA's IOMMU walk checks its pages against RAM first).
+
+The page size is the machine's, defined here rather than taken from ``kho.memory``
+so the machine process does not import KHO (a test pins the two equal).
 """
 
 from __future__ import annotations
 
 import os
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
 
 
 class RamView:

@@ -12,16 +12,16 @@ with MMIO. Registers are little-endian u64s. Who writes what:
 ``head`` and ``tail`` run free (they never wrap); the slot is ``index % entries``
 and ``head - tail`` records are waiting. A u64 read while the other side
 writes it could tear, so :meth:`Bar.read` reads until two reads agree.
+
+Shared: the machine's engine and a kernel's driver both use the page. Unhappy paths:
+an unknown register name is KeyError (a programming error); a failed
+pread/pwrite (the memfd was closed) is OSError, to the caller.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-
-from construct import Int64ul, Struct
-
-from kho.struct_mirror import struct_mirror
 
 BAR_SIZE = 4096
 DMA_ENGINE_ID = 0x4C55_0D4A  # "LU", DMA
@@ -32,20 +32,13 @@ STATUS_FAULT = 1 << 1
 STATUS_FULL = 1 << 2
 STATUS_BLOCKED = 1 << 3
 
-DmaRegisters = Struct(
-    "id" / Int64ul,
-    "status" / Int64ul,
-    "ring_iova" / Int64ul,
-    "ring_entries" / Int64ul,
-    "iommu_root" / Int64ul,
-    "head" / Int64ul,
-    "tail" / Int64ul,
-    "epoch" / Int64ul,
-    "next_seq" / Int64ul,
-    "fault_iova" / Int64ul,
-)
-REGISTERS = struct_mirror(DmaRegisters)
-OFFSETS = {sub.name: index * 8 for index, sub in enumerate(DmaRegisters.subcons)}
+#: The registers in page order, each a little-endian u64. Plain :mod:`struct`, not
+#: construct: the machine process imports this and must stay small (a test checks the
+#: layout against a construct definition).
+REGISTER_NAMES = ("id", "status", "ring_iova", "ring_entries", "iommu_root", "head", "tail",
+                  "epoch", "next_seq", "fault_iova")
+REGISTERS = struct.Struct("<" + "Q" * len(REGISTER_NAMES))
+OFFSETS = {name: index * 8 for index, name in enumerate(REGISTER_NAMES)}
 _U64 = struct.Struct("<Q")
 
 

@@ -10,6 +10,11 @@
         u32 _reserved;             // zero
         u32 crc;                   // CRC-32 (zlib's) of the 28 bytes above
     };
+
+Shared: the machine packs records (:func:`pack_records`), a kernel unpacks them
+(:func:`unpack_records`). Unhappy paths: a record whose CRC or reserved field is
+wrong is not an error here, it is :attr:`Record.valid` False, and the driver counts
+and skips it; data that is not a whole number of records is ``struct.error``.
 """
 
 from __future__ import annotations
@@ -18,20 +23,12 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from construct import Int32ul, Int64ul, Struct
+from .ram import PAGE_SIZE
 
-from kho.memory import PAGE_SIZE
-from kho.struct_mirror import struct_mirror
-
-DmaRecord = Struct(
-    "seq" / Int64ul,
-    "timestamp_ns" / Int64ul,
-    "device_id" / Int32ul,
-    "epoch" / Int32ul,
-    "_reserved" / Int32ul,
-    "crc" / Int32ul,
-)
-RECORD = struct_mirror(DmaRecord)
+#: ``struct luofs_dma_record`` above, field for field. Plain :mod:`struct`, not construct:
+#: the machine process writes records and must stay small (a test checks the layout
+#: against a construct definition).
+RECORD = struct.Struct("<QQIIII")
 RECORD_SIZE = RECORD.size
 RECORDS_PER_PAGE = PAGE_SIZE // RECORD_SIZE
 _BODY = struct.Struct(RECORD.format[:-1])  # every field but the crc

@@ -13,6 +13,10 @@ device's write rate, measured over the steady windows and over the blackouts
 (freeze to re-attach): equal rates mean DMA went on undisturbed while no kernel ran.
 Devices not requested are reset at each kexec; what they had written and no driver
 had read yet is reported as ``unpreserved_lost`` — lost by design, as on hardware.
+
+A test tool that runs both halves in one process (:mod:`devices.testing`). Unhappy
+paths: none of its own; a refused live update raises DeviceError from the round
+that failed.
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ it. So the default ``bridge0;dma0@bridge0;dma1@bridge0`` is::
     └─ 0000:00:01.0   bridge0     PCI bridge, driver pcieport
        ├─ 0000:01:00.0   dma0     DMA engine, driver luofs-dma
        └─ 0000:01:01.0   dma1     DMA engine, driver luofs-dma
+
+Shared: the machine parses the SPEC, kernels receive its :class:`DeviceConfig` s.
+
+Unhappy paths: every malformed SPEC is ValueError, naming the device and what is
+wrong (``luofs boot`` reports it as ``--devices: …``).
 """
 
 from __future__ import annotations

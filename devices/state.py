@@ -12,6 +12,13 @@ Nodes are named by the machine's device labels (PCI names contain ':', which
 FDT node names may not), in the order the device layer preserved them (deepest
 first). The ring and the I/O page tables themselves stay where they are, in
 preserved pages; the state says where.
+
+Half: drivers (the kernel process).
+
+Unhappy paths: decoding fails with KhoFormatError on anything that does not match
+(size, flags, compatible, path, property encoding), and the caller treats the
+device as not handed over; encoding a state that does not fit its fields is
+ValueError (a driver bug).
 """
 
 from __future__ import annotations

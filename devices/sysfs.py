@@ -10,7 +10,11 @@ The FUSE layer turns this into nodes; nothing here does I/O. Layout::
 Every device directory has ``liveupdate/`` (RFC v1 creates the group for every
 device while LUO is enabled), the root complex included. Files read ``0\\n`` or
 ``1\\n``; a write to ``requested`` goes through :meth:`DevLiveupdate.store_requested`
-and fails with the LuoError's errno.
+and fails with the DeviceError's errno.
+
+Half: drivers (the kernel process). Unhappy paths: a bad or refused write is
+DeviceError (EINVAL: not a boolean, LUO not normal, no liveupdate callbacks up the
+ancestry); the kernel process's adapter turns it into the file system's errno.
 """
 
 from __future__ import annotations

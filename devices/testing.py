@@ -8,6 +8,10 @@ exactly as a new kernel process gets), a real KHO :class:`~kho.Handover`, and
 transport. A live update between them goes through real KHO: the old kernel
 preserves pages, adds the devices subtree and finalizes; the new one loads the
 hand-over (which reserves every preserved page) and re-attaches.
+
+Both halves in one process, for tests and benchmarks. Unhappy paths: a refused
+live update raises DeviceError and the old kernel runs on (its KHO hand-over is not
+finalized); :func:`wait_until` raises AssertionError on timeout.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class SimulatedKernel:
         """The old kernel's half: freeze devices, finalize KHO, shut the rest down.
 
         Returns (root_phys, root_size, preserved paths); on a refused freeze the
-        LuoError propagates and this kernel runs on.
+        DeviceError propagates and this kernel runs on.
         """
         blob = self.drivers.freeze()
         try:

@@ -9,6 +9,14 @@ caller's to close. Two are provided:
   while the machine's main thread waits for the kernel (during the freeze).
 * :class:`LoopbackTransport` — the same in one process, for tests: replies go
   through JSON and fds are duplicated, as SCM_RIGHTS would.
+
+Shared: the server half runs in the machine, :class:`DeviceClient` in a kernel.
+
+Unhappy paths: a machine that does not answer (socket closed, timeout) is
+:class:`TransportError`, which :class:`DeviceClient` reports as DeviceError(EIO);
+an error reply becomes DeviceError with the host's errno and reason (its fds
+closed); the server ends quietly when the kernel's end closes or a socket error
+occurs, and closes any fd a kernel sends it.
 """
 
 from __future__ import annotations
@@ -21,9 +29,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from luofs import wire
-from luofs.core.errors import LuoError
 
-from . import errnos
+from .errors import EIO, DeviceError
 from .spec import DeviceConfig
 
 if TYPE_CHECKING:
@@ -102,7 +109,7 @@ def start_server(host: "DeviceHost", sock: socket.socket) -> threading.Thread:
 
 
 class DeviceClient:
-    """The kernel's side of the requests: failures become :class:`LuoError` with the errno."""
+    """The kernel's side of the requests: failures become :class:`DeviceError` with the errno."""
 
     def __init__(self, transport):
         self.transport = transport
@@ -112,12 +119,12 @@ class DeviceClient:
         try:
             reply, fds = self.transport.request(message)
         except TransportError as e:
-            raise LuoError(errnos.EIO, str(e)) from None
+            raise DeviceError(EIO, str(e)) from None
         if not reply.get("ok"):
             for fd in fds:
                 os.close(fd)
-            raise LuoError(reply.get("errno") or errnos.EIO,
-                           reply.get("error") or f"{op} failed")
+            raise DeviceError(reply.get("errno") or EIO,
+                              reply.get("error") or f"{op} failed")
         return reply, fds
 
     def simple(self, op: str, device: str) -> dict:

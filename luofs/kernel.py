@@ -22,7 +22,7 @@ import trio
 
 import kho
 
-from . import limits, personalities, wire
+from . import device_adapter, limits, personalities, wire
 from .core import LuoError
 from .core.faults import Faults
 from .fs.debugfs import kho_debugfs
@@ -45,7 +45,8 @@ def build_fs(personality: Personality, cmdline: str, debugfs: bool) -> KernelFS:
     if debugfs:
         parts = personality.parts
         kernel[b"debug"] = kho_debugfs(parts.memory, parts.handover, parts.incoming, table.intern)
-    devices = device_sysfs(personality.devices.layer) if personality.devices else {}
+    devices = (device_sysfs(device_adapter.sysfs_tree(personality.devices))
+               if personality.devices else {})
     fs = KernelFS(table, {
         b"sys": Dir(0o755, {b"kernel": Dir(0o755, kernel), **devices}),
         b"proc": Dir(0o555, {b"cmdline": TextFile(lambda: cmdline.encode() + b"\n")}),

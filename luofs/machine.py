@@ -20,7 +20,10 @@ import subprocess
 import sys
 import time
 
-from devices import DeviceHost, RamView, parse_spec, start_server
+from devices.host import DeviceHost
+from devices.ram import RamView
+from devices.spec import parse_spec
+from devices.transport import start_server
 
 from . import limits, wire
 from .mounts import detach_mount

@@ -2,17 +2,20 @@
 
     sys/devices/<path>/liveupdate/{requested,preserved,reclaimed}
     sys/bus/<bus>/devices/<name> -> ../../../devices/<path>
+
+The tree comes from ``luofs.device_adapter.sysfs_tree``, whose stores already fail with
+LuoError (the device layer's errno), as every other store here does.
 """
 
 from __future__ import annotations
 
-from devices import Attribute, Link, sysfs_tree
+from devices.sysfs import Attribute, Link
 
 from .nodes import Dir, Node, Symlink, TextFile
 
 
-def device_sysfs(layer) -> dict[bytes, Node]:
-    return {name.encode(): _node(entry) for name, entry in sysfs_tree(layer).items()}
+def device_sysfs(tree: dict) -> dict[bytes, Node]:
+    return {name.encode(): _node(entry) for name, entry in tree.items()}
 
 
 def _node(entry) -> Node:

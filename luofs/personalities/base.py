@@ -23,8 +23,7 @@ from typing import Callable, ClassVar
 
 from kho import LUO_SUBTREE, Handover, IncomingHandover, LuoImage, PhysicalMemory, write_luo
 
-from devices import publish as publish_devices
-
+from .. import device_adapter
 from ..core import HandlerRegistry, LuoError
 from ..core.faults import Faults
 from ..core.state import StateMachine
@@ -81,7 +80,7 @@ class KernelParts:
             self.faults.check("kho.finalize")
             self.slabs.flush()
             self.publish_luo(image)
-            publish_devices(self.handover, devices_blob)
+            device_adapter.publish(self.handover, devices_blob)
             root = self.handover.finalize()
         except LuoError:
             if undo:

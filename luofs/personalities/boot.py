@@ -13,12 +13,10 @@ probes (never a panic).
 from __future__ import annotations
 
 import logging
-import socket
 
 from kho import PhysicalMemory
 
-from devices import DeviceDrivers, DeviceParticipant, SocketTransport, incoming_images
-
+from .. import device_adapter
 from ..core.faults import NONE, Faults
 from ..filestore import FileStore
 from ..gcpause import gc_paused
@@ -90,15 +88,9 @@ def _lost_with(parts: KernelParts, handover: HandOver, dead: set[int]) -> dict:
 def _attach_devices(personality: Personality, device_fd: int | None) -> None:
     """Bind drivers to the machine's devices, re-attaching those the previous kernel
     handed over (a damaged devices subtree only means fresh probes, never a panic)."""
-    if device_fd is None:
-        return
     parts = personality.parts
-    transport = SocketTransport(socket.socket(fileno=device_fd))
-    drivers = DeviceDrivers(transport, parts.memory, parts.handover.preserved,
-                            luo_state=personality.device_state)
-    personality.devices = drivers
-    if isinstance(personality, RfcPersonality):  # the device layer as a participant
-        personality.device_participant = DeviceParticipant(drivers)
-    report = drivers.boot(incoming_images(parts.incoming),
-                          parts.incoming.preserved if parts.incoming else None)
-    log.info("devices: %s", {k: len(v) for k, v in report.items()})
+    personality.devices = device_adapter.attach(parts.memory, parts.handover.preserved,
+                                                device_fd, parts.incoming,
+                                                personality.device_state)
+    if personality.devices is not None and isinstance(personality, RfcPersonality):
+        personality.device_participant = device_adapter.DeviceParticipant(personality.devices)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from kho import read_luo_header, KhoFormatError
 
+from .. import device_adapter
 from ..core import Luo, LuoError, Request, Session
 from ..core.serialize import incoming_sessions, luo_image
 from ..fs.escape import escape_name
@@ -129,12 +130,12 @@ class Mainline(Personality):
         self.refuse_lost_files()
         devices_blob = None
         if self.devices is not None:  # the device layer freezes first, all in one
-            devices_blob = self.devices.freeze()
+            devices_blob = device_adapter.freeze(self.devices)
         try:
             carried = self.luo.reboot()
         except LuoError:
             if self.devices is not None:
-                self.devices.cancel()
+                device_adapter.cancel(self.devices)
             raise
         image = luo_image(self.parts.liveupdate_number, carried, {})
         root = self.parts.finalize(image, devices_blob, self.undo_freeze)
@@ -145,7 +146,7 @@ class Mainline(Personality):
             self.parts.handover.abort()
         self.luo.cancel_reboot()
         if self.devices is not None:
-            self.devices.cancel()
+            device_adapter.cancel(self.devices)
 
     def _preserved_devices(self) -> tuple[str, ...]:
         return tuple(self.devices.preserved_paths()) if self.devices else ()

@@ -1,11 +1,12 @@
 """The per-device rules of dev_liveupdate (rfc.md §6), on a hand-built tree."""
 
+import errno
+
 import pytest
 
+from devices.errors import DeviceError
 from devices.model import (Device, collect_for_update, missing_callbacks, parse_bool,
                            set_requested)
-from luofs.core.errors import LuoError
-from luofs.uapi import errnos
 
 
 @pytest.fixture
@@ -24,14 +25,14 @@ def test_paths_depths_and_ancestry(dev, tree):
 @pytest.mark.parametrize("state", ["prepared", "frozen", "updated"])
 def test_requested_changes_only_while_normal(dev, tree, state):
     c = dev("C")
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         set_requested(c, True, state)
-    assert e.value.errno == errnos.EINVAL
+    assert e.value.errno == errno.EINVAL
     assert not c.lu.requested
     c.lu.requested = True
-    with pytest.raises(LuoError) as e:  # even writing the current value
+    with pytest.raises(DeviceError) as e:  # even writing the current value
         set_requested(c, True, state)
-    assert e.value.errno == errnos.EINVAL
+    assert e.value.errno == errno.EINVAL
 
 
 def test_requested_write_of_the_current_value_is_a_no_op(dev, tree):
@@ -54,9 +55,9 @@ def test_requested_write_of_the_current_value_is_a_no_op(dev, tree):
 def test_requested_needs_callbacks_up_the_ancestry(dev, tree, name, reason):
     device = dev(name)
     assert missing_callbacks(device) == reason
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         set_requested(device, True, "normal")
-    assert e.value.errno == errnos.EINVAL and reason in e.value.reason
+    assert e.value.errno == errno.EINVAL and reason in e.value.reason
     assert not device.lu.requested
 
 
@@ -87,9 +88,9 @@ def test_parse_bool_is_kstrtobool(text, value):
 
 @pytest.mark.parametrize("text", [b"", b"2", b"x", b"o", b"oops", b" 1"])
 def test_parse_bool_rejects_the_rest(text):
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         parse_bool(text)
-    assert e.value.errno == errnos.EINVAL
+    assert e.value.errno == errno.EINVAL
 
 
 def test_tree_rejects_duplicates_and_strangers(dev, tree):
@@ -97,6 +98,6 @@ def test_tree_rejects_duplicates_and_strangers(dev, tree):
         Device("C", dev("B"))
     with pytest.raises(ValueError):
         Device("a/b")
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         tree.get("root/nope")
     assert e.value.errno == 19  # ENODEV

@@ -2,8 +2,8 @@
 
 import pytest
 
+from devices.errors import DeviceError
 from devices.sysfs import Link, resolve, sysfs_tree
-from luofs.core.errors import LuoError
 
 
 @pytest.fixture
@@ -38,10 +38,10 @@ def test_reading_and_writing_the_flags(kernel):
     assert requested.render() == b"0\n"
     requested.store(b"1\n")
     assert requested.render() == b"1\n" and kernel.device("dma0").lu.requested
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         requested.store(b"maybe\n")
     assert e.value.errno == 22
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         resolve(tree, DMA0.replace("01:00.0", "01:01.0") + "/requested").store(b"1")
     assert e.value.errno == 22  # dma1's driver has no liveupdate callbacks
     kernel.drivers.prepare()
@@ -57,7 +57,7 @@ def test_writes_outside_normal_are_einval(machine_factory):
     requested = resolve(sysfs_tree(kernel.drivers.layer),
                         "devices/pci0000:00/0000:00:01.0/liveupdate/requested")
     state["now"] = "updated"
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         requested.store(b"1\n")
     assert e.value.errno == 22
 

@@ -6,11 +6,11 @@ import socket
 import pytest
 
 from devices.drivers import DeviceDrivers
+from devices.errors import DeviceError
 from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.transport import DeviceClient, SocketTransport, TransportError, start_server
 from kho import Handover, PhysicalMemory
-from luofs.core.errors import LuoError
 
 MiB = 1 << 20
 
@@ -47,10 +47,10 @@ def test_list_attach_and_errors(wired):
     assert os.eventfd_read(irq_fd) == 1
     os.close(bar_fd)
     os.close(irq_fd)
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         client.call("device-start", dma0)  # nothing programmed
     assert e.value.errno == 22
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         client.simple("device-info", "pci0000:00/0000:09:00.0")
     assert e.value.errno == 19
 
@@ -83,7 +83,7 @@ def test_a_machine_that_went_away_is_eio():
     transport = SocketTransport(ours, timeout=1)
     with pytest.raises(TransportError):
         transport.request({"op": "device-list"})
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         DeviceClient(transport).list()
     assert e.value.errno == 5
     transport.close()

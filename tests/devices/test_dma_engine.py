@@ -1,4 +1,5 @@
-"""The DMA engine and its driver in one kernel: order, back-pressure, interrupts."""
+"""devices/dma_engine.py, with its driver in one kernel: order, back-pressure, interrupts,
+bridges upstream."""
 
 import os
 
@@ -108,25 +109,3 @@ def test_a_bridge_reset_resets_what_is_behind_it(machine_factory):
     epoch = engine.epoch
     reply, _ = machine.host.handle({"op": "device-reset", "device": "pci0000:00/0000:00:01.0"})
     assert reply["ok"] and engine.epoch == epoch + 1 and not engine.running
-
-
-def test_start_checks_the_registers(machine_factory):
-    machine = machine_factory("dma0:rate=0", irq_thread=False)
-    path = machine.host.engine("dma0").config.path
-    reply, fds = machine.host.handle({"op": "device-start", "device": path})
-    assert not reply["ok"] and reply["errno"] == 22 and "ring_entries 0" in reply["error"]
-    reply, _ = machine.host.handle({"op": "device-info", "device": "pci0000:00/nope"})
-    assert reply == {"ok": False, "errno": 19, "error": "no device 'pci0000:00/nope'"}
-    reply, _ = machine.host.handle({"op": "device-frobnicate", "device": path})
-    assert reply["errno"] == 22
-
-
-@pytest.mark.parametrize("spec", ["dma0:rate=0,lu=0", "bridge0:lu=0;dma0@bridge0:rate=0"])
-def test_devices_without_liveupdate_support_cannot_be_requested(machine_factory, spec):
-    from luofs.core.errors import LuoError
-
-    machine = machine_factory(spec, irq_thread=False)
-    kernel = machine.boot()
-    with pytest.raises(LuoError) as e:
-        kernel.request("dma0")
-    assert e.value.errno == 22 and "has no liveupdate callbacks" in e.value.reason

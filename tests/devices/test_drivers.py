@@ -1,14 +1,15 @@
-"""Live updates with devices running: preserved ones go on untouched, the others restart."""
+"""devices/drivers.py: live updates with devices running — preserved ones go on untouched,
+the others restart; refusals, faults and damaged hand-overs."""
 
+import errno
 import logging
 
 import pytest
 
+from devices.errors import DeviceError
 from devices.state import DeviceImage, encode_dma_state
 from devices.testing import SimulatedKernel, wait_until
 from kho import PreservedMemory
-from luofs.core.errors import LuoError
-from luofs.uapi import errnos
 
 SPEC = "bridge0;dma0@bridge0:rate=0,ring=256;dma1@bridge0:rate=0,ring=256"
 
@@ -140,10 +141,10 @@ def test_a_refused_live_update_leaves_the_kernel_running(machine_factory, phase)
     machine = machine_factory(SPEC, irq_thread=False)
     a = machine.boot()
     a.request("dma0")
-    a.drivers.layer.fail_at(a.device("dma0").path, phase, errnos.EBUSY, "bus")
-    with pytest.raises(LuoError) as e:
+    a.drivers.layer.fail_at(a.device("dma0").path, phase, errno.EBUSY, "bus")
+    with pytest.raises(DeviceError) as e:
         a.live_update()
-    assert e.value.errno == errnos.EBUSY
+    assert e.value.errno == errno.EBUSY
     assert not any(d.lu.preserved for d in a.drivers.tree)
     assert len(a.handover.preserved) == 0  # the ring pages were unpreserved again
     dma0 = machine.host.engine("dma0")
@@ -161,9 +162,9 @@ def test_a_fault_from_the_spec(machine_factory):
     machine = machine_factory("dma0:rate=0,fail=reboot:ENOMEM", irq_thread=False)
     a = machine.boot()
     a.request("dma0")
-    with pytest.raises(LuoError) as e:
+    with pytest.raises(DeviceError) as e:
         a.live_update()
-    assert e.value.errno == errnos.ENOMEM
+    assert e.value.errno == errno.ENOMEM
 
 
 def test_a_device_reset_in_the_blackout_is_probed_fresh(machine_factory, caplog):
@@ -232,3 +233,12 @@ def test_a_damaged_devices_subtree_means_everything_starts_fresh(machine_factory
         assert incoming_images(Incoming()) == []
     assert "the devices hand-over is unusable" in caplog.text
     assert incoming_images(None) == []
+
+
+@pytest.mark.parametrize("spec", ["dma0:rate=0,lu=0", "bridge0:lu=0;dma0@bridge0:rate=0"])
+def test_devices_without_liveupdate_support_cannot_be_requested(machine_factory, spec):
+    machine = machine_factory(spec, irq_thread=False)
+    kernel = machine.boot()
+    with pytest.raises(DeviceError) as e:
+        kernel.request("dma0")
+    assert e.value.errno == 22 and "has no liveupdate callbacks" in e.value.reason
