@@ -25,6 +25,7 @@ from .state import Event, State, StateMachine
 ERANGE = _errno.ERANGE  # not in luofs.uapi.errnos: no store below lets it out
 
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+_U64_MAX = (1 << 64) - 1
 
 
 def _fixup_radix(s: bytes, base: int) -> tuple[bytes, int]:
@@ -38,12 +39,11 @@ def _fixup_radix(s: bytes, base: int) -> tuple[bytes, int]:
 
 
 def _kstrtoull(s: bytes, base: int) -> int:
-    """lib/kstrtox.c _kstrtoull(): digits, then at most one newline, then the end.
-
-    Unbounded: kstrtoint's range check below covers the kernel's u64 and s64 ones.
-    """
+    """lib/kstrtox.c _kstrtoull(): digits, then at most one newline, then the end;
+    ERANGE past 2^64 - 1 (the digits are still counted, not accumulated)."""
     s, base = _fixup_radix(s, base)
     value = count = 0
+    overflow = False
     for c in s:
         if 0x30 <= c <= 0x39:
             digit = c - 0x30
@@ -53,15 +53,19 @@ def _kstrtoull(s: bytes, base: int) -> int:
             break
         if digit >= base:
             break
-        value = value * base + digit
+        if not overflow:  # past u64 only the digits are counted, as the kernel does
+            value = value * base + digit
+            overflow = value > _U64_MAX
         count += 1
     if count == 0:
-        raise LuoError(errnos.EINVAL, f"{s!r} has no digits in base {base}")
+        raise LuoError(errnos.EINVAL, f"{s[:16]!r} has no digits in base {base}")
     rest = s[count:]
     if rest[:1] == b"\n":
         rest = rest[1:]
     if rest:
-        raise LuoError(errnos.EINVAL, f"{rest!r} follows the number")
+        raise LuoError(errnos.EINVAL, f"{rest[:16]!r} follows the number")
+    if overflow:
+        raise LuoError(ERANGE, f"a number of {count} digits does not fit 64 bits")
     return value
 
 

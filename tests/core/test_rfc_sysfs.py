@@ -50,6 +50,18 @@ def test_kstrtoint_overflow_is_erange(raw):
         kstrtoint(raw)
 
 
+@pytest.mark.parametrize("digits", [21, 4301, 100_000])
+def test_a_number_past_64_bits_is_erange_without_building_it(digits):
+    import time
+
+    t0 = time.monotonic()
+    with raises_errno(ERANGE):
+        kstrtoint(b"9" * digits + b"\n")
+    with raises_errno(errnos.EINVAL):  # what follows the digits still counts
+        kstrtoint(b"9" * digits + b"x")
+    assert time.monotonic() - t0 < 0.5
+
+
 def test_explicit_bases():
     assert kstrtoint(b"10", 16) == 16
     assert kstrtoint(b"0x10", 16) == 16

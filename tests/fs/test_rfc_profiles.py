@@ -114,6 +114,9 @@ def test_rfc_v1_bad_writes_are_einval_and_change_nothing():
                            ("finish", b"-1")]:
             raises_errno(errno.EINVAL, write, inst, name, data)
             assert state(inst) == "normal"
+        for digits in (4301, 128 << 10):  # an overflow, and more than a sysfs page
+            raises_errno(errno.EINVAL, write, inst, "prepare", b"1" * digits)
+            assert state(inst) == "normal"
         write(inst, "prepare", b"1")
         raises_errno(errno.EINVAL, write, inst, "prepare", b"1")  # PREPARE from PREPARED
         raises_errno(errno.EINVAL, write, inst, "finish", b"1")
