@@ -41,6 +41,18 @@ def _seals(fd: int) -> int:
         return 0  # O_TMPFILE files do not support sealing
 
 
+def _read_write(file: OwnedFile) -> None:
+    """The kernel hands back a new O_RDWR file whatever the preserved one's access mode:
+    a file preserved read-only or write-only is reopened read-write (a new open file
+    description, at the same position)."""
+    if fcntl.fcntl(file.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR:
+        return
+    fd = os.open(f"/proc/self/fd/{file.fd}", os.O_RDWR | os.O_CLOEXEC)
+    os.lseek(fd, os.lseek(file.fd, 0, os.SEEK_CUR), os.SEEK_SET)
+    os.close(file.fd)
+    file.fd = fd
+
+
 class MemfdHandler:
     """`kho` stores and reads records in preserved memory (store(bytes) -> phys,
     drop(phys), read(phys, n)); without it (unit tests) freeze records nothing."""
@@ -111,7 +123,16 @@ class MemfdHandler:
     @staticmethod
     def _populate(fd: int, size: int) -> None:
         try:  # populate every hole: preserved memory is fully allocated (§15)
-            os.posix_fallocate(fd, 0, size)
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                # The kernel pins pages whatever the access mode; fallocate needs a
+                # writable file, so it goes through a read-write open of the same inode.
+                rw = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.posix_fallocate(rw, 0, size)
+                finally:
+                    os.close(rw)
+            else:
+                os.posix_fallocate(fd, 0, size)
         except OSError as e:
             if e.errno == errnos.ENOMEM or e.errno == 28:  # ENOSPC from tmpfs = no memory
                 raise LuoError(errnos.ENOMEM, "cannot allocate the memfd's pages") from None
@@ -204,6 +225,7 @@ class MemfdHandler:
                 file.close()
                 raise LuoError(errnos.EIO, f"memfd at {data:#x} is {size} bytes, "
                                            f"its record says {record.size}")
+        _read_write(file)
         return file
 
     def can_finish(self, file, data: int) -> bool:

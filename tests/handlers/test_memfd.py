@@ -1,5 +1,6 @@
-"""The memfd handler pins preserved pages against the machine's memory (issue 12 §5): a
-preservation that does not fit fails with ENOMEM before a page is allocated."""
+"""The memfd handler: preserved pages are pinned against the machine's memory (issue 12
+§5: what does not fit fails with ENOMEM before a page is allocated), and a retrieved
+memfd is read-write whatever the preserved file's access mode (§9)."""
 
 import errno
 import os
@@ -86,3 +87,30 @@ def test_through_the_mount_a_sparse_giant_is_refused_and_a_bystander_is_untouche
             assert os.pread(fd, 100, 0) == b"still here"
             os.close(fd)
         os.close(small)
+
+
+@pytest.mark.parametrize("mode", [os.O_RDONLY, os.O_WRONLY])
+def test_a_memfd_preserved_read_only_or_write_only_comes_back_read_write(mode):
+    """As the kernel's: retrieved memfds are O_RDWR, at the preserved position (README)."""
+    with booted() as inst:
+        lu = inst.client()
+        s = lu.create_session("vm")
+        fd = os.memfd_create("m")
+        os.write(fd, b"0123456789")
+        narrow = os.open(f"/proc/self/fd/{fd}", mode)
+        os.lseek(narrow, 4, os.SEEK_SET)
+        s.preserve_fd(narrow, 1)
+        os.close(narrow)
+        os.close(fd)
+        inst.kexec()
+        s.close()
+        lu.close()
+        with inst.client() as lu2, lu2.retrieve_session("vm") as r:
+            got = r.retrieve_fd(1)
+            assert __import__("fcntl").fcntl(got, __import__("fcntl").F_GETFL) & os.O_ACCMODE \
+                == os.O_RDWR
+            assert os.lseek(got, 0, os.SEEK_CUR) == 4
+            assert os.read(got, 3) == b"456"
+            os.write(got, b"!")
+            assert os.pread(got, 10, 0) == b"0123456!89"
+            os.close(got)
