@@ -36,6 +36,8 @@ from .protocol import FILES, KEEPERS, HandOver, ParkedRun
 
 log = logging.getLogger("luofs.kernel")
 
+BARRIER_XATTR = "user.luofs-barrier"  # not a request name: answered ENODATA
+
 
 def build_fs(personality: Personality, cmdline: str, debugfs: bool) -> KernelFS:
     """The tree this kernel serves: its personality's sysfs, KHO's debugfs if asked,
@@ -159,11 +161,23 @@ class Kernel:
                 log.warning("machine went away; shutting down")
                 cancel.cancel()
                 return
+            if message.get("op") == "reboot":
+                await self.settle_releases()
             try:
                 if self.obey(message, cancel):
                     return
             except OSError as e:  # a reply that could not be sent must not stop the kernel
                 log.error("control message %r: %s", message.get("op"), e)
+
+    async def settle_releases(self) -> None:
+        """Let every close(2) that returned before the live update was asked for take
+        effect first. FUSE sends RELEASE in the background after close returns; a request
+        of our own to the mount, queued behind them, comes back only once they are read
+        and (their handlers never wait) done. From a thread: the loop must answer it."""
+        try:
+            await trio.to_thread.run_sync(os.getxattr, self.root, BARRIER_XATTR)
+        except OSError:  # ENODATA, as every non-request name answers
+            pass
 
     def obey(self, message: dict, cancel: trio.CancelScope) -> bool:
         """Carry out one command of the machine; True when the kernel is done serving."""
