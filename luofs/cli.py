@@ -134,6 +134,9 @@ def cmd_kexec(args) -> int:
           f"carried {reply['sessions']} session(s), {reply['files']} file(s); "
           f"blackout {reply['blackout_ms']:.1f} ms (freeze + hand-over {reply['freeze_ms']:.1f}, "
           f"next kernel up {reply['start_ms']:.1f})")
+    if reply.get("dropped"):  # as the kernel does: what nobody retrieved ends here
+        print(f"luofs: dropped {reply['dropped']} incoming session(s) nobody retrieved "
+              f"from the previous update", file=sys.stderr)
     lost = reply.get("lost")
     if lost:  # the update happened, but not everything arrived: say what, and fail
         sessions = ", ".join(f"'{name}' ({n})" for name, n in lost["sessions"].items())

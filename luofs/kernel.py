@@ -206,7 +206,7 @@ class Kernel:
                      "sessions": handover.sessions, "files": handover.files,
                      "parked": [list(r) for r in handover.parked],
                      "keepers": len(groups[KEEPERS]), "devices": list(handover.devices),
-                     "keeper_pids": list(handover.keeper_pids)}
+                     "keeper_pids": list(handover.keeper_pids), "dropped": handover.dropped}
             try:
                 self._send({"ok": True, **reply}, fds)
             except OSError:

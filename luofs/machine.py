@@ -313,6 +313,7 @@ class Machine:
         return {"ok": True, "liveupdate_number": ready["liveupdate_number"],
                 "lost": ready.get("lost"),
                 "sessions": reply["sessions"], "files": reply["files"],
+                "dropped": reply.get("dropped", 0),
                 "blackout_ms": self.last_blackout_ms,
                 "freeze_ms": round((t_handed - t_freeze) * 1000, 3),
                 "start_ms": round((t_ready - t_handed) * 1000, 3),

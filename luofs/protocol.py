@@ -46,6 +46,7 @@ class HandOver:
     parked: tuple[ParkedRun, ...] = ()
     devices: tuple[str, ...] = ()  # sysfs paths of the preserved devices
     keeper_pids: tuple[int | None, ...] = ()  # for `luofs status`, beside the KEEPERS fds
+    dropped: int = 0  # incoming sessions nobody retrieved, which end here
 
     @property
     def next_number(self) -> int:

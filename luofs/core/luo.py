@@ -103,6 +103,11 @@ class Luo:
         self._device_open = False
 
     @property
+    def incoming_loaded(self) -> bool:
+        """Whether the previous kernel's sessions were deserialized (first open)."""
+        return self._incoming_loaded
+
+    @property
     def device_open(self) -> bool:
         return self._device_open
 

@@ -95,15 +95,17 @@ class KernelParts:
             self.memory.write(root[0], b"\xde\xad")
         return root
 
-    def hand_over(self, root: tuple[int, int], carried: list, devices: tuple[str, ...]
-                  ) -> tuple[HandOver, dict[str, list[int]]]:
-        """The HandOver for `carried` sessions (CarriedSession) and its fd groups."""
+    def hand_over(self, root: tuple[int, int], carried: list, devices: tuple[str, ...],
+                  dropped: int = 0) -> tuple[HandOver, dict[str, list[int]]]:
+        """The HandOver for `carried` sessions (CarriedSession) and its fd groups;
+        `dropped`: what came in and ends with this kernel, unretrieved."""
         fds, parked = self.store.split(f.file for s in carried for f in s.files)
         message = HandOver(root_phys=root[0], root_size=root[1],
                            liveupdate_number=self.liveupdate_number,
                            sessions=len(carried), files=sum(len(s.files) for s in carried),
                            parked=tuple(parked), devices=devices,
-                           keeper_pids=tuple(self.store.keeper_pids()) if parked else ())
+                           keeper_pids=tuple(self.store.keeper_pids()) if parked else (),
+                           dropped=dropped)
         return message, {FILES: fds, KEEPERS: self.store.keeper_sockets() if parked else []}
 
 

@@ -60,9 +60,10 @@ class MainlineDevice:
 class Mainline(Personality):
     name = "mainline"
 
-    def __init__(self, parts: KernelParts, luo: Luo):
+    def __init__(self, parts: KernelParts, luo: Luo, incoming_sessions: int = 0):
         super().__init__(parts, luo.state)
         self.luo = luo
+        self._unopened = incoming_sessions  # until the first open deserializes them
         self._device = MainlineDevice(luo)
         # Mainline registers LUO's subtree at boot, with the number and no sessions yet.
         parts.publish_luo(luo_image(parts.liveupdate_number, []))
@@ -94,7 +95,7 @@ class Mainline(Personality):
 
         return cls(parts, Luo(parts.handlers, liveupdate_number=parts.liveupdate_number,
                               load_incoming=load_incoming, updated=header.sessions > 0,
-                              faults=parts.faults))
+                              faults=parts.faults), header.sessions)
 
     # ---- what the file system serves -----------------------------------------------
 
@@ -139,7 +140,14 @@ class Mainline(Personality):
             raise
         image = luo_image(self.parts.liveupdate_number, carried, {})
         root = self.parts.finalize(image, devices_blob, self.undo_freeze)
-        return self.parts.hand_over(root, carried, self._preserved_devices())
+        return self.parts.hand_over(root, carried, self._preserved_devices(), self._dropped())
+
+    def _dropped(self) -> int:
+        """Incoming sessions nobody finished: a reboot ends them (§14), unopened or not."""
+        if not self.luo.incoming_loaded:
+            return self._unopened
+        return sum(1 for s in self.luo.sessions
+                   if not s.outgoing and not (s.retrieved and not s.files))  # not finished
 
     def undo_freeze(self) -> None:
         if self.parts.handover.finalized:

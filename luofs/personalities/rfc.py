@@ -54,6 +54,10 @@ class RfcPersonality(Personality):
         """What LUO's image carries besides the subsystems' data."""
         return []
 
+    def _dropped(self) -> int:
+        """What came in, was never taken, and ends with this kernel."""
+        return 0
+
     @classmethod
     def cold(cls, parts: KernelParts) -> "RfcPersonality":
         return cls(parts)
@@ -104,7 +108,7 @@ class RfcPersonality(Personality):
             carried = []
             root = self.parts.finalize(None, None, None)
         devices = tuple(self.devices.preserved_paths()) if self.devices else ()
-        return self.parts.hand_over(root, carried, devices)
+        return self.parts.hand_over(root, carried, devices, self._dropped())
 
     def undo_freeze(self) -> None:
         if self.parts.handover.finalized:

@@ -59,6 +59,10 @@ class RfcV2(RfcPersonality):
     def outgoing_files(self):
         return ((f"token {token:#x}", entry.file) for token, entry in self.files.outgoing.items())
 
+    def _dropped(self) -> int:
+        """The incoming pseudo-session, if a file of it was never restored."""
+        return int(any(not entry.reclaimed for entry in self.files.incoming.values()))
+
     def _carried(self) -> list[CarriedSession]:
         return [CarriedSession(V2_SESSION, tuple(self.files.carried()))]
 
