@@ -161,13 +161,13 @@ def retry(inst, reply: dict, held: dict) -> bool:
     what status says is lost, try again. True if something said state was lost."""
     said = False
     for _attempt in range(3):
-        if reply.get("ok"):
-            return said
-        status = luofs("status", "--root", inst.root)
-        if status.returncode != 0 or "kernel:          none" in status.stdout:
+        status = luofs("status", "--root", inst.root)  # a kill may also land after the
+        if status.returncode != 0 or "kernel:          none" in status.stdout:  # update
             boot = luofs("boot", "--root", inst.root)
             assert boot.returncode == 0, boot.stderr
             return True
+        if reply.get("ok"):
+            return said
         kernel = inst.status().get("kernel") or {}
         for owner in kernel.get("lost", {}):  # "session 's3'": its files died with a keeper
             said = True
