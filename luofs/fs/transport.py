@@ -8,7 +8,9 @@ tell us which thread asks, so files the caller passes are taken from it (never a
 it claims). A repeated *pure* request (its reply depends only on its bytes and the
 session's fixed name) is answered from a small per-session memo, never while the
 kernel is on its way out and never with an error.
-Unhappy paths: a malformed frame is EINVAL; an fd the caller does not hold, or that
+Unhappy paths: a malformed frame is EINVAL; a getxattr request whose caller does not
+say its buffer holds any reply is ERANGE before it runs (a request that fails changes
+nothing); an fd the caller does not hold, or that
 is not a file of this mount, is EBADF; a reply fd that cannot be delivered is EFAULT;
 the core's LuoError becomes its errno; a request during the reboot blocks until the
 unmount ends it, as the kernel's would.
@@ -88,6 +90,8 @@ class IoctlTransport:
         if replies is not None and name in replies and not self.device.rebooting:
             return replies[name]
         req = self._decode(frames.frame_from_xattr_name, name)
+        if not req.flags.room_for_reply:  # FUSE would say ERANGE only after it ran
+            raise pyfuse3.FUSEError(errno.ERANGE)
         # A reply through getxattr cannot carry a session fd (a file of this mount): for
         # mainline's device ioctls only the create path can, so here there is no fd.
         no_fd = node is self.device_node and self.device.has_sessions

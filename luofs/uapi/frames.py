@@ -27,6 +27,10 @@ RequestFlags = FlagsEnum(
     copy_fault=0x02,  # reading `size` bytes faulted: EFAULT in copy_struct_from_user
     tail_nonzero=0x04,  # a nonzero byte lies past the bytes carried in `arg`
     fd_table_full=0x08,  # the caller has no free fd: EMFILE where the kernel allocates one
+    # The caller's getxattr buffer holds any reply (REPLY_MAX bytes). A request without
+    # it is ERANGE before it runs: FUSE checks the buffer only after the daemon answered,
+    # and a request that fails must change nothing.
+    room_for_reply=0x10,
 )
 
 Request = Struct(
@@ -47,6 +51,11 @@ MAX_ARG = 96
 assert len(XATTR_PREFIX) + 2 * (REQUEST_HEADER_SIZE + MAX_ARG) <= NAME_MAX
 
 ReplyFlags = FlagsEnum(Int8ul, fd_sent=0x01)
+REPLY_HEADER_SIZE = 8
+# The value buffer every client passes (os.getxattr's first try is 128 bytes): room for
+# any reply, whose data is at most the largest struct.
+REPLY_MAX = 128
+assert REPLY_HEADER_SIZE + MAX_ARG <= REPLY_MAX
 
 Reply = Struct(
     "magic" / Const(b"LR"),
@@ -63,20 +72,22 @@ Reply = Struct(
 # above stay the reference; tests check that both agree byte for byte.
 _REQUEST_HEADER = struct.Struct("<2sBBIiiI")
 _REPLY_HEADER = struct.Struct("<2sBBhH")
-_FLAG_BITS = {"arg_fault": 0x01, "copy_fault": 0x02, "tail_nonzero": 0x04, "fd_table_full": 0x08}
-_KNOWN_FLAGS = 0x0F
+_FLAG_BITS = {"arg_fault": 0x01, "copy_fault": 0x02, "tail_nonzero": 0x04, "fd_table_full": 0x08,
+              "room_for_reply": 0x10}
+_KNOWN_FLAGS = 0x1F
 
 
 class RequestFlagsView:
     """The decoded flag bits, with the attribute names of the construct FlagsEnum."""
 
-    __slots__ = ("arg_fault", "copy_fault", "tail_nonzero", "fd_table_full")
+    __slots__ = ("arg_fault", "copy_fault", "tail_nonzero", "fd_table_full", "room_for_reply")
 
     def __init__(self, bits: int):
         self.arg_fault = bool(bits & 0x01)
         self.copy_fault = bool(bits & 0x02)
         self.tail_nonzero = bool(bits & 0x04)
         self.fd_table_full = bool(bits & 0x08)
+        self.room_for_reply = bool(bits & 0x10)
 
 
 class DecodedRequest:
@@ -103,8 +114,10 @@ def expected_arg_len(size: int) -> int:
     return min(max(size, 4), MAX_ARG)
 
 
-def encode_request(cmd, arg, *, file_fd=-1, reply_fd=-1, nonce=0, **flags) -> bytes:
-    bits = 0
+def encode_request(cmd, arg, *, file_fd=-1, reply_fd=-1, nonce=0, room_for_reply=True,
+                   **flags) -> bytes:
+    """Our clients always pass a buffer of REPLY_MAX bytes: `room_for_reply` says so."""
+    bits = 0x10 if room_for_reply else 0
     for name, on in flags.items():
         if on:
             bits |= _FLAG_BITS[name]

@@ -90,7 +90,8 @@ bool luofs_request_name(const struct luofs_request *req, const char *prefix, cha
 	frame[0] = 'L';
 	frame[1] = 'U';
 	frame[2] = LUOFS_FRAME_VERSION;
-	frame[3] = req->flags;
+	/* Every buffer the shim passes is LUOFS_REPLY_MAX bytes: room for any reply. */
+	frame[3] = req->flags | LUOFS_REQ_ROOM_FOR_REPLY;
 	put_le32(frame + 4, req->cmd);
 	put_le32(frame + 8, (uint32_t)req->file_fd);
 	put_le32(frame + 12, (uint32_t)req->reply_fd);

@@ -99,6 +99,7 @@ enum {
 	LUOFS_REQ_COPY_FAULT = 0x02,    /* reading `size` bytes faulted */
 	LUOFS_REQ_TAIL_NONZERO = 0x04,  /* a nonzero byte lies past the carried bytes */
 	LUOFS_REQ_FD_TABLE_FULL = 0x08, /* the caller has no free fd */
+	LUOFS_REQ_ROOM_FOR_REPLY = 0x10, /* the getxattr buffer holds any reply */
 };
 
 enum { LUOFS_REPLY_FD_SENT = 0x01 };

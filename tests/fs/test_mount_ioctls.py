@@ -368,3 +368,23 @@ def test_view_follows_a_reused_name_to_the_new_session(luofs_instance, lu, memfd
         assert luofs_instance.read("sys/kernel/liveupdate/sessions/outgoing/same/files") == \
             "0x2 memfd-v2\n"
     os.close(fd)
+
+
+def test_a_request_without_room_for_its_reply_is_erange_and_changes_nothing(lu, memfd):
+    """FUSE checks the caller's getxattr buffer only after the daemon answered: a frame
+    that does not say it has room is refused before it runs (issue 12 §9)."""
+    import ctypes
+
+    from luofs.uapi import frames
+
+    s = lu.create_session("vm")
+    arg = structs.PreserveFd.build(dict(size=16, fd=memfd, token=1))
+    frame = frames.encode_request(nums.LIVEUPDATE_SESSION_PRESERVE_FD, arg,
+                                  file_fd=s.fileno(), room_for_reply=False)
+    libc = ctypes.CDLL(None, use_errno=True)
+    value = ctypes.create_string_buffer(frames.REPLY_MAX)
+    assert libc.fgetxattr(s.fileno(), frames.request_xattr_name(frame), value,
+                          ctypes.c_size_t(len(value))) == -1
+    assert ctypes.get_errno() == errno.ERANGE
+    s.preserve_fd(memfd, 1)  # token 1 is free: the refused request preserved nothing
+    s.close()
