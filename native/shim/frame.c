@@ -31,7 +31,7 @@ static uint32_t get_le32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-void luofs_request_load(struct luofs_request *req, const void *user_arg)
+void luofs_request_load(struct luofs_request *req, pid_t pid, const void *user_arg)
 {
 	uint8_t head[4];
 	uint32_t size;
@@ -47,20 +47,20 @@ void luofs_request_load(struct luofs_request *req, const void *user_arg)
 			in = LUOFS_MAX_ARG;
 		/* A read-only command copies nothing in, but an unreadable pointer
 		 * still decides EFAULT where a mainline kernel reads `size`. */
-		if (in ? shim_peek(req->arg, user_arg, in) < in
-		       : shim_peek(head, user_arg, sizeof(head)) < sizeof(head))
+		if (in ? luofs_peek(pid, req->arg, user_arg, in) < in
+		       : luofs_peek(pid, head, user_arg, sizeof(head)) < sizeof(head))
 			req->flags |= LUOFS_REQ_ARG_FAULT;
 		else
 			req->arg_len = in;
 		return;
 	}
-	if (shim_peek(head, user_arg, sizeof(head)) < sizeof(head)) {
+	if (luofs_peek(pid, head, user_arg, sizeof(head)) < sizeof(head)) {
 		req->flags |= LUOFS_REQ_ARG_FAULT;
 		return;
 	}
 	size = get_le32(head);
 	want = size < 4 ? 4 : size > LUOFS_MAX_ARG ? LUOFS_MAX_ARG : size;
-	req->arg_len = shim_peek(req->arg, user_arg, want);
+	req->arg_len = luofs_peek(pid, req->arg, user_arg, want);
 	if (req->arg_len < want) {
 		/* Carry the readable prefix: the daemon still needs `size` to
 		 * order EINVAL (size too small) before EFAULT. */
@@ -70,7 +70,7 @@ void luofs_request_load(struct luofs_request *req, const void *user_arg)
 	if (size > want) {
 		/* The kernel's check_zeroed_user: the first nonzero byte or the
 		 * first fault, whichever comes first, decides E2BIG or EFAULT. */
-		int r = shim_scan_zero((const void *)((uintptr_t)user_arg + want), size - want);
+		int r = luofs_scan_zero(pid, (const void *)((uintptr_t)user_arg + want), size - want);
 
 		if (r > 0)
 			req->flags |= LUOFS_REQ_TAIL_NONZERO;

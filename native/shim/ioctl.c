@@ -26,14 +26,16 @@ SHIM_SLOT(ioctl);
 
 static __attribute__((noinline)) int luo_ioctl(int fd, unsigned long request, void *arg)
 {
+	struct luofs_caller self;
 	struct luofs_fd file;
 	int saved = errno;
 	int err;
 
 	if (luofs_classify(fd, &file) == LUOFS_FD_FOREIGN)
 		return SHIM_REAL(ioctl)(fd, request, arg);
+	luofs_self(&self);
 	/* The kernel's ioctl takes an unsigned int cmd: upper bits are dropped. */
-	err = luofs_transport_ioctl(&file, fd, (uint32_t)request, arg);
+	err = luofs_transport_ioctl(&self, &file, fd, (uint32_t)request, arg);
 	if (err) {
 		/* "This kernel is gone": FUSE says ECONNABORTED for a request the
 		 * unmount cut short and ENOTCONN afterwards; callers see ENOTCONN. */

@@ -3,81 +3,18 @@
  *
  * Programs trigger a live update by calling reboot() with the session fds still
  * open (spec/uapi.md §14); here the emulator's kexec is a command, so we run it
- * and wait. On success the call returns 0: unlike the real kernel, the caller
- * lives on (its old session fds are dead, as DESIGN.md describes).
- *
- * posix_spawnp rather than fork+exec: it is safe in multi-threaded callers
- * (no atfork handlers, no copied locks) and reports a failed exec as an error
- * instead of a child exit status that could be mistaken for luofs's own.
- *
- * Exit status → errno, following what `luofs kexec` does (luofs/cli.py
- * cmd_kexec): when the freeze refuses, it exits with the errno itself, which
- * is what reboot() must return (spec §14 step 2); its own failures exit 1.
- *   0            success
- *   2..133       that errno (EBUSY, EINVAL, …). Caveat: argparse also exits 2
- *                on a usage error, which then reads as ENOENT.
- *   1, other statuses, or death by a signal: EIO
- * A luofs that cannot be started gives the exec errno (ENOENT, EACCES, …).
+ * and wait (kexec.c). On success the call returns 0: unlike the real kernel, the
+ * caller lives on (its old session fds are dead, as DESIGN.md describes). The
+ * seccomp supervisor runs the same command but never lets the caller return.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/reboot.h>
-#include <spawn.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/reboot.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "shim.h"
 
-#define KEXEC_ERRNO_MAX 133
-
-extern char **environ;
-
 SHIM_SLOT(reboot);
-
-static int status_to_errno(int status)
-{
-	int code;
-
-	if (!WIFEXITED(status))
-		return EIO;
-	code = WEXITSTATUS(status);
-	if (code == 0)
-		return 0;
-	if (code >= 2 && code <= KEXEC_ERRNO_MAX)
-		return code;
-	return EIO;
-}
-
-static int run_kexec(const char *root)
-{
-	const char *bin = getenv("LUOFS_BIN");
-	char *argv[] = { "luofs", "kexec", "--root", (char *)root, NULL };
-	posix_spawn_file_actions_t actions;
-	pid_t pid;
-	int status, err;
-
-	if (!bin || !*bin)
-		bin = "luofs";
-	/* luofs reports on stdout; a reboot() must not write into the caller's
-	 * output (luoctl ... kexec > data), so its stdout goes to our stderr. */
-	err = posix_spawn_file_actions_init(&actions);
-	if (err)
-		return err;
-	posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
-	err = strchr(bin, '/') ? posix_spawn(&pid, bin, &actions, NULL, argv, environ)
-			       : posix_spawnp(&pid, bin, &actions, NULL, argv, environ);
-	posix_spawn_file_actions_destroy(&actions);
-	if (err)
-		return err;
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR)
-			return EIO; /* e.g. ECHILD: a SIGCHLD handler reaped it */
-	}
-	return status_to_errno(status);
-}
 
 SHIM_EXPORT int reboot(int howto)
 {
@@ -86,7 +23,7 @@ SHIM_EXPORT int reboot(int howto)
 
 	if (howto != (int)LINUX_REBOOT_CMD_KEXEC || !root)
 		return SHIM_REAL(reboot)(howto);
-	err = run_kexec(root);
+	err = luofs_run_kexec(root);
 	if (err) {
 		errno = err;
 		return -1;

@@ -73,15 +73,15 @@ const char *luofs_root_env(void);
  * its files start with); false if there is none or it does not fit. */
 bool luofs_root_real(char *out, size_t size);
 
-/* ---- usermem.c: the kernel's copy_from_user/copy_to_user on our own memory --- */
+/* ---- usermem.c: the kernel's copy_from_user/copy_to_user on pid's memory ------ */
 
-/* Copies the longest readable prefix of [src, src+len) to dst; never faults. */
-size_t shim_peek(void *dst, const void *src, size_t len);
-/* Writes all of src to dst; false (and nothing reliable written) if dst faults. */
-bool shim_poke(void *dst, const void *src, size_t len);
-/* Scans [src, src+len): 1 if a nonzero byte comes first, -1 if a fault comes
- * first, 0 if all bytes are readable and zero (the kernel's check_zeroed_user). */
-int shim_scan_zero(const void *src, size_t len);
+/* Copies the longest readable prefix of pid's [src, src+len) to dst; never faults. */
+size_t luofs_peek(pid_t pid, void *dst, const void *src, size_t len);
+/* Writes all of src to pid's dst; false (and nothing reliable written) if dst faults. */
+bool luofs_poke(pid_t pid, void *dst, const void *src, size_t len);
+/* Scans pid's [src, src+len): 1 if a nonzero byte comes first, -1 if a fault
+ * comes first, 0 if all bytes are readable and zero (check_zeroed_user). */
+int luofs_scan_zero(pid_t pid, const void *src, size_t len);
 
 /* ---- frame.c: request and reply frames (luofs/uapi/frames.py) ----------------- */
 
@@ -121,8 +121,9 @@ struct luofs_reply {
 	size_t data_len;
 };
 
-/* Reads the caller's struct as the kernel would and fills arg/arg_len/flags. */
-void luofs_request_load(struct luofs_request *req, const void *user_arg);
+/* Reads the caller's struct (in pid's memory) as the kernel would and fills
+ * arg/arg_len/flags. */
+void luofs_request_load(struct luofs_request *req, pid_t pid, const void *user_arg);
 /* prefix + lowercase hex of the frame, NUL-terminated; false if out is too small. */
 bool luofs_request_name(const struct luofs_request *req, const char *prefix, char *out,
 			size_t outsz);
@@ -143,11 +144,78 @@ int luofs_reply_recv_fd(int ours);
 
 /* ---- transport.c: one ioctl through the daemon -------------------------------- */
 
+/* Whose ioctl the transport carries. The shim serves its own process (`luofs_self`);
+ * the seccomp supervisor serves another one, issuing the request on its own copies
+ * of the caller's files, so it fills in the hooks. */
+struct luofs_caller {
+	pid_t pid; /* whose memory the ioctl's argument lives in */
+	/* NULL: learn it from EMFILE. Else true when the caller has no free fd. */
+	bool (*table_full)(const struct luofs_caller *caller);
+	/* NULL: fds we receive are already the caller's. Else installs our fd in the
+	 * caller (consuming ours) and returns its number there, or -errno. */
+	int (*install)(const struct luofs_caller *caller, int fd);
+	/* NULL: fd numbers in the struct are ours already. Else replaces the caller's
+	 * fd at arg[offset] by our copy of it (kept until `done`). */
+	void (*take_fd)(const struct luofs_caller *caller, uint8_t *arg_fd);
+	void *data;
+};
+
+/* The caller of the shim: this process. */
+void luofs_self(struct luofs_caller *caller);
+
 /* Issues cmd on an emulated fd with the caller's struct at user_arg, copies the
  * reply back and returns 0 or -errno, exactly as ioctl(2) would. */
-int luofs_transport_ioctl(const struct luofs_fd *file, int fd, uint32_t cmd, void *user_arg);
+int luofs_transport_ioctl(const struct luofs_caller *caller, const struct luofs_fd *file, int fd,
+			  uint32_t cmd, void *user_arg);
 
 /* The session's name via GET_NAME into name[64]; 0 or -errno. */
 int luofs_session_name(const struct luofs_fd *file, int fd, char name[64]);
+
+/* ---- identity.c: what an emulated fd reads as --------------------------------- */
+
+#define ANON_INODE_FS_MAGIC 0x09041934
+#define TMPFS_MAGIC 0x01021994
+#define SYSFS_MAGIC 0x62656572
+#define DEBUGFS_MAGIC 0x64626720
+#define PROC_SUPER_MAGIC 0x9fa0
+#define STATFS_VALID 0x0020 /* the kernel's ST_VALID: f_flags is meaningful */
+
+/* Digits only, no sign, fits an int; else -1. */
+int luofs_parse_fd(const char *s);
+/* N for "/proc/self/fd/N", "/proc/thread-self/fd/N" or "/proc/<pid>/fd/N", else -1. */
+int luofs_proc_fd_number(const char *path, pid_t pid);
+/* Is `link` (where a dirfd points) pid's /proc/<pid>/fd or one of its task/<tid>/fd? */
+bool luofs_proc_fd_dir(const char *link, pid_t pid);
+/* readlink(2) of /proc/self/fd/<fd> as the real system shows it: truncated
+ * silently, no NUL; -2 when fd is not an emulated file. */
+ssize_t luofs_fd_link(int fd, char *buf, size_t bufsiz);
+/* The f_type the real tree would report for fd, or 0 to leave fstatfs alone. */
+long luofs_emulated_fs_type(int fd);
+
+/* Fills what simple_statfs() reports for pseudo file systems. */
+#define FAKE_STATFS(buf, type)                         \
+	do {                                           \
+		memset((buf), 0, sizeof(*(buf)));      \
+		(buf)->f_type = (type);                \
+		(buf)->f_bsize = 4096;                 \
+		(buf)->f_frsize = 4096;                \
+		(buf)->f_namelen = 255;                \
+		(buf)->f_flags = STATFS_VALID;         \
+	} while (0)
+
+/* fstatfs's answer for fd as the real tree gives it (struct statfs or statfs64). */
+#define ADJUST_STATFS(fd, buf)                           \
+	do {                                             \
+		long type_ = luofs_emulated_fs_type(fd); \
+		if (type_ == ANON_INODE_FS_MAGIC)        \
+			FAKE_STATFS(buf, type_);         \
+		else if (type_)                          \
+			(buf)->f_type = type_;           \
+	} while (0)
+
+/* ---- kexec.c: the emulator's live update ------------------------------------- */
+
+/* Runs `luofs kexec --root root` and waits: 0, or the errno reboot() reports. */
+int luofs_run_kexec(const char *root);
 
 #endif /* LUOFS_SHIM_H */

@@ -9,6 +9,12 @@
  * Every other request travels as the name of an xattr read with fgetxattr on
  * the fd itself; the value is the reply, its errno the ioctl's errno. Both
  * operations tell the daemon which thread is calling.
+ *
+ * The caller is this process for the shim. The seccomp supervisor passes its own
+ * copies of the caller's files instead (`fd`, and through `take_fd` the fd a
+ * PRESERVE carries), so the daemon finds the files it checks in the thread that
+ * asks; fds that come back are then installed in the caller (`install`) before
+ * their numbers are written into its struct.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +31,9 @@
 #define CMD_RETRIEVE_FD 0xBA41u
 #define CMD_V2_FD_RESTORE 0xC010BA02u /* RFC v2 _IOWR(0xBA, 2, 16): returns an fd */
 #define CMD_GET_NAME 0xBA43u
+#define CMD_PRESERVE_FD 0xBA40u
+#define CMD_V2_FD_PRESERVE 0xC010BA00u /* RFC v2 _IOWR(0xBA, 0, 16): carries an fd */
+#define PRESERVE_FD_OFFSET 4           /* struct liveupdate_session_preserve_fd's `fd` */
 #define SESSION_STRUCT_SIZE 72 /* struct liveupdate_ioctl_{create,retrieve}_session */
 #define SESSION_FD_OFFSET 4    /* its `fd` field */
 #define XATTR_NAME_MAX_LEN 256
@@ -53,7 +62,30 @@ static int ask_with_full_table(int fd, struct luofs_request *req)
 	return -EMFILE;
 }
 
-static int session_returning_ioctl(int fd, struct luofs_request *req, void *user_arg)
+void luofs_self(struct luofs_caller *caller)
+{
+	*caller = (struct luofs_caller){ .pid = getpid() };
+}
+
+/* Hands our new fd to the caller once its struct is known to be writable: the
+ * kernel never installs an fd it cannot report. Returns the caller's number for
+ * it, or -errno (our fd closed). */
+static int hand_over(const struct luofs_caller *caller, int fd, void *user_arg, size_t len)
+{
+	uint8_t probe[LUOFS_REPLY_MAX];
+
+	if (!caller->install)
+		return fd;
+	if (luofs_peek(caller->pid, probe, user_arg, len) < len ||
+	    !luofs_poke(caller->pid, user_arg, probe, len)) {
+		close(fd);
+		return -EFAULT;
+	}
+	return caller->install(caller, fd);
+}
+
+static int session_returning_ioctl(const struct luofs_caller *caller, int fd,
+				   struct luofs_request *req, void *user_arg)
 {
 	const char *root = luofs_root_env(); /* what the fd was classified against */
 	char path[PATH_MAX];
@@ -64,6 +96,8 @@ static int session_returning_ioctl(int fd, struct luofs_request *req, void *user
 
 	if (!root)
 		return -ENOENT;
+	if (caller->table_full && caller->table_full(caller))
+		return ask_with_full_table(fd, req);
 	/* Only a create name must be new each time (no dentry is reused); a getxattr
 	 * name stays the same for the same request, which lets the kernel memoize. */
 	req->nonce = luofs_nonce();
@@ -84,18 +118,23 @@ static int session_returning_ioctl(int fd, struct luofs_request *req, void *user
 	 * struct with `fd` filled in. */
 	reply_len = req->arg_len < sizeof(reply) ? req->arg_len : sizeof(reply);
 	memcpy(reply, req->arg, reply_len);
+	session_fd = hand_over(caller, session_fd, user_arg, reply_len);
+	if (session_fd < 0)
+		return session_fd;
 	if (reply_len >= SESSION_FD_OFFSET + 4)
 		put_le32(reply + SESSION_FD_OFFSET, (uint32_t)session_fd);
-	if (!shim_poke(user_arg, reply, reply_len)) {
+	if (!luofs_poke(caller->pid, user_arg, reply, reply_len)) {
 		/* As the kernel: the fd is never installed, so the session is
-		 * released again. */
-		close(session_fd);
+		 * released again. (An installed one is the caller's now.) */
+		if (!caller->install)
+			close(session_fd);
 		return -EFAULT;
 	}
 	return 0;
 }
 
-static int xattr_ioctl(int fd, struct luofs_request *req, void *user_arg)
+static int xattr_ioctl(const struct luofs_caller *caller, int fd, struct luofs_request *req,
+		       void *user_arg)
 {
 	char name[XATTR_NAME_MAX_LEN];
 	uint8_t raw[LUOFS_REPLY_MAX], data[LUOFS_REPLY_MAX];
@@ -107,12 +146,14 @@ static int xattr_ioctl(int fd, struct luofs_request *req, void *user_arg)
 		bool table_full;
 		int theirs = luofs_reply_socket(&ours, &table_full);
 
-		if (theirs >= 0) {
+		if (caller->table_full && caller->table_full(caller))
+			table_full = true;
+		else if (theirs >= 0)
 			luofs_reply_drain(ours);
-			req->reply_fd = theirs;
-		} else if (table_full) {
+		if (table_full)
 			req->flags |= LUOFS_REQ_FD_TABLE_FULL;
-		}
+		else if (theirs >= 0)
+			req->reply_fd = theirs;
 	}
 	if (!luofs_request_name(req, LUOFS_XATTR_PREFIX, name, sizeof(name)))
 		return -EIO;
@@ -132,27 +173,37 @@ static int xattr_ioctl(int fd, struct luofs_request *req, void *user_arg)
 			close(new_fd); /* the caller could never learn its number */
 			return -EIO;
 		}
+		new_fd = hand_over(caller, new_fd, user_arg, reply.data_len);
+		if (new_fd < 0)
+			return new_fd;
 		put_le32(data + reply.fd_offset, (uint32_t)new_fd);
 	}
-	if (reply.data_len && !shim_poke(user_arg, data, reply.data_len)) {
-		if (new_fd >= 0)
-			close(new_fd);
+	if (reply.data_len && !luofs_poke(caller->pid, user_arg, data, reply.data_len)) {
+		if (new_fd >= 0 && !caller->install)
+			close(new_fd); /* (an installed one is the caller's now) */
 		return -EFAULT;
 	}
 	return 0;
 }
 
-int luofs_transport_ioctl(const struct luofs_fd *file, int fd, uint32_t cmd, void *user_arg)
+int luofs_transport_ioctl(const struct luofs_caller *caller, const struct luofs_fd *file, int fd,
+			  uint32_t cmd, void *user_arg)
 {
 	struct luofs_request req = {
 		.flags = 0, .cmd = cmd, .file_fd = fd, .reply_fd = -1, .nonce = 0,
 	};
 
-	luofs_request_load(&req, user_arg);
+	luofs_request_load(&req, caller->pid, user_arg);
+	if (caller->take_fd) {
+		if (cmd == CMD_PRESERVE_FD && req.arg_len >= PRESERVE_FD_OFFSET + 4)
+			caller->take_fd(caller, req.arg + PRESERVE_FD_OFFSET);
+		else if (cmd == CMD_V2_FD_PRESERVE && req.arg_len >= 4)
+			caller->take_fd(caller, req.arg);
+	}
 	if (file->kind == LUOFS_FD_DEVICE &&
 	    (cmd == CMD_CREATE_SESSION || cmd == CMD_RETRIEVE_SESSION))
-		return session_returning_ioctl(fd, &req, user_arg);
-	return xattr_ioctl(fd, &req, user_arg);
+		return session_returning_ioctl(caller, fd, &req, user_arg);
+	return xattr_ioctl(caller, fd, &req, user_arg);
 }
 
 int luofs_session_name(const struct luofs_fd *file, int fd, char name[64])
@@ -160,10 +211,12 @@ int luofs_session_name(const struct luofs_fd *file, int fd, char name[64])
 	/* struct liveupdate_session_get_name, built by hand: the shim does not
 	 * depend on the public header it emulates. */
 	uint8_t arg[SESSION_STRUCT_SIZE] = { 0 };
+	struct luofs_caller self;
 	int err;
 
+	luofs_self(&self);
 	put_le32(arg, sizeof(arg));
-	err = luofs_transport_ioctl(file, fd, CMD_GET_NAME, arg);
+	err = luofs_transport_ioctl(&self, file, fd, CMD_GET_NAME, arg);
 	if (err)
 		return err;
 	memcpy(name, arg + 8, 64);

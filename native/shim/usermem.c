@@ -1,9 +1,11 @@
 /*
- * copy_from_user / copy_to_user for our own process.
+ * copy_from_user / copy_to_user for the process that issued an ioctl: our own
+ * (the shim), or a supervised one (the seccomp supervisor reads and writes its
+ * caller's memory).
  *
  * The kernel turns a bad ioctl argument into EFAULT; a library that simply
- * dereferenced it would crash the program instead. process_vm_readv/writev on
- * our own pid report a fault as an error, never as a signal. Ranges are split
+ * dereferenced it would crash the program instead. process_vm_readv/writev
+ * report a fault as an error, never as a signal. Ranges are split
  * at page boundaries, so a partial transfer ends exactly at the first page
  * that faults, which gives the readable prefix the kernel would have seen.
  */
@@ -53,7 +55,7 @@ static int split_pages(const void *addr, size_t len, struct iovec *iov, int max)
 }
 
 /* One transfer of at most PAGE_SPLIT_IOVS pages; returns bytes moved (a prefix). */
-static size_t transfer(void *local, const void *remote, size_t len, bool write)
+static size_t transfer(pid_t pid, void *local, const void *remote, size_t len, bool write)
 {
 	struct iovec remote_iov[PAGE_SPLIT_IOVS];
 	struct iovec local_iov = { .iov_base = local, .iov_len = len };
@@ -65,10 +67,10 @@ static size_t transfer(void *local, const void *remote, size_t len, bool write)
 		covered += remote_iov[i].iov_len;
 	local_iov.iov_len = covered;
 	if (write)
-		done = process_vm_writev(getpid(), &local_iov, 1, remote_iov, n, 0);
+		done = process_vm_writev(pid, &local_iov, 1, remote_iov, n, 0);
 	else
-		done = process_vm_readv(getpid(), &local_iov, 1, remote_iov, n, 0);
-	if (done < 0 && (errno == ENOSYS || errno == EPERM)) {
+		done = process_vm_readv(pid, &local_iov, 1, remote_iov, n, 0);
+	if (done < 0 && (errno == ENOSYS || errno == EPERM) && pid == getpid()) {
 		/* A seccomp policy forbids the calls: trust the pointer, as a
 		 * plain library would. Documented in native/README.md. */
 		if (write)
@@ -80,13 +82,13 @@ static size_t transfer(void *local, const void *remote, size_t len, bool write)
 	return done < 0 ? 0 : (size_t)done;
 }
 
-size_t shim_peek(void *dst, const void *src, size_t len)
+size_t luofs_peek(pid_t pid, void *dst, const void *src, size_t len)
 {
 	size_t done = 0;
 	int saved = errno;
 
 	while (done < len) {
-		size_t got = transfer((char *)dst + done, (const char *)src + done, len - done,
+		size_t got = transfer(pid, (char *)dst + done, (const char *)src + done, len - done,
 				      false);
 		done += got;
 		if (!got)
@@ -96,13 +98,13 @@ size_t shim_peek(void *dst, const void *src, size_t len)
 	return done;
 }
 
-bool shim_poke(void *dst, const void *src, size_t len)
+bool luofs_poke(pid_t pid, void *dst, const void *src, size_t len)
 {
 	size_t done = 0;
 	int saved = errno;
 
 	while (done < len) {
-		size_t put = transfer((void *)((const char *)src + done), (char *)dst + done,
+		size_t put = transfer(pid, (void *)((const char *)src + done), (char *)dst + done,
 				      len - done, true);
 		done += put;
 		if (!put)
@@ -112,14 +114,14 @@ bool shim_poke(void *dst, const void *src, size_t len)
 	return done == len;
 }
 
-int shim_scan_zero(const void *src, size_t len)
+int luofs_scan_zero(pid_t pid, const void *src, size_t len)
 {
 	unsigned char buf[SCAN_CHUNK];
 	const char *p = src;
 
 	while (len) {
 		size_t want = len < sizeof(buf) ? len : sizeof(buf);
-		size_t got = shim_peek(buf, p, want);
+		size_t got = luofs_peek(pid, buf, p, want);
 
 		for (size_t i = 0; i < got; i++)
 			if (buf[i])
