@@ -5,7 +5,8 @@
  * open (spec/uapi.md §14); here the emulator's kexec is a command, so we run it
  * and wait (kexec.c). On success the call returns 0: unlike the real kernel, the
  * caller lives on (its old session fds are dead, as DESIGN.md describes). The
- * seccomp supervisor runs the same command but never lets the caller return.
+ * seccomp supervisor runs the same command but never lets the caller return;
+ * under it (LUOFS_SUPERVISED) the call goes to the kernel, i.e. to it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,7 +22,7 @@ SHIM_EXPORT int reboot(int howto)
 	const char *root = luofs_root_env();
 	int err;
 
-	if (howto != (int)LINUX_REBOOT_CMD_KEXEC || !root)
+	if (howto != (int)LINUX_REBOOT_CMD_KEXEC || !luofs_shim_serves())
 		return SHIM_REAL(reboot)(howto);
 	err = luofs_run_kexec(root);
 	if (err) {

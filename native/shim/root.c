@@ -49,6 +49,13 @@ const char *luofs_root_env(void)
 	return root && *root ? root : NULL;
 }
 
+bool luofs_shim_serves(void)
+{
+	const char *supervised = getenv(LUOFS_SUPERVISED_ENV);
+
+	return luofs_root_env() && !(supervised && *supervised);
+}
+
 static bool fd_identity(int fd, dev_t *dev, ino_t *ino)
 {
 	struct statx stx;

@@ -28,6 +28,9 @@ static inline const char *shim_path(const char *path)
 
 #define LUOFS_DEVICE_PATH "/dev/liveupdate"
 #define LUOFS_ROOT_ENV "LUOFS_ROOT"
+/* Set by luofs-supervise for the programs it serves: the kernel's system calls then
+ * reach the supervisor, and the shim only redirects paths (open, stat). */
+#define LUOFS_SUPERVISED_ENV "LUOFS_SUPERVISED"
 
 /* ---- real.c: the next definition of an interposed function -------------------- */
 
@@ -68,6 +71,9 @@ enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out);
 
 /* $LUOFS_ROOT, or NULL when unset or empty (the shim then stays out of the way). */
 const char *luofs_root_env(void);
+/* Does the shim serve ioctl, reboot, readlink and statfs itself? Only with a root
+ * and without a supervisor (which serves those calls from outside). */
+bool luofs_shim_serves(void);
 
 /* The realpath of the root last classified against (what /proc/self/fd links of
  * its files start with); false if there is none or it does not fit. */
@@ -155,7 +161,8 @@ struct luofs_caller {
 	 * caller (consuming ours) and returns its number there, or -errno. */
 	int (*install)(const struct luofs_caller *caller, int fd);
 	/* NULL: fd numbers in the struct are ours already. Else replaces the caller's
-	 * fd at arg[offset] by our copy of it (kept until `done`). */
+	 * fd (a little-endian s32 at arg_fd) by our copy of it, or by -1 if the
+	 * caller holds no such fd; the copy stays open until the request is over. */
 	void (*take_fd)(const struct luofs_caller *caller, uint8_t *arg_fd);
 	void *data;
 };

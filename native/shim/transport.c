@@ -133,8 +133,23 @@ static int session_returning_ioctl(const struct luofs_caller *caller, int fd,
 	return 0;
 }
 
+/* Where a request carries an fd of the caller's (PRESERVE), and its value there. */
+struct carried_fd {
+	int at; /* offset in the struct, or -1 */
+	uint8_t theirs[4];
+};
+
+static int carried_fd_offset(uint32_t cmd, size_t arg_len)
+{
+	if (cmd == CMD_PRESERVE_FD && arg_len >= PRESERVE_FD_OFFSET + 4)
+		return PRESERVE_FD_OFFSET;
+	if (cmd == CMD_V2_FD_PRESERVE && arg_len >= 4)
+		return 0;
+	return -1;
+}
+
 static int xattr_ioctl(const struct luofs_caller *caller, int fd, struct luofs_request *req,
-		       void *user_arg)
+		       void *user_arg, const struct carried_fd *carried)
 {
 	char name[XATTR_NAME_MAX_LEN];
 	uint8_t raw[LUOFS_REPLY_MAX], data[LUOFS_REPLY_MAX];
@@ -164,6 +179,9 @@ static int xattr_ioctl(const struct luofs_caller *caller, int fd, struct luofs_r
 	if (err)
 		return err;
 	memcpy(data, reply.data, reply.data_len);
+	/* The kernel copies back the caller's struct: its fd, not the copy we sent. */
+	if (carried->at >= 0 && (size_t)carried->at + 4 <= reply.data_len)
+		memcpy(data + carried->at, carried->theirs, 4);
 
 	if (reply.flags & LUOFS_REPLY_FD_SENT) {
 		new_fd = ours >= 0 ? luofs_reply_recv_fd(ours) : -EIO;
@@ -193,17 +211,20 @@ int luofs_transport_ioctl(const struct luofs_caller *caller, const struct luofs_
 		.flags = 0, .cmd = cmd, .file_fd = fd, .reply_fd = -1, .nonce = 0,
 	};
 
+	struct carried_fd carried = { .at = -1 };
+
 	luofs_request_load(&req, caller->pid, user_arg);
 	if (caller->take_fd) {
-		if (cmd == CMD_PRESERVE_FD && req.arg_len >= PRESERVE_FD_OFFSET + 4)
-			caller->take_fd(caller, req.arg + PRESERVE_FD_OFFSET);
-		else if (cmd == CMD_V2_FD_PRESERVE && req.arg_len >= 4)
-			caller->take_fd(caller, req.arg);
+		carried.at = carried_fd_offset(cmd, req.arg_len);
+		if (carried.at >= 0) {
+			memcpy(carried.theirs, req.arg + carried.at, 4);
+			caller->take_fd(caller, req.arg + carried.at);
+		}
 	}
 	if (file->kind == LUOFS_FD_DEVICE &&
 	    (cmd == CMD_CREATE_SESSION || cmd == CMD_RETRIEVE_SESSION))
 		return session_returning_ioctl(caller, fd, &req, user_arg);
-	return xattr_ioctl(caller, fd, &req, user_arg);
+	return xattr_ioctl(caller, fd, &req, user_arg, &carried);
 }
 
 int luofs_session_name(const struct luofs_fd *file, int fd, char name[64])
