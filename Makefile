@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-SYS_PACKAGES := fuse3 libfuse3-dev pkg-config gcc make device-tree-compiler
+# musl-tools and golang-go build programs no LD_PRELOAD shim reaches (static musl, Go)
+# for the seccomp supervisor's tests.
+SYS_PACKAGES := fuse3 libfuse3-dev pkg-config gcc make device-tree-compiler musl-tools golang-go
 SYS_STAMP := .stamp-sys
 VENV_STAMP := $(VENV)/.stamp
 NATIVE := native/build

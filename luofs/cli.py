@@ -11,7 +11,6 @@ import json
 import os
 import select
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -173,50 +172,21 @@ def cmd_kho_dump(args) -> int:
     return 0
 
 
-def shim_path() -> str:
-    """The LD_PRELOAD shim: $LUOFS_SHIM, else the one `make` built in this checkout."""
-    path = os.environ.get("LUOFS_SHIM") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        "native", "build", "libluofs-shim.so")
-    if not os.path.exists(path):
-        raise CliError(f"the shim {path} is not built: run `make native` (or set LUOFS_SHIM)")
-    return path
-
-
-def _statically_linked(path: str) -> bool:
-    """An ELF executable without a PT_INTERP header: LD_PRELOAD never reaches it."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:  # not a 64-bit ELF: a script, or other
-                return False
-            phoff, = struct.unpack_from("<Q", head, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except (OSError, struct.error):
-        return False
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3  # PT_INTERP
-               for i in range(phnum))
-
-
 def cmd_run(args) -> int:
+    from . import supervise
+
     root = _root(args)
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise CliError("nothing to run: luofs run --root DIR -- PROG ARGS…")
     if not os.path.exists(os.path.join(root, "dev", "liveupdate")):
         raise CliError(f"no luofs kernel serves {root} (luofs boot --root {root})")
-    program = shutil.which(argv[0])
-    if program and _statically_linked(program):
-        print(f"luofs run: warning: {argv[0]} is statically linked; the shim cannot reach it, "
-              "so its /dev/liveupdate calls will not reach the emulator", file=sys.stderr)
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = " ".join(filter(None, [shim_path(), env.get("LD_PRELOAD")]))
-    env["LUOFS_ROOT"] = root
-    # reboot(LINUX_REBOOT_CMD_KEXEC) in the program runs this very `luofs`.
-    env.setdefault("LUOFS_BIN", os.path.abspath(sys.argv[0]) if os.path.basename(
-        sys.argv[0]) == "luofs" else shutil.which("luofs") or "luofs")
+    luofs_bin = os.path.abspath(sys.argv[0]) if os.path.basename(
+        sys.argv[0]) == "luofs" else shutil.which("luofs") or "luofs"
+    try:
+        argv, env = supervise.command(root, argv, dict(os.environ), luofs_bin)
+    except supervise.NotBuilt as e:
+        raise CliError(str(e)) from None
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
@@ -369,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel process; "
         "returns when it serves. On a freeze failure the running kernel keeps serving and "
         "the exit status is the errno")
-    run = add("run", cmd_run, "run an unmodified program with the LD_PRELOAD shim, so its "
-              "open(\"/dev/liveupdate\"), ioctl(), readlink/fstatfs of session fds and "
-              "reboot(LINUX_REBOOT_CMD_KEXEC) reach this emulator")
+    run = add("run", cmd_run, "run an unmodified program (dynamic or static) under the seccomp "
+              "supervisor, with the LD_PRELOAD shim if it is dynamic, so its ioctl(), "
+              "readlink/fstatfs of session fds and reboot(LINUX_REBOOT_CMD_KEXEC) reach this "
+              "emulator (and, through the shim, its open(\"/dev/liveupdate\"))")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROG ARGS…")
     khop = sub.add_parser("kho", help="inspect KHO hand-over blobs",
                           description="inspect KHO hand-over blobs")

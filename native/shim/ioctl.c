@@ -31,7 +31,7 @@ static __attribute__((noinline)) int luo_ioctl(int fd, unsigned long request, vo
 	int saved = errno;
 	int err;
 
-	if (!luofs_shim_serves() || luofs_classify(fd, &file) == LUOFS_FD_FOREIGN)
+	if (!luofs_shim_serves(true) || luofs_classify(fd, &file) == LUOFS_FD_FOREIGN)
 		return SHIM_REAL(ioctl)(fd, request, arg);
 	luofs_self(&self);
 	/* The kernel's ioctl takes an unsigned int cmd: upper bits are dropped. */

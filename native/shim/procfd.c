@@ -50,7 +50,7 @@ static bool is_proc_fd_dir(int dirfd)
 
 SHIM_EXPORT ssize_t readlink(const char *path, char *buf, size_t bufsiz)
 {
-	int fd = luofs_shim_serves() ? luofs_proc_fd_number(shim_path(path), getpid()) : -1;
+	int fd = luofs_shim_serves(false) ? luofs_proc_fd_number(shim_path(path), getpid()) : -1;
 	ssize_t len = fd >= 0 ? luofs_fd_link(fd, buf, bufsiz) : -2;
 
 	return len != -2 ? len : SHIM_REAL(readlink)(path, buf, bufsiz);
@@ -62,7 +62,7 @@ SHIM_EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t bu
 	int fd = -1;
 	ssize_t len = -2;
 
-	if (!luofs_shim_serves())
+	if (!luofs_shim_serves(false))
 		fd = -1;
 	else if (p && p[0] == '/')
 		fd = luofs_proc_fd_number(p, getpid());
@@ -92,7 +92,7 @@ SHIM_EXPORT int fstatfs(int fd, struct statfs *buf)
 {
 	int r = SHIM_REAL(fstatfs)(fd, buf);
 
-	if (r == 0 && luofs_shim_serves())
+	if (r == 0 && luofs_shim_serves(false))
 		ADJUST_STATFS(fd, buf);
 	return r;
 }
@@ -101,7 +101,7 @@ SHIM_EXPORT int fstatfs64(int fd, struct statfs64 *buf)
 {
 	int r = SHIM_REAL(fstatfs64)(fd, buf);
 
-	if (r == 0 && luofs_shim_serves())
+	if (r == 0 && luofs_shim_serves(false))
 		ADJUST_STATFS(fd, buf);
 	return r;
 }
@@ -111,7 +111,7 @@ SHIM_EXPORT int statfs(const char *path, struct statfs *buf)
 	int r = SHIM_REAL(statfs)(path, buf);
 	int fd;
 
-	if (r == 0 && luofs_shim_serves() &&
+	if (r == 0 && luofs_shim_serves(false) &&
 	    (fd = luofs_proc_fd_number(shim_path(path), getpid())) >= 0)
 		ADJUST_STATFS(fd, buf);
 	return r;
@@ -122,7 +122,7 @@ SHIM_EXPORT int statfs64(const char *path, struct statfs64 *buf)
 	int r = SHIM_REAL(statfs64)(path, buf);
 	int fd;
 
-	if (r == 0 && luofs_shim_serves() &&
+	if (r == 0 && luofs_shim_serves(false) &&
 	    (fd = luofs_proc_fd_number(shim_path(path), getpid())) >= 0)
 		ADJUST_STATFS(fd, buf);
 	return r;

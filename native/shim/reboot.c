@@ -22,7 +22,7 @@ SHIM_EXPORT int reboot(int howto)
 	const char *root = luofs_root_env();
 	int err;
 
-	if (howto != (int)LINUX_REBOOT_CMD_KEXEC || !luofs_shim_serves())
+	if (howto != (int)LINUX_REBOOT_CMD_KEXEC || !luofs_shim_serves(false))
 		return SHIM_REAL(reboot)(howto);
 	err = luofs_run_kexec(root);
 	if (err) {

@@ -49,11 +49,13 @@ const char *luofs_root_env(void)
 	return root && *root ? root : NULL;
 }
 
-bool luofs_shim_serves(void)
+bool luofs_shim_serves(bool ioctl)
 {
 	const char *supervised = getenv(LUOFS_SUPERVISED_ENV);
 
-	return luofs_root_env() && !(supervised && *supervised);
+	if (!luofs_root_env() || !supervised || !*supervised)
+		return luofs_root_env() != NULL;
+	return ioctl && strcmp(supervised, "all") != 0;
 }
 
 static bool fd_identity(int fd, dev_t *dev, ino_t *ino)

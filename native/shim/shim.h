@@ -28,8 +28,10 @@ static inline const char *shim_path(const char *path)
 
 #define LUOFS_DEVICE_PATH "/dev/liveupdate"
 #define LUOFS_ROOT_ENV "LUOFS_ROOT"
-/* Set by luofs-supervise for the programs it serves: the kernel's system calls then
- * reach the supervisor, and the shim only redirects paths (open, stat). */
+/* Set by luofs-supervise for the programs it serves: reboot, readlink and statfs
+ * then reach the supervisor, so both kinds of program see the same answers. The
+ * shim keeps its faster ioctl path unless the value is "all" (then it only
+ * redirects paths, and the supervisor serves every call: how tests run it). */
 #define LUOFS_SUPERVISED_ENV "LUOFS_SUPERVISED"
 
 /* ---- real.c: the next definition of an interposed function -------------------- */
@@ -71,9 +73,9 @@ enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out);
 
 /* $LUOFS_ROOT, or NULL when unset or empty (the shim then stays out of the way). */
 const char *luofs_root_env(void);
-/* Does the shim serve ioctl, reboot, readlink and statfs itself? Only with a root
- * and without a supervisor (which serves those calls from outside). */
-bool luofs_shim_serves(void);
+/* Does the shim serve ioctl (`ioctl`) or reboot, readlink and statfs (!`ioctl`)
+ * itself, rather than leave them to the kernel, i.e. to a supervisor? */
+bool luofs_shim_serves(bool ioctl);
 
 /* The realpath of the root last classified against (what /proc/self/fd links of
  * its files start with); false if there is none or it does not fit. */

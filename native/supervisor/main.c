@@ -1,9 +1,12 @@
 /*
- * luofs-supervise [--root DIR] -- PROG ARGS...
+ * luofs-supervise [--root DIR] [--all] -- PROG ARGS...
  *
  * Runs PROG under a seccomp filter whose notifications we answer (serve.c), so
  * any binary reaches the emulator at DIR (default $LUOFS_ROOT): static, Go, raw
- * syscalls. Exits with PROG's status (128+N if a signal N ended it), or 0 when
+ * syscalls. --shim LIB preloads the shim into a dynamic PROG (not into us): it
+ * then redirects the path /dev/liveupdate and keeps serving its libc ioctl()
+ * calls itself (one hop instead of two), unless --all. --pid-ns runs PROG as
+ * PID 1 of a new PID namespace (where no reboot can reach the host). Exits with PROG's status (128+N if a signal N ended it), or 0 when
  * PROG ended in a successful reboot(LINUX_REBOOT_CMD_KEXEC), as a machine that
  * reboots into the next kernel.
  *
@@ -22,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -39,10 +43,14 @@
 #define EXIT_EXEC 127
 
 static pid_t child;
+static bool serve_all; /* --all: the shim leaves its ioctls to us too */
+static const char *shim; /* --shim LIB: preloaded into PROG (never into us) */
+static bool pid_ns; /* --pid-ns: PROG is PID 1 of a new PID namespace */
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: luofs-supervise [--root DIR] -- PROG ARGS...\n");
+	fprintf(stderr, "usage: luofs-supervise [--root DIR] [--all] [--shim LIB] [--pid-ns] -- "
+			"PROG ARGS...\n");
 	exit(2);
 }
 
@@ -103,7 +111,15 @@ static void run_child(int sock, char **argv)
 	}
 	close(sock);
 	/* The shim, if the program has it, leaves these calls to us. */
-	setenv("LUOFS_SUPERVISED", "1", 1);
+	setenv("LUOFS_SUPERVISED", serve_all ? "all" : "1", 1);
+	if (shim) {
+		const char *others = getenv("LD_PRELOAD");
+		char *preload;
+
+		if (asprintf(&preload, "%s%s%s", shim, others ? " " : "", others ? others : "") < 0)
+			_exit(EXIT_SETUP);
+		setenv("LD_PRELOAD", preload, 1);
+	}
 	execvp(argv[0], argv);
 	fprintf(stderr, "luofs-supervise: %s: %s\n", argv[0], strerror(errno));
 	_exit(EXIT_EXEC);
@@ -182,21 +198,34 @@ int main(int argc, char **argv)
 	pid_t server;
 	int i = 1;
 
-	if (i + 1 < argc && strcmp(argv[i], "--root") == 0) {
-		setenv("LUOFS_ROOT", argv[i + 1], 1);
-		i += 2;
+	for (; i < argc && strncmp(argv[i], "--", 2) == 0 && argv[i][2]; i++) {
+		if (strcmp(argv[i], "--all") == 0)
+			serve_all = true;
+		else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc)
+			setenv("LUOFS_ROOT", argv[++i], 1);
+		else if (strcmp(argv[i], "--shim") == 0 && i + 1 < argc)
+			shim = argv[++i];
+		else if (strcmp(argv[i], "--pid-ns") == 0)
+			pid_ns = true;
+		else
+			usage();
 	}
 	if (i < argc && strcmp(argv[i], "--") == 0)
 		i++;
+	/* A shim preloaded into us anyway (LD_PRELOAD set for everything) must not
+	 * answer our own readlink/ioctl calls: it leaves them to the kernel. */
+	setenv("LUOFS_SUPERVISED", "all", 1);
 	if (i >= argc)
 		usage();
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) != 0) {
 		perror("luofs-supervise: socketpair");
 		return EXIT_SETUP;
 	}
-	child = fork();
+	/* A new PID namespace keeps us (and /proc, as we read it) outside it. */
+	child = (pid_t)syscall(SYS_clone, SIGCHLD | (pid_ns ? CLONE_NEWPID : 0), NULL, NULL, NULL,
+			       NULL);
 	if (child < 0) {
-		perror("luofs-supervise: fork");
+		perror("luofs-supervise: clone");
 		return EXIT_SETUP;
 	}
 	if (child == 0) {

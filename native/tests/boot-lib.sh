@@ -75,13 +75,24 @@ under_shim() {
 	timeout -k 5 "$TEST_TIMEOUT" env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
 }
 
-# run_c_test NAME PROG ARGS...: a C test program under the shim; one line for
-# the whole program (its own lines are shown), passing iff it exits 0.
+# under_supervisor runs a program in the transparent mode: the seccomp supervisor
+# serves every LUO call (--all); the shim is preloaded only to redirect the path
+# "/dev/liveupdate", which the kernel's own mount namespace will do instead.
+SUPERVISOR="$NATIVE/luofs-supervise"
+under_supervisor() {
+	timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --all -- \
+		env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+}
+
+# run_c_test NAME PROG ARGS...: a C test program under the shim (or whatever
+# RUN_UNDER names); one line for the whole program (its own lines are shown),
+# passing iff it exits 0.
+RUN_UNDER=under_shim
 run_c_test() {
 	local what=$1
 	shift
 	local out status=0
-	out=$(under_shim "$@" 2>&1) || status=$?
+	out=$("$RUN_UNDER" "$@" 2>&1) || status=$?
 	printf '%s\n' "$out" | sed 's/^/    /'
 	if [ "$status" -eq 0 ]; then
 		ok "$what ($(printf '%s\n' "$out" | tail -n 1))"

@@ -12,6 +12,10 @@
  *   static_update DEVICE reboot NAME   stage 1 without a holder, then a raw
  *                                      reboot(LINUX_REBOOT_CMD_KEXEC): a kexec never
  *                                      returns, so "reboot returned" is a failure
+ *                                      (exit 3), or the errno of a failed kexec
+ *   static_update DEVICE refused NAME  reboot calls that must not reboot anything:
+ *                                      bad magic EINVAL, POWER_OFF EPERM; and
+ *                                      kexec_file_load succeeds (always loaded)
  *
  * DEVICE is "/dev/liveupdate" inside the kernel's userspace, or ROOT/dev/liveupdate.
  * Prints one line per check; exits 0 iff all passed.
@@ -146,6 +150,22 @@ static void stage2(const char *device, const char *name)
 	close(session);
 }
 
+/* Run as PID 1 of a PID namespace of its own: a reboot that got through ends
+ * only that namespace. */
+static void refused(void)
+{
+	errno = 0;
+	check(syscall(SYS_reboot, 0x12345678, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, NULL) < 0 &&
+		      errno == EINVAL, "reboot with a bad magic number -> EINVAL");
+	errno = 0;
+	check(syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
+		      LINUX_REBOOT_CMD_POWER_OFF, NULL) < 0 && errno == EPERM,
+	      "reboot(LINUX_REBOOT_CMD_POWER_OFF) -> EPERM: nothing but a kexec is served");
+	errno = 0;
+	check(syscall(SYS_kexec_file_load, -1, -1, 1, "", 0x4 /* KEXEC_FILE_NO_INITRAMFS */) == 0,
+	      "kexec_file_load -> 0 (the next kernel is always loaded)");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 4) {
@@ -166,6 +186,8 @@ int main(int argc, char **argv)
 			LINUX_REBOOT_CMD_KEXEC, NULL);
 		printf("reboot returned: %s\n", strerror(errno));
 		return 3;
+	} else if (strcmp(argv[2], "refused") == 0) {
+		refused();
 	} else {
 		return 2;
 	}

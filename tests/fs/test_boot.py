@@ -86,7 +86,7 @@ def test_a_clean_shutdown_removes_the_logs_and_keep_logs_keeps_them(tmp_path):
             shutil.rmtree(state)
 
 
-def test_run_warns_that_a_static_program_cannot_be_shimmed(luofs_instance, tmp_path):
+def test_run_serves_static_and_dynamic_programs_without_a_warning(luofs_instance, tmp_path):
     source = tmp_path / "static.c"
     source.write_text("int main(void) { return 7; }\n")
     program = tmp_path / "static"
@@ -94,7 +94,10 @@ def test_run_warns_that_a_static_program_cannot_be_shimmed(luofs_instance, tmp_p
         import pytest
         pytest.skip("no static libc to link against")
     result = luofs("run", "--root", luofs_instance.root, "--", str(program))
-    assert result.returncode == 7  # it still runs: exec replaces `luofs run`
-    assert "statically linked" in result.stderr
+    assert result.returncode == 7  # its exit status is the run's
+    assert result.stderr == ""  # the supervisor reaches it: nothing to warn about
     dynamic = luofs("run", "--root", luofs_instance.root, "--", "true")
     assert dynamic.returncode == 0 and dynamic.stderr == ""
+    missing = luofs("run", "--root", luofs_instance.root, "--", str(tmp_path / "missing"))
+    assert missing.returncode == 127
+    assert missing.stderr == f"luofs-supervise: {tmp_path / 'missing'}: No such file or directory\n"

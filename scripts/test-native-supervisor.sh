@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The transparent mode (issue 14): the seccomp supervisor serves programs no
+# LD_PRELOAD shim reaches. The C conformance walkers run through it; static glibc
+# and musl programs, a Go program and a Rust program with raw syscalls each do a
+# two-stage live update through `luofs run`; a raw reboot(LINUX_REBOOT_CMD_KEXEC)
+# from a static program (in its own PID namespace) performs the update and never
+# returns to it.
+set -euo pipefail
+source "$(dirname "$0")/../native/tests/boot-lib.sh"
+require_native libluofs-shim.so luofs-supervise errno_walk errno_walk64 fd_lifetime reboot_walk
+
+boot_luofs
+device="$root/dev/liveupdate" # until `luofs run` joins the kernel's mount namespace
+
+RUN_UNDER=under_supervisor
+run_c_test "errno_walk in the transparent mode" "$NATIVE/errno_walk"
+run_c_test "errno_walk64 in the transparent mode" "$NATIVE/errno_walk64"
+run_c_test "fd_lifetime in the transparent mode" "$NATIVE/fd_lifetime"
+# The shim told to leave its calls to a supervisor, with none there: the walker
+# fails, so the runs above were served by the supervisor, not by the shim.
+LUOFS_SUPERVISED=all under_shim "$NATIVE/errno_walk" >/dev/null 2>&1 && status=0 || status=$?
+check "with no supervisor, the stepped-aside shim alone fails errno_walk" test "$status" -ne 0
+
+kernel_number() {
+	luofs status --root "$root" --json | "$VENV_PY" -c 'import json, sys; print(json.load(sys.stdin)["kernel"]["liveupdate_number"])'
+}
+
+# two_stage LABEL PROGRAM: stage 1 leaves a holder (C) or holds the session itself
+# (Go, Rust: it prints "ready" and waits), `luofs kexec`, stage 2 in the next kernel.
+two_stage() {
+	local label=$1 program=$NATIVE/$2 name="two-stage-$2" out status=0 pid holder
+	if [ ! -x "$program" ]; then
+		not_ok "$label: $program was not built (its toolchain is missing: make deps native)"
+		return
+	fi
+	out="$root.$2.stage1"
+	timeout -k 5 "$TEST_TIMEOUT" luofs run --root "$root" -- "$program" "$device" stage1 "$name" \
+		>"$out" 2>&1 &
+	pid=$!
+	for _ in $(seq 200); do
+		grep -qE '^(ready|holder|[0-9]+ failed)' "$out" && break
+		sleep 0.05
+	done
+	sed 's/^/    /' "$out"
+	check "$label: stage 1 preserved a memfd" grep -q '^0 failed' "$out"
+	holder=$(awk '/^holder/ { print $2 }' "$out")
+	luofs kexec --root "$root" >/dev/null
+	kill "$pid" 2>/dev/null || true # a holding stage 1 ends with the old kernel
+	wait "$pid" 2>/dev/null || true
+	[ -n "$holder" ] && kill "$holder" 2>/dev/null || true
+	rm -f "$out"
+	out=$(timeout -k 5 "$TEST_TIMEOUT" luofs run --root "$root" -- "$program" "$device" stage2 \
+		"$name" 2>&1) || status=$?
+	printf '%s\n' "$out" | sed 's/^/    /'
+	check "$label: stage 2 retrieved and finished in the next kernel (exit $status)" \
+		test "$status" -eq 0
+}
+
+two_stage "gcc -static" static_update_gcc
+two_stage "musl-gcc -static" static_update_musl
+two_stage "Go (raw syscalls)" go_update
+two_stage "Rust (raw ioctl syscalls)" rust_update
+
+# reboot(KEXEC) as a raw syscall from a static program, in a PID namespace of its
+# own (if anything let the call through, it could not reach the host), with the
+# supervisor outside it.
+before=$(kernel_number)
+out=$(timeout -k 5 "$TEST_TIMEOUT" luofs run --root "$root" -- \
+	unshare -p -f "$NATIVE/static_update_gcc" "$device" reboot raw-reboot 2>&1) || true
+printf '%s\n' "$out" | sed 's/^/    /'
+check "the static program reached its reboot(LINUX_REBOOT_CMD_KEXEC)" grep -q '^rebooting' <<<"$out"
+check "reboot(KEXEC) never returned to it" test -z "$(grep 'reboot returned' <<<"$out")"
+check "reboot(KEXEC) performed the live update ($before -> $(kernel_number))" \
+	test "$(kernel_number)" -eq $((before + 1))
+out=$(timeout -k 5 "$TEST_TIMEOUT" luofs run --root "$root" -- "$NATIVE/static_update_gcc" \
+	"$device" stage2 raw-reboot 2>&1) && status=0 || status=$?
+check "the session open at the reboot is retrieved in the next kernel (exit $status)" \
+	test "$status" -eq 0
+# `luofs run` execs the supervisor: its exit status is the run's.
+status=0
+timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --pid-ns -- "$NATIVE/static_update_gcc" \
+	"$device" reboot direct-reboot >/dev/null 2>&1 || status=$?
+check "the supervisor exits 0 when its program ended in a live update (exit $status)" \
+	test "$status" -eq 0
+
+out=$(timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --pid-ns -- \
+	"$NATIVE/static_update_gcc" "$device" refused - 2>&1) && status=0 || status=$?
+printf '%s\n' "$out" | sed 's/^/    /'
+check "reboot calls other than a kexec are refused, kexec_file_load succeeds (exit $status)" \
+	test "$status" -eq 0
+fake=$(mktemp -d)
+printf '#!/bin/sh\nexit 16\n' >"$fake/busy"
+chmod +x "$fake/busy"
+before=$(kernel_number)
+out=$(LUOFS_BIN="$fake/busy" timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --pid-ns \
+	-- "$NATIVE/static_update_gcc" "$device" reboot busy-reboot 2>&1) && status=0 || status=$?
+rm -rf "$fake"
+check "a kexec that fails returns to its caller with its errno ($(grep 'reboot returned' <<<"$out"))" \
+	grep -q '^reboot returned: Device or resource busy' <<<"$out"
+check "...and leaves the kernel as it was" test "$(kernel_number)" -eq "$before"
+
+# The C walker of the reboot paths, its reboot() served by the supervisor, as
+# PID 1 of a PID namespace of its own. Killed in reboot(), `prepare` prints no
+# summary; the supervisor exits 0 for a program a live update ended.
+in_pid_ns() {
+	timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --all --pid-ns -- \
+		env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+}
+before=$(kernel_number)
+RUN_UNDER=in_pid_ns
+run_c_test "reboot_walk prepare in the transparent mode (ends in reboot(KEXEC))" \
+	"$NATIVE/reboot_walk" prepare sv
+check "...which performed the live update and never returned" \
+	test "$(kernel_number)" -eq $((before + 1))
+RUN_UNDER=under_supervisor
+run_c_test "reboot_walk check after it" "$NATIVE/reboot_walk" check sv
+
+finish
