@@ -16,7 +16,7 @@ import sys
 
 from luofs.testing import booted
 
-from . import device_soak, ioctl_roundtrip, kexec_blackout, plot, shim
+from . import device_soak, ioctl_roundtrip, kexec_blackout, plot, shim, supervisor
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     with booted() as instance:
         rows += ioctl_roundtrip.run(instance)
         rows += shim.run(instance, rows[0].median)
+        rows += supervisor.run(instance)
     for row in rows:
         progress(row)
     print("kexec blackout against preserved bytes …", file=sys.stderr, flush=True)
