@@ -43,7 +43,7 @@ static int status_to_errno(int status)
 	return EIO;
 }
 
-int luofs_run_kexec(const char *root)
+int luofs_run_kexec(const char *root, int out_fd)
 {
 	const char *bin = getenv("LUOFS_BIN");
 	char *argv[] = { "luofs", "kexec", "--root", (char *)root, NULL };
@@ -54,11 +54,13 @@ int luofs_run_kexec(const char *root)
 	if (!bin || !*bin)
 		bin = "luofs";
 	/* luofs reports on stdout; a reboot() must not write into the caller's
-	 * output (luoctl ... kexec > data), so its stdout goes to our stderr. */
+	 * output (luoctl ... kexec > data), so its stdout goes to stderr. */
 	err = posix_spawn_file_actions_init(&actions);
 	if (err)
 		return err;
-	posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
+	posix_spawn_file_actions_adddup2(&actions, out_fd, STDOUT_FILENO);
+	if (out_fd != STDERR_FILENO)
+		posix_spawn_file_actions_adddup2(&actions, out_fd, STDERR_FILENO);
 	err = strchr(bin, '/') ? posix_spawn(&pid, bin, &actions, NULL, argv, environ)
 			       : posix_spawnp(&pid, bin, &actions, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&actions);

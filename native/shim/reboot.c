@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <linux/reboot.h>
 #include <sys/reboot.h>
+#include <unistd.h>
 
 #include "shim.h"
 
@@ -24,7 +25,7 @@ SHIM_EXPORT int reboot(int howto)
 
 	if (howto != (int)LINUX_REBOOT_CMD_KEXEC || !luofs_shim_serves(false))
 		return SHIM_REAL(reboot)(howto);
-	err = luofs_run_kexec(root);
+	err = luofs_run_kexec(root, STDERR_FILENO);
 	if (err) {
 		errno = err;
 		return -1;

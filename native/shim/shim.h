@@ -224,7 +224,8 @@ long luofs_emulated_fs_type(int fd);
 
 /* ---- kexec.c: the emulator's live update ------------------------------------- */
 
-/* Runs `luofs kexec --root root` and waits: 0, or the errno reboot() reports. */
-int luofs_run_kexec(const char *root);
+/* Runs `luofs kexec --root root` with its output on out_fd (the caller's stderr)
+ * and waits: 0, or the errno reboot() reports. */
+int luofs_run_kexec(const char *root, int out_fd);
 
 #endif /* LUOFS_SHIM_H */

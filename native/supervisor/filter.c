@@ -12,7 +12,11 @@
  *
  * SECCOMP_FILTER_FLAG_SPEC_ALLOW: a filter otherwise turns on the speculative
  * store bypass mitigation for the task, which slows every program down; this
- * filter is not a security boundary.
+ * filter is not a security boundary. SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: once
+ * we have taken a request, a signal (Go preempts its threads with SIGURG) waits
+ * for our answer instead of interrupting the call, which the kernel would then
+ * restart: a restarted CREATE_SESSION would find its own session (EEXIST). An
+ * ioctl on the real device is not interrupted midway either.
  *
  * Unhappy paths: a process that already has a listener (supervised already) gets
  * EBUSY; without CAP_SYS_ADMIN the filter needs no_new_privs, set then.
@@ -77,10 +81,16 @@ int supervise_install_filter(void)
 		/* 19 */ RET(SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
-	unsigned int flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+	unsigned int flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_SPEC_ALLOW |
+			     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
 	long fd;
 
 	fd = syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+	if (fd < 0 && errno == EINVAL) {
+		/* Before 5.19: a signal may then interrupt a request we already run. */
+		flags &= ~(unsigned int)SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+		fd = syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+	}
 	if (fd < 0 && errno == EACCES) {
 		/* No CAP_SYS_ADMIN: the kernel then insists on no_new_privs. */
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)

@@ -88,7 +88,7 @@ static int serve_reboot(struct supervisor *sv, struct target *t, const struct se
 	uint32_t cmd = (uint32_t)d->args[2];
 	const char *root = luofs_root_env();
 	pid_t tgid;
-	int err;
+	int err, out;
 
 	/* The kernel's order: capability, magic numbers, then the command. */
 	if (!has_cap_sys_boot(t)) {
@@ -106,7 +106,11 @@ static int serve_reboot(struct supervisor *sv, struct target *t, const struct se
 		return 0;
 	}
 	tgid = target_tgid(t);
-	err = luofs_run_kexec(root);
+	/* What luofs kexec says goes where the shim's would: the caller's stderr. */
+	out = target_getfd(t, STDERR_FILENO);
+	err = luofs_run_kexec(root, out >= 0 ? out : STDERR_FILENO);
+	if (out >= 0)
+		close(out);
 	if (err) {
 		a->error = -err;
 		return 0;
