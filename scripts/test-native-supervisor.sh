@@ -56,6 +56,11 @@ two_stage() {
 		test "$status" -eq 0
 }
 
+out=$(timeout -k 5 "$TEST_TIMEOUT" luofs run --root "$root" -- "$NATIVE/static_update_gcc" \
+	"$device" signals sig 2>&1) && status=0 || status=$?
+printf '%s\n' "$out" | sed 's/^/    /'
+check "signals never interrupt a request the supervisor took (exit $status)" test "$status" -eq 0
+
 two_stage "gcc -static" static_update_gcc
 two_stage "musl-gcc -static" static_update_musl
 two_stage "Go (raw syscalls)" go_update

@@ -13,6 +13,9 @@
  *                                      reboot(LINUX_REBOOT_CMD_KEXEC): a kexec never
  *                                      returns, so "reboot returned" is a failure
  *                                      (exit 3), or the errno of a failed kexec
+ *   static_update DEVICE signals NAME  300 CREATE_SESSIONs under a 50 us interval
+ *                                      timer (SA_RESTART, as Go's SIGURG): none is
+ *                                      interrupted midway and restarted into EEXIST
  *   static_update DEVICE refused NAME  reboot calls that must not reboot anything:
  *                                      bad magic EINVAL, POWER_OFF EPERM; and
  *                                      kexec_file_load succeeds (always loaded)
@@ -28,7 +31,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -58,7 +63,7 @@ static int session_ioctl(int dev, unsigned long cmd, const char *name)
 {
 	struct liveupdate_ioctl_create_session arg = { .size = sizeof(arg) };
 
-	strncpy((char *)arg.name, name, sizeof(arg.name) - 1);
+	snprintf((char *)arg.name, sizeof(arg.name), "%s", name);
 	return luo_ioctl(dev, cmd, &arg) < 0 ? -1 : arg.fd;
 }
 
@@ -150,6 +155,35 @@ static void stage2(const char *device, const char *name)
 	close(session);
 }
 
+static void on_tick(int sig)
+{
+	(void)sig;
+}
+
+static void signals(const char *device, const char *name)
+{
+	struct sigaction sa = { .sa_handler = on_tick, .sa_flags = SA_RESTART };
+	struct itimerval every = { { 0, 50 }, { 0, 50 } }, off = { { 0, 0 }, { 0, 0 } };
+	int dev = open(device, O_RDWR | O_CLOEXEC), created = 0;
+	char each[64];
+
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &every, NULL);
+	for (int i = 0; dev >= 0 && i < 300; i++) {
+		snprintf(each, sizeof(each), "%s-%d", name, i);
+		int s = session_ioctl(dev, LIVEUPDATE_IOCTL_CREATE_SESSION, each);
+
+		if (s < 0) {
+			printf("    CREATE_SESSION %s: %s\n", each, strerror(errno));
+			break;
+		}
+		created++;
+		close(s);
+	}
+	setitimer(ITIMER_REAL, &off, NULL);
+	check(created == 300, "300 CREATE_SESSIONs under a signal every 50 us all succeed");
+}
+
 /* Run as PID 1 of a PID namespace of its own: a reboot that got through ends
  * only that namespace. */
 static void refused(void)
@@ -186,6 +220,8 @@ int main(int argc, char **argv)
 			LINUX_REBOOT_CMD_KEXEC, NULL);
 		printf("reboot returned: %s\n", strerror(errno));
 		return 3;
+	} else if (strcmp(argv[2], "signals") == 0) {
+		signals(argv[1], argv[3]);
 	} else if (strcmp(argv[2], "refused") == 0) {
 		refused();
 	} else {
