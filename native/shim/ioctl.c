@@ -37,9 +37,7 @@ static __attribute__((noinline)) int luo_ioctl(int fd, unsigned long request, vo
 	/* The kernel's ioctl takes an unsigned int cmd: upper bits are dropped. */
 	err = luofs_transport_ioctl(&self, &file, fd, (uint32_t)request, arg);
 	if (err) {
-		/* "This kernel is gone": FUSE says ECONNABORTED for a request the
-		 * unmount cut short and ENOTCONN afterwards; callers see ENOTCONN. */
-		errno = err == -ECONNABORTED ? ENOTCONN : -err;
+		errno = -err;
 		return -1;
 	}
 	errno = saved;

@@ -212,6 +212,7 @@ int luofs_transport_ioctl(const struct luofs_caller *caller, const struct luofs_
 	};
 
 	struct carried_fd carried = { .at = -1 };
+	int err;
 
 	luofs_request_load(&req, caller->pid, user_arg);
 	if (caller->take_fd) {
@@ -223,8 +224,12 @@ int luofs_transport_ioctl(const struct luofs_caller *caller, const struct luofs_
 	}
 	if (file->kind == LUOFS_FD_DEVICE &&
 	    (cmd == CMD_CREATE_SESSION || cmd == CMD_RETRIEVE_SESSION))
-		return session_returning_ioctl(caller, fd, &req, user_arg);
-	return xattr_ioctl(caller, fd, &req, user_arg, &carried);
+		err = session_returning_ioctl(caller, fd, &req, user_arg);
+	else
+		err = xattr_ioctl(caller, fd, &req, user_arg, &carried);
+	/* "This kernel is gone": FUSE says ECONNABORTED for a request the unmount
+	 * cut short and ENOTCONN afterwards; callers see ENOTCONN. */
+	return err == -ECONNABORTED ? -ENOTCONN : err;
 }
 
 int luofs_session_name(const struct luofs_fd *file, int fd, char name[64])
