@@ -120,4 +120,15 @@ check "...which performed the live update and never returned" \
 RUN_UNDER=under_supervisor
 run_c_test "reboot_walk check after it" "$NATIVE/reboot_walk" check sv
 
+# The RFC v2 ABI: its ioctl numbers carry their size, FD_PRESERVE carries the fd at
+# offset 0 and FD_RESTORE returns one; the cycle split where the kexec ends it.
+luofs shutdown --root "$root" >/dev/null
+rmdir "$root"
+boot_luofs --abi rfc-v2
+RUN_UNDER=in_pid_ns
+run_c_test "rfc_v2_cycle before, in the transparent mode (ends in reboot(KEXEC))" \
+	"$NATIVE/rfc_v2_cycle" before
+RUN_UNDER=under_supervisor
+run_c_test "rfc_v2_cycle after it, in the next kernel" "$NATIVE/rfc_v2_cycle" after
+
 finish

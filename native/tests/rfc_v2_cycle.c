@@ -5,6 +5,11 @@
  * FD_RESTORE, check the bytes, FINISH. Run under the shim with
  * `luofs boot --abi rfc-v2`.
  *
+ *   rfc_v2_cycle            the whole cycle in one process (reboot() returns: the shim)
+ *   rfc_v2_cycle before     up to and including reboot(), which a kernel never returns
+ *                           from (the seccomp supervisor: the process ends there)
+ *   rfc_v2_cycle after      the new kernel's half, in a new process
+ *
  * The RFC's uapi header is long gone from the kernel, so its definitions are
  * spelled out here.
  */
@@ -49,14 +54,14 @@ static uint32_t state_of(int dev)
 	return state;
 }
 
-int main(void)
+/* Preserves, prepares and freezes, then reboots; returns what reboot() returned. */
+static int before(void)
 {
 	int dev = EXPECT(0, open("/dev/liveupdate", O_RDWR), "open /dev/liveupdate");
 	int second = EXPECT(0, open("/dev/liveupdate", O_RDWR), "a second opener is fine in v2");
 	int mem = memfd_create("guest", 0);
 	struct liveupdate_fd arg = { .fd = mem };
 	uint64_t first_token;
-	char back[sizeof(payload)] = { 0 };
 
 	write(mem, payload, sizeof(payload));
 	lseek(mem, 5, SEEK_SET);
@@ -78,12 +83,18 @@ int main(void)
 	check(state_of(dev) == LU_FROZEN, "GET_STATE says FROZEN");
 	close(second);
 	close(dev);
+	fflush(stdout);
+	return (int)EXPECT(0, reboot(LINUX_REBOOT_CMD_KEXEC), "reboot(LINUX_REBOOT_CMD_KEXEC)");
+}
 
-	EXPECT(0, reboot(LINUX_REBOOT_CMD_KEXEC), "reboot(LINUX_REBOOT_CMD_KEXEC)");
+/* The new kernel's half: the first kernel's first token is 0. */
+static void after(void)
+{
+	int dev = EXPECT(0, open("/dev/liveupdate", O_RDWR), "open /dev/liveupdate in the new kernel");
+	struct liveupdate_fd arg = { .fd = -1, .token = 0 };
+	char back[sizeof(payload)] = { 0 };
 
-	dev = EXPECT(0, open("/dev/liveupdate", O_RDWR), "open /dev/liveupdate in the new kernel");
 	check(state_of(dev) == LU_UPDATED, "GET_STATE says UPDATED");
-	arg = (struct liveupdate_fd){ .fd = -1, .token = first_token };
 	EXPECT(0, ioctl(dev, LIVEUPDATE_IOCTL_FD_RESTORE, &arg), "FD_RESTORE the token");
 	check(arg.fd >= 0 && (fcntl(arg.fd, F_GETFD) & FD_CLOEXEC), "the restored fd is close-on-exec");
 	check(lseek(arg.fd, 0, SEEK_CUR) == 5, "the file position is carried");
@@ -92,5 +103,20 @@ int main(void)
 	EXPECT(EINVAL, ioctl(dev, LIVEUPDATE_IOCTL_FD_RESTORE, &arg), "a second restore is EINVAL");
 	EXPECT(0, ioctl(dev, LIVEUPDATE_IOCTL_EVENT_FINISH), "EVENT_FINISH");
 	check(state_of(dev) == LU_NORMAL, "GET_STATE says NORMAL again");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && strcmp(argv[1], "after") == 0) {
+		after();
+	} else if (argc == 2 && strcmp(argv[1], "before") == 0) {
+		before();
+	} else if (argc == 1) {
+		if (before() == 0)
+			after();
+	} else {
+		fprintf(stderr, "usage: rfc_v2_cycle [before|after]\n");
+		return 2;
+	}
 	return check_summary();
 }
