@@ -21,6 +21,12 @@ run_c_test "fd_lifetime in the transparent mode" "$NATIVE/fd_lifetime"
 LUOFS_SUPERVISED=all under_shim "$NATIVE/errno_walk" >/dev/null 2>&1 && status=0 || status=$?
 check "with no supervisor, the stepped-aside shim alone fails errno_walk" test "$status" -ne 0
 
+out=$("$SUPERVISOR" --root "$root" 2>&1) && status=0 || status=$?
+check "no program: usage, exit 2 (exit $status)" test "$status" -eq 2 -a \
+	"$out" = "usage: luofs-supervise [--root DIR] [--all] [--shim LIB] [--pid-ns] -- PROG ARGS..."
+out=$("$SUPERVISOR" --bogus -- true 2>&1) && status=0 || status=$?
+check "an unknown option: usage, exit 2 (exit $status)" test "$status" -eq 2
+
 kernel_number() {
 	luofs status --root "$root" --json | "$VENV_PY" -c 'import json, sys; print(json.load(sys.stdin)["kernel"]["liveupdate_number"])'
 }
