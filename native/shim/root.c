@@ -58,11 +58,13 @@ bool luofs_shim_serves(bool ioctl)
 	return ioctl && strcmp(supervised, "all") != 0;
 }
 
-static bool fd_identity(int fd, dev_t *dev, ino_t *ino)
+/* st_dev and st_ino of fd (path "") or of the file at path, never asking FUSE. */
+static bool identity(int fd, const char *path, dev_t *dev, ino_t *ino)
 {
 	struct statx stx;
+	int flags = (*path ? 0 : AT_EMPTY_PATH) | AT_STATX_DONT_SYNC;
 
-	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &stx) != 0)
+	if (statx(fd, path, flags, STATX_INO, &stx) != 0)
 		return false;
 	*dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
 	*ino = stx.stx_ino;
@@ -106,7 +108,7 @@ static bool refresh(const char *root)
 	return true;
 }
 
-enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out)
+static enum luofs_fd_kind classify(int fd, const char *path, struct luofs_fd *out)
 {
 	const char *root = luofs_root_env();
 	dev_t dev;
@@ -114,7 +116,7 @@ enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out)
 	int saved = errno;
 
 	out->kind = LUOFS_FD_FOREIGN;
-	if (!root || strlen(root) >= sizeof(cache.root) || !fd_identity(fd, &dev, &ino))
+	if (!root || strlen(root) >= sizeof(cache.root) || !identity(fd, path, &dev, &ino))
 		goto done;
 	pthread_once(&atfork_once, register_atfork);
 	/* A miss may mean a new mount (every kexec makes one): look once more. */
@@ -129,6 +131,16 @@ enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out)
 done:
 	errno = saved;
 	return out->kind;
+}
+
+enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out)
+{
+	return classify(fd, "", out);
+}
+
+enum luofs_fd_kind luofs_classify_path(const char *path, struct luofs_fd *out)
+{
+	return classify(AT_FDCWD, path, out);
 }
 
 bool luofs_root_real(char *out, size_t size)

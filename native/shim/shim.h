@@ -70,6 +70,9 @@ struct luofs_fd {
 /* Classifies fd by its st_dev/st_ino (never by a table: session fds travel over
  * SCM_RIGHTS and survive exec). Never blocks on the daemon for the fd itself. */
 enum luofs_fd_kind luofs_classify(int fd, struct luofs_fd *out);
+/* The same for the file at path (a /proc/PID/fd/N link is followed, never opened:
+ * no FUSE request, no flush of another file system's file). */
+enum luofs_fd_kind luofs_classify_path(const char *path, struct luofs_fd *out);
 
 /* $LUOFS_ROOT, or NULL when unset or empty (the shim then stays out of the way). */
 const char *luofs_root_env(void);

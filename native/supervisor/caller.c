@@ -51,6 +51,15 @@ bool target_open(struct target *t, int listener, const struct seccomp_notif *n)
 	return true;
 }
 
+bool target_fd_emulated(const struct target *t, int fd)
+{
+	struct luofs_fd file;
+	char link[64];
+
+	snprintf(link, sizeof(link), "/proc/%d/fd/%d", (int)t->tid, fd);
+	return fd >= 0 && luofs_classify_path(link, &file) != LUOFS_FD_FOREIGN;
+}
+
 int target_getfd(const struct target *t, int fd)
 {
 	int ours = fd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, t->pidfd, fd, 0);

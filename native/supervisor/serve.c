@@ -63,14 +63,16 @@ static int serve_ioctl(struct target *t, const struct seccomp_data *d, struct an
 {
 	struct luofs_caller caller;
 	struct luofs_fd file;
-	int ours = target_getfd(t, (int)d->args[0]);
-	int err;
+	int ours, err;
 
+	if (!target_fd_emulated(t, (int)d->args[0]))
+		return CONTINUE; /* a real LUO device, another driver's type 0xBA, or EBADF */
+	ours = target_getfd(t, (int)d->args[0]);
 	if (ours < 0)
-		return CONTINUE; /* the kernel says EBADF itself */
+		return CONTINUE; /* closed meanwhile: the kernel says EBADF itself */
 	if (luofs_classify(ours, &file) == LUOFS_FD_FOREIGN) {
 		close(ours);
-		return CONTINUE; /* a real LUO device, or another driver's type-0xBA ioctl */
+		return CONTINUE; /* swapped for another file meanwhile */
 	}
 	target_as_caller(t, &caller);
 	/* The kernel's ioctl takes an unsigned int cmd: upper bits are dropped. */
@@ -169,7 +171,7 @@ static int serve_readlink(struct target *t, const struct seccomp_data *d, bool a
 	int ours;
 	ssize_t len;
 
-	if (fd < 0 || bufsiz <= 0)
+	if (fd < 0 || bufsiz <= 0 || !target_fd_emulated(t, fd))
 		return CONTINUE;
 	ours = target_getfd(t, fd);
 	if (ours < 0)
@@ -193,7 +195,7 @@ static int serve_statfs(struct target *t, const struct seccomp_data *d, bool by_
 	struct statfs st;
 	int fd = by_path ? proc_fd_of_path(t, (const void *)(uintptr_t)d->args[0], AT_FDCWD, false)
 			 : (int)d->args[0];
-	int ours = fd < 0 ? -1 : target_getfd(t, fd);
+	int ours = fd >= 0 && target_fd_emulated(t, fd) ? target_getfd(t, fd) : -1;
 	bool done;
 
 	if (ours < 0)

@@ -59,6 +59,10 @@ struct target {
 /* Opens a pidfd for the notification's thread and checks that the notification
  * is still pending (so the pidfd names the caller, not a reused tid). */
 bool target_open(struct target *t, int listener, const struct seccomp_notif *n);
+/* Is the caller's fd a file of the emulator? Looked at through /proc, not taken:
+ * a copy of a file elsewhere, once closed, would be flushed as if the caller
+ * had closed it (on another FUSE file system, a request of its own). */
+bool target_fd_emulated(const struct target *t, int fd);
 /* Our copy of the caller's fd (same open file description), or -errno. */
 int target_getfd(const struct target *t, int fd);
 /* Is the notification still pending (the caller alive and waiting)? */
