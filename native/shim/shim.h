@@ -169,6 +169,9 @@ struct luofs_caller {
 	 * fd (a little-endian s32 at arg_fd) by our copy of it, or by -1 if the
 	 * caller holds no such fd; the copy stays open until the request is over. */
 	void (*take_fd)(const struct luofs_caller *caller, uint8_t *arg_fd);
+	/* NULL: always. Else false once `pid` may no longer be the caller (it died
+	 * and its id could name another process): nothing is written to it then. */
+	bool (*alive)(const struct luofs_caller *caller);
 	void *data;
 };
 

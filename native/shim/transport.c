@@ -67,6 +67,15 @@ void luofs_self(struct luofs_caller *caller)
 	*caller = (struct luofs_caller){ .pid = getpid() };
 }
 
+/* copy_to_user into the caller, if it is still the caller (see `alive`). */
+static bool reply_to(const struct luofs_caller *caller, void *user_arg, const void *data,
+		     size_t len)
+{
+	if (caller->alive && !caller->alive(caller))
+		return false;
+	return luofs_poke(caller->pid, user_arg, data, len);
+}
+
 /* Hands our new fd to the caller once its struct is known to be writable: the
  * kernel never installs an fd it cannot report. Returns the caller's number for
  * it, or -errno (our fd closed). */
@@ -77,7 +86,7 @@ static int hand_over(const struct luofs_caller *caller, int fd, void *user_arg, 
 	if (!caller->install)
 		return fd;
 	if (luofs_peek(caller->pid, probe, user_arg, len) < len ||
-	    !luofs_poke(caller->pid, user_arg, probe, len)) {
+	    !reply_to(caller, user_arg, probe, len)) {
 		close(fd);
 		return -EFAULT;
 	}
@@ -123,7 +132,7 @@ static int session_returning_ioctl(const struct luofs_caller *caller, int fd,
 		return session_fd;
 	if (reply_len >= SESSION_FD_OFFSET + 4)
 		put_le32(reply + SESSION_FD_OFFSET, (uint32_t)session_fd);
-	if (!luofs_poke(caller->pid, user_arg, reply, reply_len)) {
+	if (!reply_to(caller, user_arg, reply, reply_len)) {
 		/* As the kernel: the fd is never installed, so the session is
 		 * released again. (An installed one is the caller's now.) */
 		if (!caller->install)
@@ -196,7 +205,7 @@ static int xattr_ioctl(const struct luofs_caller *caller, int fd, struct luofs_r
 			return new_fd;
 		put_le32(data + reply.fd_offset, (uint32_t)new_fd);
 	}
-	if (reply.data_len && !luofs_poke(caller->pid, user_arg, data, reply.data_len)) {
+	if (reply.data_len && !reply_to(caller, user_arg, data, reply.data_len)) {
 		if (new_fd >= 0 && !caller->install)
 			close(new_fd); /* (an installed one is the caller's now) */
 		return -EFAULT;

@@ -162,10 +162,20 @@ static void caller_take_fd(const struct luofs_caller *caller, uint8_t *arg_fd)
 	put_le32(arg_fd, (uint32_t)(ours >= 0 ? ours : -1));
 }
 
+static bool caller_alive(const struct luofs_caller *caller)
+{
+	return target_valid(caller->data);
+}
+
 void target_as_caller(struct target *t, struct luofs_caller *caller)
 {
 	*caller = (struct luofs_caller){
 		.pid = t->tid, .table_full = caller_table_full, .install = caller_install,
-		.take_fd = caller_take_fd, .data = t,
+		.take_fd = caller_take_fd, .alive = caller_alive, .data = t,
 	};
+}
+
+bool target_reply(const struct target *t, void *user_addr, const void *data, size_t len)
+{
+	return target_valid(t) && luofs_poke(t->tid, user_addr, data, len);
 }

@@ -181,7 +181,7 @@ static int serve_readlink(struct target *t, const struct seccomp_data *d, bool a
 	close(ours);
 	if (len == -2)
 		return CONTINUE;
-	if (!luofs_poke(t->tid, buf, shown, (size_t)len))
+	if (!target_reply(t, buf, shown, (size_t)len))
 		a->error = -EFAULT;
 	else
 		a->val = len;
@@ -206,7 +206,7 @@ static int serve_statfs(struct target *t, const struct seccomp_data *d, bool by_
 	}
 	ADJUST_STATFS(ours, &st);
 	close(ours);
-	done = luofs_poke(t->tid, (void *)(uintptr_t)d->args[1], &st, sizeof(st));
+	done = target_reply(t, (void *)(uintptr_t)d->args[1], &st, sizeof(st));
 	a->error = done ? 0 : -EFAULT;
 	return 0;
 }

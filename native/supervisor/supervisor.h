@@ -67,6 +67,9 @@ bool target_fd_emulated(const struct target *t, int fd);
 int target_getfd(const struct target *t, int fd);
 /* Is the notification still pending (the caller alive and waiting)? */
 bool target_valid(const struct target *t);
+/* copy_to_user into the caller while its notification is pending; false if it
+ * is gone or the address faults. */
+bool target_reply(const struct target *t, void *user_addr, const void *data, size_t len);
 /* Closes the pidfd and every copy taken. */
 void target_close(struct target *t);
 /* Scans the caller's /proc/TID/status for the line `format` (one sscanf
