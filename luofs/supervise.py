@@ -7,8 +7,8 @@ answers them on the program's behalf. That reaches any binary: static (glibc, mu
 nolibc), Go, raw syscalls. A dynamically linked program gets the LD_PRELOAD shim as
 well: it redirects the path "/dev/liveupdate" (until programs run inside the
 kernel's own mount namespace, where the device is at that path), and serves its
-libc ioctl() calls itself, one hop where the supervisor needs two (bench: the
-supervisor's round trip is about twice the shim's). reboot, readlink and statfs go
+libc ioctl() calls itself, one hop where the supervisor needs two (`make bench`:
+the supervisor's round trip is about 1.3× the shim's). reboot, readlink and statfs go
 to the supervisor in both cases, so every program sees the same answers; a
 successful reboot(LINUX_REBOOT_CMD_KEXEC) never returns.
 
