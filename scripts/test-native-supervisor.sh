@@ -16,6 +16,15 @@ RUN_UNDER=under_supervisor
 run_c_test "errno_walk in the transparent mode" "$NATIVE/errno_walk"
 run_c_test "errno_walk64 in the transparent mode" "$NATIVE/errno_walk64"
 run_c_test "fd_lifetime in the transparent mode" "$NATIVE/fd_lifetime"
+# What `luofs run` does with a dynamic program: the supervisor, and the shim serving
+# its libc ioctl() calls (reboot, readlink and statfs go to the supervisor).
+under_luofs_run() {
+	timeout -k 5 "$TEST_TIMEOUT" luofs run --root "$root" -- "$@"
+}
+RUN_UNDER=under_luofs_run
+run_c_test "errno_walk through luofs run" "$NATIVE/errno_walk"
+run_c_test "errno_walk64 through luofs run" "$NATIVE/errno_walk64"
+run_c_test "fd_lifetime through luofs run" "$NATIVE/fd_lifetime"
 # The shim told to leave its calls to a supervisor, with none there: the walker
 # fails, so the runs above were served by the supervisor, not by the shim.
 LUOFS_SUPERVISED=all under_shim "$NATIVE/errno_walk" >/dev/null 2>&1 && status=0 || status=$?

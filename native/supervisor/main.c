@@ -177,8 +177,9 @@ static void run_server(int listener, int note_fd)
 	/* The caller and we take turns on one CPU: wake us in its place (6.6+;
 	 * older kernels refuse the flag and wake us as any waiter). */
 	ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, sync_wake);
-	for (;;)
-		supervise_one(&sv);
+	while (supervise_one(&sv))
+		;
+	_exit(0); /* the listener failed: its tasks' calls now fail with ENOSYS */
 }
 
 /* Was PROG (pid `who`) ended by a kexec the server performed? */
