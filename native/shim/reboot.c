@@ -3,8 +3,8 @@
  *
  * Programs trigger a live update by calling reboot() with the session fds still
  * open (spec/uapi.md §14); here the emulator's kexec is a command, so we run it
- * and wait (kexec.c). On success the call returns 0: unlike the real kernel, the
- * caller lives on (its old session fds are dead, as DESIGN.md describes). The
+ * and wait (run_kexec.c). On success the call returns 0: unlike the real kernel,
+ * the caller lives on (its old session fds are dead, as DESIGN.md describes). The
  * seccomp supervisor runs the same command but never lets the caller return;
  * under it (LUOFS_SUPERVISED) the call goes to the kernel, i.e. to it.
  */

@@ -228,7 +228,7 @@ long luofs_emulated_fs_type(int fd);
 			(buf)->f_type = type_;           \
 	} while (0)
 
-/* ---- kexec.c: the emulator's live update ------------------------------------- */
+/* ---- run_kexec.c: the emulator's live update ------------------------------------- */
 
 /* Runs `luofs kexec --root root` with its output on out_fd (the caller's stderr)
  * and waits: 0, or the errno reboot() reports. */

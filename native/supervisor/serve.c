@@ -5,8 +5,10 @@
  *                       copy of the caller's fd; on any other fd: continue
  *   reboot              KEXEC: `luofs kexec`; on success the caller is killed,
  *                       never resumed (a kexec does not return); on failure
- *                       reboot() fails with the freeze's errno. Every other
- *                       command fails with EPERM: no reboot reaches the host.
+ *                       reboot() fails with the freeze's errno. No reboot
+ *                       reaches the host: RESTART(2), HALT, POWER_OFF and
+ *                       SW_SUSPEND fail with EPERM, CAD_ON/OFF do nothing,
+ *                       unknown commands are EINVAL (the shim's rules).
  *   kexec_load,         0: the next kernel is always loaded in luofs (it is
  *   kexec_file_load     started ahead of time); image and command line unused
  *   readlink(at)        of /proc/{self,thread-self,PID}/fd/N for an emulated fd:
@@ -103,8 +105,25 @@ static int serve_reboot(struct supervisor *sv, struct target *t, const struct se
 		a->error = -EINVAL;
 		return 0;
 	}
-	if (cmd != LINUX_REBOOT_CMD_KEXEC || !root) {
+	switch (cmd) {
+	case LINUX_REBOOT_CMD_KEXEC:
+		break;
+	case LINUX_REBOOT_CMD_CAD_ON:
+	case LINUX_REBOOT_CMD_CAD_OFF:
+		return 0; /* Ctrl-Alt-Del's meaning: nothing to change in an emulator */
+	case LINUX_REBOOT_CMD_RESTART:
+	case LINUX_REBOOT_CMD_RESTART2:
+	case LINUX_REBOOT_CMD_HALT:
+	case LINUX_REBOOT_CMD_POWER_OFF:
+	case LINUX_REBOOT_CMD_SW_SUSPEND:
 		a->error = -EPERM; /* a program under luofs never reboots the host */
+		return 0;
+	default:
+		a->error = -EINVAL; /* as the kernel answers an unknown command */
+		return 0;
+	}
+	if (!root) {
+		a->error = -EPERM;
 		return 0;
 	}
 	tgid = target_tgid(t);

@@ -17,7 +17,8 @@
  *                                      timer (SA_RESTART, as Go's SIGURG): none is
  *                                      interrupted midway and restarted into EEXIST
  *   static_update DEVICE refused NAME  reboot calls that must not reboot anything:
- *                                      bad magic EINVAL, POWER_OFF EPERM; and
+ *                                      bad magic EINVAL, POWER_OFF EPERM, CAD_ON 0,
+ *                                      an unknown command EINVAL; and
  *                                      kexec_file_load succeeds (always loaded)
  *
  * DEVICE is "/dev/liveupdate" inside the kernel's userspace, or ROOT/dev/liveupdate.
@@ -195,6 +196,11 @@ static void refused(void)
 	check(syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
 		      LINUX_REBOOT_CMD_POWER_OFF, NULL) < 0 && errno == EPERM,
 	      "reboot(LINUX_REBOOT_CMD_POWER_OFF) -> EPERM: nothing but a kexec is served");
+	check(syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_CAD_ON,
+		      NULL) == 0, "reboot(LINUX_REBOOT_CMD_CAD_ON) -> 0, changing nothing");
+	errno = 0;
+	check(syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, 0x12345678, NULL) < 0 &&
+		      errno == EINVAL, "reboot with an unknown command -> EINVAL");
 	errno = 0;
 	check(syscall(SYS_kexec_file_load, -1, -1, 1, "", 0x4 /* KEXEC_FILE_NO_INITRAMFS */) == 0,
 	      "kexec_file_load -> 0 (the next kernel is always loaded)");
