@@ -35,10 +35,8 @@
 
 #if defined(__x86_64__)
 #define FILTER_ARCH AUDIT_ARCH_X86_64
-#define FILTER_ABI_MASK 0x40000000u /* __X32_SYSCALL_BIT */
 #elif defined(__aarch64__)
 #define FILTER_ARCH AUDIT_ARCH_AARCH64
-#define FILTER_ABI_MASK 0u
 #else
 #error "luofs-supervise: add this architecture's AUDIT_ARCH to filter.c"
 #endif
@@ -62,23 +60,22 @@ int supervise_install_filter(void)
 		/* 0 */ LOAD(offsetof(struct seccomp_data, arch)),
 		/* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 1, 0),
 		/* 2 */ RET(SECCOMP_RET_ALLOW),
-		/* 3 */ LOAD(offsetof(struct seccomp_data, nr)),
-		/* 4 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, FILTER_ABI_MASK, 0, 1),
-		/* 5 */ RET(SECCOMP_RET_ALLOW),
-		/* 6 */ IF_EQ(__NR_ioctl, 8),
-		/* 7 */ IF_EQ(__NR_reboot, 10),
-		/* 8 */ IF_EQ(__NR_kexec_load, 9),
-		/* 9 */ IF_EQ(__NR_kexec_file_load, 8),
-		/* 10 */ IF_EQ((unsigned)__NR_readlink, 7),
-		/* 11 */ IF_EQ(__NR_readlinkat, 6),
-		/* 12 */ IF_EQ(__NR_fstatfs, 5),
-		/* 13 */ IF_EQ(__NR_statfs, 4),
-		/* 14 */ RET(SECCOMP_RET_ALLOW),
-		/* 15: ioctl */ LOAD(ARG_LO(1)),
-		/* 16 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xff00u),
-		/* 17 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, LUO_IOCTL_TYPE << 8, 0, 1),
-		/* 18: notify */ RET(SECCOMP_RET_USER_NOTIF),
-		/* 19 */ RET(SECCOMP_RET_ALLOW),
+		/* 3: x32 numbers carry bit 30, so they match none of these */
+		LOAD(offsetof(struct seccomp_data, nr)),
+		/* 4 */ IF_EQ(__NR_ioctl, 8),
+		/* 5 */ IF_EQ(__NR_reboot, 10),
+		/* 6 */ IF_EQ(__NR_kexec_load, 9),
+		/* 7 */ IF_EQ(__NR_kexec_file_load, 8),
+		/* 8 */ IF_EQ((unsigned)__NR_readlink, 7),
+		/* 9 */ IF_EQ(__NR_readlinkat, 6),
+		/* 10 */ IF_EQ(__NR_fstatfs, 5),
+		/* 11 */ IF_EQ(__NR_statfs, 4),
+		/* 12 */ RET(SECCOMP_RET_ALLOW),
+		/* 13: ioctl */ LOAD(ARG_LO(1)),
+		/* 14 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xff00u),
+		/* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, LUO_IOCTL_TYPE << 8, 0, 1),
+		/* 16: notify */ RET(SECCOMP_RET_USER_NOTIF),
+		/* 17 */ RET(SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = { .len = sizeof(code) / sizeof(code[0]), .filter = code };
 	unsigned int flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_SPEC_ALLOW |
