@@ -101,17 +101,20 @@ pid_t target_tgid(const struct target *t)
 }
 
 /* The kernel allocates the lowest free fd below RLIMIT_NOFILE: the table is full
- * when every number below the limit is taken. */
+ * when every number below the limit is taken. A table with fewer slots than the
+ * limit (FDSize) can still grow, so only a table as large as the limit is counted
+ * (a program with 100,000 fds must not pay for a readdir of them per session). */
 static bool caller_table_full(const struct luofs_caller *caller)
 {
 	const struct target *t = caller->data;
 	struct rlimit lim;
+	unsigned long slots = 0, open_below = 0;
 	char path[64];
-	unsigned long open_below = 0;
 	struct dirent *e;
 	DIR *d;
 
-	if (prlimit(t->tid, RLIMIT_NOFILE, NULL, &lim) != 0)
+	if (prlimit(t->tid, RLIMIT_NOFILE, NULL, &lim) != 0 ||
+	    (target_status(t, "FDSize: %lu", &slots) && slots < lim.rlim_cur))
 		return false;
 	snprintf(path, sizeof(path), "/proc/%d/fd", (int)t->tid);
 	d = opendir(path);
