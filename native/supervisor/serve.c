@@ -85,29 +85,21 @@ static int serve_ioctl(struct target *t, const struct seccomp_data *d, struct an
 	return 0;
 }
 
-static int serve_reboot(struct supervisor *sv, struct target *t, const struct seccomp_data *d,
-			struct answer *a)
+/* reboot(2)'s checks in the kernel's order (capability, magic numbers, command):
+ * 1 for a kexec to perform, else what the call returns (0 or -errno). */
+static int reboot_verdict(const struct target *t, const struct seccomp_data *d)
 {
 	uint32_t magic1 = (uint32_t)d->args[0], magic2 = (uint32_t)d->args[1];
-	uint32_t cmd = (uint32_t)d->args[2];
-	const char *root = luofs_root_env();
-	pid_t tgid;
-	int err, out;
 
-	/* The kernel's order: capability, magic numbers, then the command. */
-	if (!has_cap_sys_boot(t)) {
-		a->error = -EPERM;
-		return 0;
-	}
+	if (!has_cap_sys_boot(t))
+		return -EPERM;
 	if (magic1 != LINUX_REBOOT_MAGIC1 ||
 	    (magic2 != LINUX_REBOOT_MAGIC2 && magic2 != LINUX_REBOOT_MAGIC2A &&
-	     magic2 != LINUX_REBOOT_MAGIC2B && magic2 != LINUX_REBOOT_MAGIC2C)) {
-		a->error = -EINVAL;
-		return 0;
-	}
-	switch (cmd) {
+	     magic2 != LINUX_REBOOT_MAGIC2B && magic2 != LINUX_REBOOT_MAGIC2C))
+		return -EINVAL;
+	switch ((uint32_t)d->args[2]) {
 	case LINUX_REBOOT_CMD_KEXEC:
-		break;
+		return luofs_root_env() ? 1 : -EPERM;
 	case LINUX_REBOOT_CMD_CAD_ON:
 	case LINUX_REBOOT_CMD_CAD_OFF:
 		return 0; /* Ctrl-Alt-Del's meaning: nothing to change in an emulator */
@@ -116,20 +108,26 @@ static int serve_reboot(struct supervisor *sv, struct target *t, const struct se
 	case LINUX_REBOOT_CMD_HALT:
 	case LINUX_REBOOT_CMD_POWER_OFF:
 	case LINUX_REBOOT_CMD_SW_SUSPEND:
-		a->error = -EPERM; /* a program under luofs never reboots the host */
-		return 0;
+		return -EPERM; /* a program under luofs never reboots the host */
 	default:
-		a->error = -EINVAL; /* as the kernel answers an unknown command */
-		return 0;
+		return -EINVAL; /* as the kernel answers an unknown command */
 	}
-	if (!root) {
-		a->error = -EPERM;
+}
+
+static int serve_reboot(struct supervisor *sv, struct target *t, const struct seccomp_data *d,
+			struct answer *a)
+{
+	int verdict = reboot_verdict(t, d), err, out;
+	pid_t tgid;
+
+	if (verdict != 1) {
+		a->error = verdict;
 		return 0;
 	}
 	tgid = target_tgid(t);
 	/* What luofs kexec says goes where the shim's would: the caller's stderr. */
 	out = target_getfd(t, STDERR_FILENO);
-	err = luofs_run_kexec(root, out >= 0 ? out : STDERR_FILENO);
+	err = luofs_run_kexec(luofs_root_env(), out >= 0 ? out : STDERR_FILENO);
 	if (out >= 0)
 		close(out);
 	if (err) {
