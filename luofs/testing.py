@@ -19,8 +19,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from . import cli, wire
-from .client import LiveUpdate
+from . import cli
+from .client import LiveUpdate, status
 from .mounts import detach_mount
 
 __all__ = ["Instance", "booted", "luofs_instance"]
@@ -45,7 +45,7 @@ class Instance:
         return self
 
     def status(self) -> dict:
-        return wire.request(self.root, {"op": "status"})
+        return status(self.root)
 
     def kexec(self) -> None:
         self._cli("kexec")
