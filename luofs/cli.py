@@ -17,7 +17,33 @@ DEFAULT_MEMORY = 1 << 30
 MACHINE_START_TIMEOUT = 120.0
 
 
+def _width() -> int:
+    """The terminal's width, as argparse would find it, without its `import shutil` (which
+    loads compression modules: milliseconds of every command's start)."""
+    try:
+        return int(os.environ["COLUMNS"]) - 2
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
+    except (AttributeError, ValueError, OSError):
+        return 78
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width or _width())
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -41,7 +67,7 @@ def _ask(root: str, message, timeout: float | None = 60.0):
     try:
         return control.request(root, message, timeout)
     except control.NoMachine as e:
-        raise CliError(str(e)) from None
+        raise CliError(e.strerror) from None
     except (OSError, protocol.ProtocolError) as e:
         raise CliError(f"{e}") from None
 
@@ -49,14 +75,18 @@ def _ask(root: str, message, timeout: float | None = 60.0):
 def _machine_answers(root: str):
     """The machine's MachineStatus, or None if none serves ROOT."""
     from . import control
-    from .protocol import StatusRequest
+    from .protocol import MachineStatus, StatusRequest
 
     try:
-        return _ask(root, StatusRequest(), timeout=10)
+        reply = _ask(root, StatusRequest(), timeout=10)
     except CliError as e:
         if isinstance(e.__context__, (control.NoMachine, control.MachineGone)):
             return None  # none listens, or it is on its way out
         raise
+    if not isinstance(reply, MachineStatus):
+        _ok(reply, "status")
+        raise CliError(f"the machine answered status with {reply.TAG}")
+    return reply
 
 
 def cmd_boot(args) -> int:
@@ -116,7 +146,7 @@ def _machine_config(root: str, args):
     from devices import parse_spec
 
     from .core import faults
-    from .protocol import KernelConfig, MachineConfig
+    from .protocol_kernel import KernelConfig, MachineConfig
 
     try:
         parse_spec(args.devices)
@@ -137,6 +167,7 @@ def _start_machine(config, state: str) -> int:
     import subprocess
 
     from . import protocol
+    from .protocol_kernel import Started
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     log_path = os.path.join(state, "machine.log")
@@ -154,7 +185,7 @@ def _start_machine(config, state: str) -> int:
             protocol.close_fds(fds)
         except (OSError, protocol.ProtocolError) as e:
             reply = protocol.Error(str(e))
-    if isinstance(reply, protocol.Started):
+    if isinstance(reply, Started):
         return reply.pid
     if proc.poll() is None and reply is not None:
         proc.kill()
@@ -434,7 +465,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the `command` about to run, only what that one needs."""
     p = _Parser(
         prog="luofs", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_RawFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=_Parser)
 

@@ -24,8 +24,8 @@ import struct
 import sys
 
 from . import limits, protocol
-from .protocol import (FILES, Drop, Error, Fetch, Fetched, Ok, Park, Parked, Records,
-                       RecordsReply)
+from .protocol import FILES, Error, Ok
+from .protocol_keeper import Drop, Fetch, Fetched, Park, Parked, Records, RecordsReply
 
 RECORD = struct.Struct("<QQI")  # file position, size, seals
 

@@ -33,9 +33,10 @@ from .fs.ops import KernelFS
 from .fs.server import Mount
 from .personalities.base import Panic, Personality
 from .personalities.boot import cold_boot, handover_boot
-from .protocol import (FILES, KEEPERS, RAM, Crashing, Error, Failed, KernelBoot, KernelConfig,
-                       KernelStatus, KhoDumpReply, KhoDumpRequest, Loaded, MountRoot, Ok,
-                       Panicked, Ready, Reboot, Shutdown, StatusRequest, Unmounted)
+from .protocol import (FILES, KEEPERS, RAM, Error, KhoDumpReply, KhoDumpRequest, Ok, Shutdown,
+                       StatusRequest)
+from .protocol_kernel import (Crashing, Failed, KernelBoot, KernelConfig, KernelStatus, Loaded,
+                              MountRoot, Panicked, Ready, Reboot, Unmounted)
 
 log = logging.getLogger("luofs.kernel")
 

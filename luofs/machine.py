@@ -27,10 +27,10 @@ from devices.transport import start_server
 
 from . import limits, protocol, wire
 from .mounts import detach_mount
-from .protocol import (RAM, ColdBoot, Crashing, Error, HandOver, KernelBoot, KernelStatus,
-                       KexecDone, KexecRequest, KhoDumpReply, KhoDumpRequest, Loaded,
-                       MachineConfig, MachineStatus, MountRoot, Ok, Panicked, Ready, Reboot,
-                       Shutdown, Started, StatusRequest, Unmounted)
+from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecRequest, KhoDumpReply,
+                       KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
+from .protocol_kernel import (Crashing, KernelBoot, KernelStatus, Loaded, MachineConfig,
+                              MountRoot, Panicked, Ready, Reboot, Started, Unmounted)
 
 log = logging.getLogger("luofs.machine")
 

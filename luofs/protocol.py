@@ -10,23 +10,27 @@ type does not carry, or more bytes than the channel allows raise one ProtocolErr
 and the decoder closes every fd of a message it rejects. Receivers answer a rejected
 request with `Error` and carry on.
 
-Channels: CLI -> machine (requests below, answered by `Error` or the named reply);
-machine -> kernel (`KernelBoot`, `Mount`, the same requests, `Reboot`); kernel ->
-machine (`Loaded`, `Crashing`, `Ready`, `Panicked`, `Unmounted`, `Failed`, replies);
-kernel -> keeper (`Park`, `Fetch`, `Drop`, `Records`).
+The vocabulary is split by channel, each module registering its types here when
+imported: this one holds the CLI ⇄ machine control channel (requests answered by
+`Error` or the named reply) and the HandOver; luofs.protocol_kernel the machine ⇄
+kernel channel (and the MachineConfig the CLI starts a machine with);
+luofs.protocol_keeper the kernel ⇄ keeper one. So `luofs kexec` builds a dozen
+classes at start-up, not thirty.
 """
 
+import collections
 import dataclasses
 import json
 import os
 import types
-from typing import NamedTuple
 
 from . import wire
 from .wire import ProtocolError
 
-__all__ = ["ProtocolError", "encode", "decode", "send", "recv", "FILES", "KEEPERS", "RAM",
-           "MAX_MESSAGE", "MAX_REQUEST", "HandOver", "ParkedRun"]
+__all__ = ["ProtocolError", "encode", "decode", "send", "recv", "close_fds", "Message",
+           "FILES", "KEEPERS", "RAM", "MAX_MESSAGE", "MAX_REQUEST", "Ok", "Error", "HandOver",
+           "ParkedRun", "StatusRequest", "MachineStatus", "KhoDumpRequest", "KhoDumpReply",
+           "KexecRequest", "KexecDone", "ColdBoot", "Shutdown"]
 
 # Names of the fd groups that travel with a HandOver.
 FILES = "files"  # preserved files held directly, in LUO image order (parked ones left out)
@@ -41,27 +45,70 @@ MAX_REQUEST = 4 << 10  # what the machine reads from a client of its control soc
 _TYPES: dict[str, type] = {}  # type tag -> message class
 
 
-def message(tag: str, groups: tuple[str, ...] = ()):
-    """Class decorator: a frozen dataclass registered under `tag`, carrying fd `groups`."""
-    def register(cls):
+class Message:
+    """Base of every message: `class Ping(Message, tag="ping", groups=()):` with annotated
+    fields makes a dataclass whose instances are frozen (assignment raises
+    dataclasses.FrozenInstanceError), checked when built, and registered under `tag`.
+
+    Why not @dataclass(frozen=True): it compiles five methods per class at import,
+    a millisecond of every `luofs` command's start-up each; these generic ones read the
+    same dataclass fields, so fields(), replace() and asdict() work as for any dataclass.
+    """
+
+    __slots__ = ()
+    TAG = ""
+    FD_GROUPS: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, tag: str, groups: tuple[str, ...] = (), **kwargs):
+        super().__init_subclass__(**kwargs)
         if tag in _TYPES:
             raise ValueError(f"message type {tag!r} registered twice")
         cls.TAG, cls.FD_GROUPS = tag, groups
-        cls.__post_init__ = _post_init  # before dataclass(), which looks for it
-        cls = dataclasses.dataclass(frozen=True)(cls)
+        dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
+        cls._FIELDS = tuple((f.name, f.default, f.type) for f in dataclasses.fields(cls))
         _TYPES[tag] = cls
-        return cls
-    return register
 
+    def __init__(self, *args, **kwargs):
+        names = [name for name, _default, _type in self._FIELDS]
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes {len(names)} values, "
+                            f"{len(args)} given")
+        values = dict(zip(names, args))
+        for name, value in kwargs.items():
+            if name not in names or name in values:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated {name!r}")
+            values[name] = value
+        for name, default, tp in self._FIELDS:
+            value = values.get(name, default)
+            if value is dataclasses.MISSING:
+                raise TypeError(f"{type(self).__name__}: missing {name!r}")
+            # checked, and normalised: lists become tuples
+            object.__setattr__(self, name, _convert(value, tp, f"{self.TAG}.{name}"))
+        self.validate()
 
-def _post_init(self) -> None:
-    """Check (and normalise: lists become tuples) every field as it is built."""
-    for field in dataclasses.fields(self):
-        value = _convert(getattr(self, field.name), field.type, f"{self.TAG}.{field.name}")
-        object.__setattr__(self, field.name, value)
-    validate = getattr(self, "validate", None)
-    if validate is not None:  # rules beyond the field types
-        validate()
+    def validate(self) -> None:
+        """Rules beyond the field types (ProtocolError)."""
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name, _default, _type in self._FIELDS)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self):
+        return hash((self.__class__, self._values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name, _d, _t in self._FIELDS)
+        return f"{type(self).__name__}({inner})"
+
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
 
 def _convert(value, tp, where: str, wire: bool = False):
@@ -79,7 +126,7 @@ def _convert(value, tp, where: str, wire: bool = False):
             raise ProtocolError(f"{where}: expected an object, got {type(value).__name__}")
         return {_convert(k, key_type, where, wire): _convert(v, value_type, f"{where}[{k!r}]", wire)
                 for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, Message):
         if isinstance(value, tp):
             return value
         if wire and isinstance(value, dict):
@@ -114,23 +161,21 @@ def _convert_tuple(value, tp, where: str, wire: bool):
 
 
 def _build(cls, data: dict, where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    extra = set(data) - names
+    extra = set(data) - {name for name, _default, _type in cls._FIELDS}
     if extra:
         raise ProtocolError(f"{where}: unexpected field(s) {', '.join(sorted(map(str, extra)))}")
     values = {}
-    for field in dataclasses.fields(cls):
-        if field.name in data:
-            values[field.name] = _convert(data[field.name], field.type, f"{where}.{field.name}",
-                                          wire=True)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ProtocolError(f"{where}: missing field {field.name!r}")
+    for name, default, tp in cls._FIELDS:
+        if name in data:
+            values[name] = _convert(data[name], tp, f"{where}.{name}", wire=True)
+        elif default is dataclasses.MISSING:
+            raise ProtocolError(f"{where}: missing field {name!r}")
     return cls(**values)
 
 
 def _jsonable(value):
-    if dataclasses.is_dataclass(value):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Message):
+        return {name: _jsonable(getattr(value, name)) for name, _d, _t in value._FIELDS}
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, bytes):
@@ -207,13 +252,11 @@ def close_fds(groups: FdGroups) -> None:
 
 # ---- replies used on every channel ------------------------------------------------------
 
-@message("ok")
-class Ok:
+class Ok(Message, tag="ok"):
     pass
 
 
-@message("error")
-class Error:
+class Error(Message, tag="error"):
     """A refusal: `errno` is the kernel's when it has one (a refused freeze), else 0."""
 
     error: str
@@ -222,18 +265,19 @@ class Error:
 
 # ---- the hand-over ------------------------------------------------------------------------
 
-class ParkedRun(NamedTuple):
+class ParkedRun(collections.namedtuple("ParkedRun", "first keeper slot count")):
     """Consecutive preserved files parked in one keeper: image positions first..first+count
-    are that keeper's slots slot..slot+count."""
+    are that keeper's slots slot..slot+count. (collections, not typing.NamedTuple: typing
+    would cost every `luofs` command its import.)"""
 
+    __slots__ = ()
     first: int
     keeper: int
     slot: int
     count: int
 
 
-@message("handover", groups=(FILES, KEEPERS))
-class HandOver:
+class HandOver(Message, tag="handover", groups=(FILES, KEEPERS)):
     """What a freezing kernel gives the machine, and the machine the next kernel.
 
     `liveupdate_number` is the freezing kernel's; the next kernel's is one more, always.
@@ -256,7 +300,51 @@ class HandOver:
         return self.liveupdate_number + 1
 
 
-from .messages import *  # noqa: E402,F401,F403  the rest of the vocabulary
-from .messages import __all__ as _more  # noqa: E402
+# ---- CLI -> machine (status, kho-dump and shutdown also machine -> kernel) ------------
 
-__all__ += _more
+class StatusRequest(Message, tag="status"):
+    pass
+
+
+class MachineStatus(Message, tag="machine-status"):
+    machine: dict
+    kernel: dict | None = None
+
+
+class KhoDumpRequest(Message, tag="kho-dump"):
+    which: str = "out"  # "out": what the kernel would hand over; "in": what it received
+    format: str = "json"  # or "dts"
+
+    def validate(self) -> None:
+        if self.which not in ("in", "out") or self.format not in ("json", "dts"):
+            raise ProtocolError(f"kho-dump: which {self.which!r} (in|out), "
+                                f"format {self.format!r} (json|dts)")
+
+
+class KhoDumpReply(Message, tag="kho-dump-reply"):
+    text: str = ""  # dts
+    tree: dict | None = None  # json
+
+
+class KexecRequest(Message, tag="kexec"):
+    pass
+
+
+class KexecDone(Message, tag="kexec-done"):
+    liveupdate_number: int
+    sessions: int
+    files: int
+    blackout_ms: float
+    freeze_ms: float
+    start_ms: float
+    blackout_records: dict[str, int]  # what each DMA engine wrote while no kernel served it
+    dropped: int = 0  # incoming sessions nobody retrieved, which ended here
+    lost: dict | None = None  # as Ready.lost: the update happened, these did not arrive
+
+
+class ColdBoot(Message, tag="cold-boot"):
+    pass
+
+
+class Shutdown(Message, tag="shutdown"):
+    pass

@@ -17,7 +17,8 @@ import sys
 
 from . import limits, protocol
 from .keeper import RECORD
-from .protocol import FILES, Drop, Error, Fetch, Park, Records, RecordsReply
+from .protocol import FILES, Error
+from .protocol_keeper import Drop, Fetch, Park, Records, RecordsReply
 
 DEFAULT_DIRECT_LIMIT = 8000
 

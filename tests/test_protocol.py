@@ -10,9 +10,12 @@ import types
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from luofs import protocol, wire
-from luofs.protocol import (FILES, KEEPERS, RAM, Error, HandOver, KernelBoot, KernelConfig,
-                            KhoDumpRequest, ParkedRun, ProtocolError, Records, decode, encode)
+from luofs import protocol, protocol_keeper, wire
+from luofs.protocol import (FILES, KEEPERS, RAM, Error, HandOver, KhoDumpRequest, ParkedRun,
+                            ProtocolError, decode, encode)
+from luofs.protocol_kernel import KernelBoot, KernelConfig
+
+assert protocol_keeper.Records  # every channel's types registered
 
 MESSAGES = sorted(protocol._TYPES.values(), key=lambda cls: cls.TAG)
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.text(),
@@ -68,7 +71,7 @@ def is_open(fd: int) -> bool:
 
 def test_every_message_type_is_covered_and_tags_are_unique():
     assert len({cls.TAG for cls in MESSAGES}) == len(MESSAGES) >= 30
-    assert {HandOver, KernelBoot, Error, Records} <= set(MESSAGES)
+    assert {HandOver, KernelBoot, Error, protocol_keeper.Records} <= set(MESSAGES)
 
 
 @pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.TAG)
@@ -223,6 +226,27 @@ def test_a_multipart_header_promising_too_much_is_refused_before_reading():
         wire.send_bytes(a, b"y" * (wire.MAX_DATAGRAM + 10))  # two parts: read whole
         with pytest.raises(ProtocolError, match="not JSON"):
             protocol.recv(b)
+
+
+def test_messages_are_frozen_dataclasses():
+    handover = HandOver(1, 2, 3)
+    assert dataclasses.is_dataclass(handover)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        handover.files = 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del handover.files
+    assert dataclasses.replace(handover, files=4) == HandOver(1, 2, 3, files=4)
+    assert dataclasses.asdict(handover)["parked"] == ()
+    assert hash(handover) == hash(HandOver(1, 2, 3)) and handover != HandOver(1, 2, 4)
+    assert repr(Error("x")) == "Error(error='x', errno=0)"
+    with pytest.raises(TypeError, match="missing 'liveupdate_number'"):
+        HandOver(1, 2)
+    with pytest.raises(TypeError, match="takes 7 values, 8 given"):
+        HandOver(*range(8))
+    with pytest.raises(TypeError, match="unexpected or repeated 'root_phys'"):
+        HandOver(1, 2, 3, root_phys=1)
+    with pytest.raises(ValueError, match="message type 'ok' registered twice"):
+        type("Again", (protocol.Message,), {}, tag="ok")
 
 
 def test_handover_next_number_and_kernel_config_disarm():

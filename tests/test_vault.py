@@ -8,7 +8,8 @@ import pytest
 
 from luofs import keeper, wire
 from luofs.keeper import RECORD
-from luofs.protocol import Fetch, Records, StatusRequest
+from luofs.protocol import StatusRequest
+from luofs.protocol_keeper import Fetch, Records
 from luofs.vault import KeeperError, Vault
 
 

@@ -2,6 +2,7 @@
 bounded; a bad one gets an Error reply and is logged, and the machine — with every
 preserved session — serves on."""
 
+import errno
 import os
 import socket
 
@@ -9,7 +10,10 @@ import pytest
 
 from luofs import protocol, wire
 from luofs.client import kexec, status
-from luofs.protocol import Error, Reboot, StatusRequest
+from luofs.control import NoMachine
+from luofs.protocol import Error, StatusRequest
+from luofs.protocol_kernel import Reboot
+from luofs.testing import booted
 
 BAD = [
     (b"garbage-not-json", "not JSON"),
@@ -64,3 +68,29 @@ def test_a_client_that_disconnects_at_once_costs_nothing(luofs_instance):
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.connect(wire.control_address(luofs_instance.root))
     assert status(luofs_instance.root)["kernel"]["liveupdate_number"] == 0
+
+
+def test_client_kexec_and_status_for_orchestrators(tmp_path):
+    """luofs.client.kexec/status: a refused freeze raises OSError with its errno (the old
+    kernel serves on); no machine raises NoMachine; a done kexec reports what it carried."""
+    with pytest.raises(NoMachine, match="no luofs kernel serves"):
+        status(str(tmp_path))
+    with pytest.raises(NoMachine):
+        kexec(str(tmp_path))
+    with booted(["--fault", "memfd.freeze:EBUSY"]) as inst:
+        with inst.client() as lu, lu.create_session("s") as session:
+            memfd = os.memfd_create("m")
+            session.preserve_fd(memfd, 7)
+            os.close(memfd)
+            with pytest.raises(OSError) as refused:
+                kexec(inst.root)
+            assert refused.value.errno == errno.EBUSY
+            assert "memfd.freeze" in refused.value.strerror
+            info = status(inst.root)
+            assert info["kernel"]["liveupdate_number"] == 0
+            assert [s["name"] for s in info["kernel"]["sessions"]] == ["s"]
+    with booted() as inst:
+        done = kexec(inst.root)
+        assert done["liveupdate_number"] == 1 and done["sessions"] == 0
+        assert set(done) == {"liveupdate_number", "sessions", "files", "blackout_ms",
+                             "freeze_ms", "start_ms", "blackout_records"}
