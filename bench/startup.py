@@ -25,8 +25,7 @@ from .common import Row, summarize
 
 FLOOR = ("import socket, sys\n"
          "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
-         "a = sys.argv[1]; a = '\\0' + a[1:] if a[0] == '@' else a  # '@': abstract\n"
-         "s.connect(a.encode('latin-1')); s.send(b'x'); s.recv(1)\n")
+         "s.connect(sys.argv[1]); s.send(b'x'); s.recv(1)\n")
 
 
 def _env(cache: str) -> dict:
@@ -56,21 +55,25 @@ def _first_byte_ms(listener: socket.socket, argv: list[str], env: dict) -> float
 def first_byte(rounds: int = 30) -> list[Row]:
     tmp = tempfile.mkdtemp(prefix="luofs-bench-")
     env = _env(os.path.join(tmp, "pycache"))
-    address = wire.control_address(tmp)
+    # a state dir of its own, so the fake machine disturbs no instance
+    os.environ["LUOFS_STATE_DIR"] = env["LUOFS_STATE_DIR"] = os.path.join(tmp, "state")
+    root = os.path.join(tmp, "root")
+    os.mkdir(root)
+    address = os.path.join(wire.state_dir(root, create=True), "control")
     samples: dict[str, list[float]] = {"kexec": [], "status": [], "floor": []}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
-            listener.bind(address)
+            wire.bind_unix(listener, address)
             listener.listen(4)
-            commands = {name: _luofs() + [name, "--root", tmp] for name in ("kexec", "status")}
-            commands["floor"] = [sys.executable, "-c", FLOOR,
-                                 address.decode("latin-1").replace("\0", "@", 1)]
+            commands = {name: _luofs() + [name, "--root", root] for name in ("kexec", "status")}
+            commands["floor"] = [sys.executable, "-c", FLOOR, address]
             for i in range(rounds + 2):  # two warm-up rounds fill the bytecode cache
                 for name, argv in commands.items():  # in turn: a drift hits all alike
                     ms = _first_byte_ms(listener, argv, env)
                     if i >= 2:
                         samples[name].append(ms)
     finally:
+        del os.environ["LUOFS_STATE_DIR"]
         shutil.rmtree(tmp, ignore_errors=True)
     floor = summarize("python: start, connect, send 1 byte (floor)", samples["floor"], unit="ms")
     return [summarize(f"luofs {name}: start to first byte sent", samples[name],

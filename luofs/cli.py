@@ -66,7 +66,7 @@ def _ask(root: str, message, timeout: float | None = 60.0):
 
     try:
         return control.request(root, message, timeout)
-    except control.NoMachine as e:
+    except (control.NoMachine, PermissionError) as e:
         raise CliError(e.strerror) from None
     except (OSError, protocol.ProtocolError) as e:
         raise CliError(f"{e}") from None
@@ -101,7 +101,10 @@ def cmd_boot(args) -> int:
     config = _machine_config(root, args)
     from . import wire
 
-    state = wire.state_dir(root)  # only once everything is known to be valid
+    try:  # only once everything is known to be valid
+        state = wire.state_dir(root, create=True)
+    except PermissionError as e:
+        raise CliError(e.strerror) from None
     pid = _start_machine(config, state)
     served = f"{root}/dev/liveupdate" if args.abi != "rfc-v1" else f"{root}/sys (rfc-v1)"
     print(f"luofs: kernel #0 serves {served} (machine pid {pid})")
@@ -166,12 +169,12 @@ def _start_machine(config, state: str) -> int:
     import socket
     import subprocess
 
-    from . import protocol
+    from . import protocol, wire
     from .protocol_kernel import Started
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     log_path = os.path.join(state, "machine.log")
-    with ours, theirs, open(log_path, "ab") as log_file:
+    with ours, theirs, wire.open_log(log_path) as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "luofs.machine", "--config-fd", str(theirs.fileno()),
              "--state-dir", state],
@@ -390,34 +393,31 @@ def _print_devices(machine: list[dict], kernel: list[dict]) -> None:
 
 
 def cmd_shutdown(args) -> int:
-    import select
-    import shutil
-
-    from .protocol import Shutdown
+    from . import control, teardown
+    from .mounts import detach_mount
+    from .wire import state_dir
 
     root = _root(args)
-    status = _machine_answers(root)
-    if status is None:
-        from .mounts import detach_mount
+    try:
+        keep = teardown.shutdown(root, say=lambda text: print(f"luofs: {text}", file=sys.stderr))
+    except control.NoMachine:
+        from .mounts import mount_entry
 
-        if detach_mount(root):
+        if detach_mount(root) and mount_entry(root) is None:
             print(f"luofs: no machine served {root}; removed its stale mount", file=sys.stderr)
             return 0
-        raise CliError(f"no luofs kernel serves {root}")
-    machine = os.pidfd_open(status.machine["pid"])
-    try:
-        _ok(_ask(root, Shutdown(), timeout=60), "shutdown")
-        # Return only once the machine is gone: no stray process, no mount.
-        if not select.select([machine], [], [], 15)[0]:
-            raise CliError(f"the machine (pid {status.machine['pid']}) did not exit")
-    finally:
-        os.close(machine)
-    state = status.machine["state_dir"]
-    if args.keep_logs or status.machine.get("panic"):
+        raise CliError(f"no luofs kernel serves {root}") from None
+    except (OSError, teardown.TeardownError) as e:
+        raise CliError(getattr(e, "strerror", None) or str(e)) from None
+    detach_mount(root)  # a kernel killed by force leaves its mount behind
+    state = state_dir(root)
+    if args.keep_logs or keep:
         print(f"luofs: {root} unmounted; logs kept in {state}")
-    else:
-        shutil.rmtree(state, ignore_errors=True)  # a clean run leaves nothing behind
-        print(f"luofs: {root} unmounted")
+        return 0
+    why = teardown.remove_state(root)  # a clean run leaves nothing behind
+    if why:
+        print(f"luofs: kept the state dir: {why}", file=sys.stderr)
+    print(f"luofs: {root} unmounted")
     return 0
 
 
@@ -517,6 +517,12 @@ def main(argv=None) -> int:
         return args.func(args)
     except CliError as e:
         print(f"luofs {args.command}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback for a user: say what failed, and how to see more
+        if os.environ.get("LUOFS_DEBUG"):
+            raise
+        print(f"luofs {args.command}: {type(e).__name__}: {e} (LUOFS_DEBUG=1 shows where)",
+              file=sys.stderr)
         return 1
 
 

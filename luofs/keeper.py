@@ -87,6 +87,7 @@ def serve(sock: socket.socket, records=_records_in_python) -> None:
         try:
             message, fds = protocol.recv(sock)
         except protocol.ProtocolError as e:  # answered; it must never end the keeper
+            print(f"luofs-keeper[{os.getpid()}]: rejected a request: {e}", file=sys.stderr)
             protocol.send(sock, Error(f"bad request: {e}"))
             continue
         if message is None:

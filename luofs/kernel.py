@@ -110,7 +110,9 @@ class Kernel:
         try:
             message, groups = protocol.recv(self.sock)
         except protocol.ProtocolError as e:
-            raise SystemExit(f"the machine sent a bad message before the {what}: {e}") from None
+            log.error("the machine sent a bad message before the %s: %s", what, e)
+            protocol.send(self.sock, Error(f"bad {what} message: {e}"))
+            raise SystemExit(1) from None
         if not isinstance(message, kind):
             protocol.close_fds(groups)
             raise SystemExit(f"the machine went away before the {what}" if message is None else

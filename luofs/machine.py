@@ -26,6 +26,8 @@ from devices.spec import parse_spec
 from devices.transport import start_server
 
 from . import limits, protocol, wire
+from .control import stopped_note
+from .control_server import CLIENT_TIMEOUT, ControlServer
 from .mounts import detach_mount
 from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecRequest, KhoDumpReply,
                        KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
@@ -37,7 +39,6 @@ log = logging.getLogger("luofs.machine")
 KERNEL_START_TIMEOUT = 60.0
 KERNEL_STOP_TIMEOUT = 10.0
 KERNEL_STATUS_TIMEOUT = 5.0
-CLIENT_TIMEOUT = 10.0  # the longest a client of the control socket may take to say its piece
 DEFAULT_MEMORY = 1 << 30
 
 
@@ -69,7 +70,7 @@ class KernelProcess:
             host_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             passed.append(kernel_end)
             device_args = ["--device-fd", str(kernel_end.fileno())]
-        with open(log_path, "ab") as log_file:
+        with wire.open_log(log_path) as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "luofs.kernel", "--root", root,
                  "--control-fd", str(theirs.fileno()), *device_args],
@@ -152,7 +153,7 @@ class KernelProcess:
         self.sock.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not stopped_note(self.proc.pid):
             try:
                 _reply, fds = self.ask(Shutdown(), timeout=KERNEL_STOP_TIMEOUT)
                 protocol.close_fds(fds)
@@ -160,16 +161,6 @@ class KernelProcess:
             except (KernelError, OSError, protocol.ProtocolError, subprocess.TimeoutExpired):
                 pass
         self.kill()
-
-
-def stopped_note(pid: int) -> str:
-    """', it is stopped (SIGSTOP)' when /proc says so: the one reason worth naming."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return ""
-    return ": it is stopped (SIGSTOP; SIGCONT resumes it)" if state in ("T", "t") else ""
 
 
 class Machine:
@@ -184,9 +175,8 @@ class Machine:
         self.running = True
         self.kexecs = 0
         self.last_blackout_ms: float | None = None
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(wire.control_address(self.root))  # EADDRINUSE: already served
-        self.listener.listen(16)
+        self.sel = selectors.DefaultSelector()
+        self.control = ControlServer(state, self.sel)  # EADDRINUSE: already served
         self.ram = os.memfd_create("luofs-ram", os.MFD_CLOEXEC)
         os.ftruncate(self.ram, config.memory)
         self.memory = config.memory
@@ -376,26 +366,32 @@ class Machine:
                 if d.get("kind") == "dma"}
 
     def serve(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ, "listener")
         watched = None
         while self.running:
-            if self.kernel is not None and watched is not self.kernel:
-                if watched is not None:
-                    sel.unregister(watched.sock)
-                sel.register(self.kernel.sock, selectors.EVENT_READ, "kernel")
-                watched = self.kernel
-            for key, _ in sel.select(timeout=1.0):
-                if key.data == "listener":
-                    conn, _ = self.listener.accept()
-                    with conn:
-                        self.handle(conn)
+            watched = self._watch(watched)
+            for key, _ in self.sel.select(timeout=self.control.timeout(1.0)):
+                if key.data is self.control:
+                    request = self.control.ready(key.fileobj)
+                    if request is not None:
+                        self.control.reply(request[0], self.respond(request[1]))
+                        break  # the kernel may have changed (its fd freed): watch anew first
                 elif key.data == "kernel" and watched is self.kernel:
                     if self._kernel_spoke() is None:
-                        sel.unregister(watched.sock)
-                        watched = None
                         self.kernel_died()
+                        break
+            self.control.expire()  # after the reads: a request that came in time is served
         self.shutdown()
+
+    def _watch(self, watched: KernelProcess | None) -> KernelProcess | None:
+        """Watch the running kernel's socket, and no other: a socket of a kernel that is
+        gone must leave the selector before its fd number is used again."""
+        if watched is self.kernel:
+            return watched
+        if watched is not None:
+            self.sel.unregister(watched.sock)
+        if self.kernel is not None:
+            self.sel.register(self.kernel.sock, selectors.EVENT_READ, "kernel")
+        return self.kernel
 
     def _kernel_spoke(self):
         """What the running kernel said unasked (None: it is gone); anything but a crash
@@ -428,7 +424,11 @@ class Machine:
 
     def status(self, _request=None) -> MachineStatus:
         kernel, problem = None, None
-        if self.kernel is not None:
+        stopped = self.kernel is not None and stopped_note(self.kernel.proc.pid)
+        if stopped:  # asking would only wait for the timeout
+            problem = (f"kernel #{self.kernel.number} (pid {self.kernel.proc.pid}) "
+                       f"serves nothing{stopped}")
+        elif self.kernel is not None:
             try:
                 reply, fds = self.kernel.ask(StatusRequest(), timeout=KERNEL_STATUS_TIMEOUT)
                 protocol.close_fds(fds)
@@ -475,21 +475,9 @@ class Machine:
         detach_mount(self.root)
         return Ok()
 
-    def handle(self, conn: socket.socket) -> None:
-        """One request on a fresh connection: a bad one is answered with Error and
-        logged; nothing a client sends ends the machine."""
-        conn.settimeout(CLIENT_TIMEOUT)
-        try:
-            request, fds = protocol.recv(conn, protocol.MAX_REQUEST)
-        except protocol.ProtocolError as e:
-            log.warning("control socket: rejected a message: %s", e)
-            self._reply(conn, Error(f"bad request: {e}"))
-            return
-        except OSError:
-            return
-        protocol.close_fds(fds)
-        if request is None:
-            return
+    def respond(self, request):
+        """The reply to one client request: an Error for anything that fails; nothing a
+        client sends ends the machine."""
         handler = self.handlers.get(type(request))
         try:
             if handler is None:
@@ -503,14 +491,7 @@ class Machine:
         except Exception as e:  # a bug must cost one request, never the preserved state
             log.exception("%s failed", request.TAG)
             reply = Error(f"{request.TAG}: internal error: {e!r}")
-        self._reply(conn, reply)
-
-    @staticmethod
-    def _reply(conn: socket.socket, reply) -> None:
-        try:
-            protocol.send(conn, reply)
-        except OSError:
-            pass
+        return reply
 
     def _drop_standby(self) -> None:
         if self.standby is not None:
@@ -518,7 +499,7 @@ class Machine:
             self.standby = None
 
     def shutdown(self) -> None:
-        self.listener.close()  # from now on `luofs` sees no machine here
+        self.control.close()  # from now on `luofs` sees no machine here
         self._drop_standby()
         if self.kernel is not None:
             self.kernel.stop()

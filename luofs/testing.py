@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from . import cli
+from . import cli, wire
 from .client import LiveUpdate, status
 from .mounts import detach_mount
 
@@ -40,8 +40,8 @@ class Instance:
 
     def boot(self) -> "Instance":
         self._cli("boot", *self.boot_args)
-        machine = self.status()["machine"]
-        self.machine_pid, self.state_dir = machine["pid"], machine["state_dir"]
+        self.machine_pid = self.status()["machine"]["pid"]
+        self.state_dir = wire.state_dir(self.root)
         return self
 
     def status(self) -> dict:

@@ -1,6 +1,7 @@
 """Issue 11: the `luofs` command imports only what its subcommand needs, so `luofs kexec`
 and `luofs status` (run by orchestrators in a live update's pause) start in milliseconds."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -24,10 +25,13 @@ print(code, " ".join(heavy))
 
 
 @pytest.fixture
-def fake_machine(tmp_path):
-    """A control socket for tmp_path that answers every request with Error."""
+def fake_machine(tmp_path, monkeypatch):
+    """A control socket for tmp_path/root that answers every request with Error."""
+    monkeypatch.setenv("LUOFS_STATE_DIR", str(tmp_path / "state"))
+    root = tmp_path / "root"
+    root.mkdir()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(wire.control_address(str(tmp_path)))
+    wire.bind_unix(listener, os.path.join(wire.state_dir(str(root), create=True), "control"))
     listener.listen(4)
 
     def serve():
@@ -42,7 +46,7 @@ def fake_machine(tmp_path):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield str(tmp_path)
+    yield str(root)
     listener.shutdown(socket.SHUT_RDWR)
     listener.close()
     thread.join(5)

@@ -32,7 +32,7 @@ BAD = [
 def raw_request(root: str, data: bytes, fds=()):
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         sock.settimeout(30)
-        sock.connect(wire.control_address(root))
+        wire.connect_unix(sock, wire.control_path(root))
         wire.send_bytes(sock, data, fds)
         return protocol.recv(sock)
 
@@ -66,7 +66,7 @@ def test_bad_messages_get_an_error_and_the_machine_serves_on(luofs_instance):
 def test_a_client_that_disconnects_at_once_costs_nothing(luofs_instance):
     for _ in range(5):
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-            sock.connect(wire.control_address(luofs_instance.root))
+            wire.connect_unix(sock, wire.control_path(luofs_instance.root))
     assert status(luofs_instance.root)["kernel"]["liveupdate_number"] == 0
 
 
@@ -94,3 +94,13 @@ def test_client_kexec_and_status_for_orchestrators(tmp_path):
         assert done["liveupdate_number"] == 1 and done["sessions"] == 0
         assert set(done) == {"liveupdate_number", "sessions", "files", "blackout_ms",
                              "freeze_ms", "start_ms", "blackout_records"}
+
+
+def test_the_machine_serves_on_after_a_panic_whatever_fd_its_clients_get():
+    """A kernel that panicked leaves the machine without a kernel: its socket must leave
+    the machine's selector, or the next client given that fd number ended the machine."""
+    with booted(["--fault", "handover.corrupt"]) as inst:
+        with pytest.raises(OSError, match="kernel panic"):
+            kexec(inst.root)
+        for _ in range(20):
+            assert "kernel panic" in status(inst.root)["machine"]["panic"]
