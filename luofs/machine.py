@@ -1,11 +1,17 @@
 """The machine process: what survives every live update.
 
 It owns the emulated physical memory (a sparse memfd), the control socket the
-`luofs` command talks to, and each kernel process. A live update starts the next
-kernel ahead of time (it imports and waits, as `kexec -l` loads an image), then
-asks the running kernel to freeze and hand over, and passes what it handed over —
-the RAM, the KHO root address and the preserved files themselves — to the next.
+`luofs` command talks to (luofs/control_server.py: who may, and for how long), and
+each kernel process (luofs/kernel_process.py). A live update starts the next kernel
+ahead of time (it imports and waits, as `kexec -l` loads an image), then asks the
+running kernel to freeze and hand over, and passes what it handed over — the RAM,
+the KHO root address and the preserved files themselves — to the next.
 It never imports pyfuse3 or trio: it must stay small and always responsive.
+
+Unhappy paths: a refused freeze leaves the old kernel serving (Error with its errno);
+a kernel that dies or panics leaves the machine up without a kernel (`panic`, shown
+by status; `luofs boot` then cold-boots); a next kernel that dies while reloading is
+replaced (RELOAD_RETRIES); any failure of one client request is that request's Error.
 """
 
 from __future__ import annotations
@@ -16,151 +22,30 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
-from devices.transport import start_server
 
-from . import limits, protocol, wire
+from . import limits, protocol
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
+from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
 from .mounts import detach_mount
 from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecRequest, KhoDumpReply,
                        KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
-from .protocol_kernel import (Crashing, KernelBoot, KernelStatus, Loaded, MachineConfig,
-                              MountRoot, Panicked, Ready, Reboot, Started, Unmounted)
+from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
+                              Started, Unmounted)
 
 log = logging.getLogger("luofs.machine")
 
 KERNEL_START_TIMEOUT = 60.0
-KERNEL_STOP_TIMEOUT = 10.0
 KERNEL_STATUS_TIMEOUT = 5.0
-DEFAULT_MEMORY = 1 << 30
-
-
-class KernelError(RuntimeError):
-    pass
-
-
-class KernelPanic(KernelError):
-    """The kernel refused the hand-over: retrying with the same data cannot help."""
 
 
 RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-over kept
-
-
-class KernelProcess:
-    """One kernel process and the machine's end of its control socket."""
-
-    def __init__(self, root: str, number: int, log_path: str, on_crash=None,
-                 devices: DeviceHost | None = None):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock = ours
-        self.number = number
-        self.on_crash = on_crash
-        self.loaded = False
-        self.owed = 0  # replies to requests that timed out, still to come and be skipped
-        passed = [theirs]
-        device_args = []
-        if devices is not None:  # the kernel's drivers talk to the hardware on their own line
-            host_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            passed.append(kernel_end)
-            device_args = ["--device-fd", str(kernel_end.fileno())]
-        with wire.open_log(log_path) as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "luofs.kernel", "--root", root,
-                 "--control-fd", str(theirs.fileno()), *device_args],
-                pass_fds=[s.fileno() for s in passed], stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file)
-        for s in passed:
-            s.close()
-        if devices is not None:
-            start_server(devices, host_end)  # ends when this kernel's end closes
-
-    def recv(self):
-        """(message, fd groups) of the next message that is not a crash notice (those go to
-        on_crash); (None, {}) when the kernel is gone; ProtocolError for garbage."""
-        while True:
-            message, fds = protocol.recv(self.sock)
-            if not isinstance(message, Crashing):
-                return message, fds
-            log.warning("kernel #%d is crashing at fault point %s", self.number, message.point)
-            if self.on_crash is not None:
-                self.on_crash(message.point)
-
-    def wait_loaded(self, timeout: float) -> None:
-        if not self.loaded:
-            self.expect(Loaded, timeout)
-            self.loaded = True
-
-    def expect(self, kind: type, timeout: float):
-        self.sock.settimeout(timeout)
-        try:
-            message, fds = self.recv()
-        except socket.timeout:
-            raise KernelError(f"kernel did not answer within {timeout:.0f} s") from None
-        except ConnectionError:  # it died with a message of ours unread
-            message, fds = None, {}
-        except protocol.ProtocolError as e:
-            raise KernelError(f"kernel #{self.number} said something unreadable: {e}") from None
-        finally:
-            self.sock.settimeout(None)
-        protocol.close_fds(fds)
-        if message is None:
-            raise KernelError(f"kernel #{self.number} died (status {self.proc.wait()})")
-        if isinstance(message, Panicked):
-            raise KernelPanic(f"kernel panic: {message.error}")
-        if not isinstance(message, kind):
-            raise KernelError(getattr(message, "error", None) or f"unexpected message {message}")
-        return message
-
-    def ask(self, message, timeout: float = 60.0):
-        """(reply, fd groups); (None, {}) if the kernel died. KernelError if it does not
-        answer in time (its late reply is skipped by the next ask)."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.owed:  # a late reply to an earlier request is no answer to this one
-                late, fds = self.recv()
-                protocol.close_fds(fds)
-                self.owed -= 1
-                if late is None:
-                    return None, {}
-            protocol.send(self.sock, message)
-            try:
-                return self.recv()
-            except socket.timeout:
-                self.owed += 1
-                raise
-        except socket.timeout:
-            raise KernelError(f"kernel #{self.number} (pid {self.proc.pid}) did not answer "
-                              f"within {timeout:.0f} s{stopped_note(self.proc.pid)}") from None
-        except ConnectionError:
-            return None, {}
-        except protocol.ProtocolError as e:
-            raise KernelError(f"kernel #{self.number} said something unreadable: {e}") from None
-        finally:
-            if self.sock.fileno() >= 0:
-                self.sock.settimeout(None)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.sock.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None and not stopped_note(self.proc.pid):
-            try:
-                _reply, fds = self.ask(Shutdown(), timeout=KERNEL_STOP_TIMEOUT)
-                protocol.close_fds(fds)
-                self.proc.wait(KERNEL_STOP_TIMEOUT)
-            except (KernelError, OSError, protocol.ProtocolError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
 
 
 class Machine:
