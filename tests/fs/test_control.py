@@ -93,7 +93,8 @@ def test_client_kexec_and_status_for_orchestrators(tmp_path):
         done = kexec(inst.root)
         assert done["liveupdate_number"] == 1 and done["sessions"] == 0
         assert set(done) == {"liveupdate_number", "sessions", "files", "blackout_ms",
-                             "freeze_ms", "start_ms", "blackout_records"}
+                             "freeze_ms", "start_ms", "blackout_records", "dropped", "lost"}
+        assert done["dropped"] == 0 and done["lost"] is None
 
 
 def test_the_machine_serves_on_after_a_panic_whatever_fd_its_clients_get():
