@@ -2,7 +2,9 @@
 one JSON object per datagram on a SOCK_SEQPACKET socket, with file descriptors riding
 along as SCM_RIGHTS. This is how preserved files travel to the next kernel without their
 contents moving. What the JSON may say is luofs.protocol's business; devices/ frames its
-own dict messages here too (`send`/`recv`).
+own dict messages here too (`send`/`recv`). Also here, as the leaf every process may
+import: where an instance keeps its state (its control socket, lock and logs), derived
+from the root alone.
 
 Unhappy paths: a message longer than the reader's limit, or a multi-part header that
 promises one, raises ProtocolError before anything more is read; fds of a message that
@@ -177,7 +179,10 @@ def _multipart(data: bytes, limit: int) -> tuple[int, int] | None:
         raise ProtocolError("malformed multi-part header") from None
     if type(parts) is not int or type(fd_parts) is not int or parts < 0 or fd_parts < 0:
         raise ProtocolError("malformed multi-part header")
-    if parts * MAX_DATAGRAM > limit + MAX_DATAGRAM or fd_parts > MAX_FD_PARTS:
+    # A reader whose limit fits one datagram takes no multi-part message at all: reading
+    # the parts would wait for them (the machine reads its clients without waiting).
+    most = 0 if limit <= MAX_DATAGRAM else -(-limit // MAX_DATAGRAM)
+    if parts > most or fd_parts > MAX_FD_PARTS:
         raise ProtocolError(f"message of {parts} parts, more than the {limit} bytes allowed")
     return parts, fd_parts
 

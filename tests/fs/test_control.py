@@ -25,6 +25,7 @@ BAD = [
     (b'{"type":"no-such-thing"}', "unknown message type 'no-such-thing'"),
     (b'{"type":"status","pad":"' + b"x" * protocol.MAX_REQUEST + b'"}', "more than 4096"),
     (b'{"_parts": 64, "_fd_parts": 0}', "more than the 4096 bytes allowed"),
+    (b'{"_parts": 1, "_fd_parts": 0}', "more than the 4096 bytes allowed"),  # never waited for
     (protocol.encode(Reboot())[0], "reboot is not a request the machine takes"),
 ]
 
