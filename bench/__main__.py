@@ -16,7 +16,7 @@ import sys
 
 from luofs.testing import booted
 
-from . import device_soak, ioctl_roundtrip, kexec_blackout, plot, shim, supervisor
+from . import device_soak, ioctl_roundtrip, kexec_blackout, plot, shim, startup, supervisor
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -42,6 +42,10 @@ def main(argv=None) -> int:
         rows += supervisor.run(instance)
     for row in rows:
         progress(row)
+    print("start-up of `luofs kexec` / `luofs status` and of the machine process …",
+          file=sys.stderr, flush=True)
+    with booted() as instance:
+        rows += startup.run(instance, progress, quick=args.quick)
     print("kexec blackout against preserved bytes …", file=sys.stderr, flush=True)
     rows += kexec_blackout.blackout_by_size(progress, rounds=5 if args.quick else 15)
     print("many sessions (each 10,000 × 10 sample takes a minute or two to set up) …",

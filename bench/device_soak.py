@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 
-from luofs import wire
+from luofs.client import kexec, status
 from luofs.testing import booted
 
 from .common import Row, summarize
@@ -17,9 +17,9 @@ DMA0 = "pci0000:00/0000:00:01.0/0000:01:00.0"
 
 
 def _dma(instance) -> tuple[dict, dict]:
-    status = wire.request(instance.root, {"op": "status"})
-    machine = next(d for d in status["machine"]["devices"] if d["path"] == DMA0)
-    kernel = next(d for d in status["kernel"]["devices"] if d["path"] == DMA0)
+    info = status(instance.root)
+    machine = next(d for d in info["machine"]["devices"] if d["path"] == DMA0)
+    kernel = next(d for d in info["kernel"]["devices"] if d["path"] == DMA0)
     return machine, kernel
 
 
@@ -34,9 +34,7 @@ def soak(progress, kexecs: int = 100) -> list[Row]:
             time.sleep(0.05)
             m1, t1 = _dma(instance)[0]["records_written"], time.perf_counter()
             steady_rates.append((m1 - m0) / (t1 - t0))
-            reply = wire.request(instance.root, {"op": "kexec"}, timeout=120)
-            if not reply["ok"]:
-                raise RuntimeError(reply["error"])
+            reply = kexec(instance.root, timeout=120)
             blackout_rates.append(reply["blackout_records"]["dma0"] / (reply["blackout_ms"] / 1000))
             if (i + 1) % 25 == 0:
                 print(f"  … {i + 1} live updates", flush=True, file=sys.stderr)

@@ -9,7 +9,7 @@ import os
 import resource
 import time
 
-from luofs.client import LiveUpdate
+from luofs.client import LiveUpdate, kexec
 from luofs.testing import booted
 
 from .common import Row, summarize
@@ -28,14 +28,10 @@ def rss_mb(pid: int) -> float:
 
 
 def _kexec(instance) -> float:
-    from luofs import wire
-
     # The machine loads the next kernel right after each update (Python imports: ~0.3 s
     # of CPU); on 2 cores that would land in whichever blackout comes next. Let it settle.
     time.sleep(SETTLE_S)
-    reply = wire.request(instance.root, {"op": "kexec"}, timeout=600)
-    if not reply.get("ok"):
-        raise RuntimeError(reply.get("error"))
+    reply = kexec(instance.root, timeout=600)
     return reply["blackout_ms"]
 
 

@@ -4,26 +4,46 @@ Every command takes --root DIR (default: $LUOFS_ROOT), the directory where the
 emulated kernel serves dev/liveupdate, sys/ and proc/.
 """
 
+# Imports are per subcommand (inside the functions): `luofs kexec` and `luofs status`
+# are run by orchestrators in the pause of a live update, and must start in milliseconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import select
-import shutil
-import subprocess
 import sys
 
-from devices import parse_spec
-
-from . import wire
-from .core import faults
-from .mounts import detach_mount, is_stale, mount_entry
-
 EXIT_USAGE = 64  # sysexits EX_USAGE: `luofs kexec` exits with errnos, 2 would be ENOENT
+DEFAULT_MEMORY = 1 << 30
+MACHINE_START_TIMEOUT = 120.0
+
+
+def _width() -> int:
+    """The terminal's width, as argparse would find it, without its `import shutil` (which
+    loads compression modules: milliseconds of every command's start)."""
+    try:
+        return int(os.environ["COLUMNS"]) - 2
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns - 2
+    except (AttributeError, ValueError, OSError):
+        return 78
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width or _width())
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    pass
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -40,104 +60,175 @@ def _root(args) -> str:
     return os.path.realpath(root)
 
 
-def _machine_answers(root: str) -> dict | None:
+def _ask(root: str, message, timeout: float | None = 60.0):
+    """The machine's reply to `message`; CliError saying why there is none."""
+    from . import control, protocol
+
     try:
-        return wire.request(root, {"op": "status"}, timeout=10)
-    except (ConnectionError, FileNotFoundError):
-        return None  # none listens, or it is on its way out
+        return control.request(root, message, timeout)
+    except (control.NoMachine, PermissionError) as e:
+        raise CliError(e.strerror) from None
+    except (OSError, protocol.ProtocolError) as e:
+        raise CliError(f"{e}") from None
+
+
+def _machine_answers(root: str):
+    """The machine's MachineStatus, or None if none serves ROOT."""
+    from . import control
+    from .protocol import MachineStatus, StatusRequest
+
+    try:
+        reply = _ask(root, StatusRequest(), timeout=10)
+    except CliError as e:
+        if isinstance(e.__context__, (control.NoMachine, control.MachineGone)):
+            return None  # none listens, or it is on its way out
+        raise
+    if not isinstance(reply, MachineStatus):
+        _ok(reply, "status")
+        raise CliError(f"the machine answered status with {reply.TAG}")
+    return reply
 
 
 def cmd_boot(args) -> int:
     root = _root(args)
+    _check_boot_root(root)
+    running = _machine_answers(root)
+    if running is not None:
+        return _cold_boot_after_panic(root, running)
+    _clean_stale_mount(root)
+    if os.listdir(root):
+        raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
+    config = _machine_config(root, args)
+    from . import wire
+
+    try:  # only once everything is known to be valid
+        state = wire.state_dir(root, create=True)
+    except PermissionError as e:
+        raise CliError(e.strerror) from None
+    pid = _start_machine(config, state)
+    served = f"{root}/dev/liveupdate" if args.abi != "rfc-v1" else f"{root}/sys (rfc-v1)"
+    print(f"luofs: kernel #0 serves {served} (machine pid {pid})")
+    return 0
+
+
+def _check_boot_root(root: str) -> None:
     if not os.path.exists("/dev/fuse"):
         raise CliError("FUSE is missing: /dev/fuse does not exist (modprobe fuse, or install fuse3)")
     if not os.path.isdir(root):
         raise CliError(f"{root} is not a directory")
-    running = _machine_answers(root)
-    if running is not None:
-        panic = running["machine"].get("panic")
-        if panic:
-            # The kernel died or refused its hand-over: what it held cannot be had back.
-            print(f"luofs: {panic}; starting kernel #0 cold: preserved state is lost",
-                  file=sys.stderr)
-            _ok(wire.request(root, {"op": "cold-boot"}, timeout=120), "cold boot")
-            print(f"luofs: kernel #0 serves {root}/dev/liveupdate")
-            return 0
+
+
+def _cold_boot_after_panic(root: str, running) -> int:
+    """`boot` where a machine runs: a fresh kernel #0 if its kernel died, else busy."""
+    from .protocol import ColdBoot
+
+    panic = running.machine.get("panic")
+    if not panic:
         raise CliError(f"{root} is busy: a luofs kernel already serves it "
                        f"(luofs shutdown --root {root})")
+    # The kernel died or refused its hand-over: what it held cannot be had back.
+    print(f"luofs: {panic}; starting kernel #0 cold: preserved state is lost", file=sys.stderr)
+    _ok(_ask(root, ColdBoot(), timeout=MACHINE_START_TIMEOUT), "cold boot")
+    print(f"luofs: kernel #0 serves {root}/dev/liveupdate")
+    return 0
+
+
+def _clean_stale_mount(root: str) -> None:
+    from .mounts import detach_mount, is_stale, mount_entry
+
     entry = mount_entry(root)
     if entry is not None or is_stale(root):
         if entry is not None and not entry[0].startswith("fuse"):
             raise CliError(f"{root} is busy: a {entry[0]} file system is mounted there")
         detach_mount(root)
         print(f"luofs: cleaned a stale FUSE mount at {root}", file=sys.stderr)
-    if os.listdir(root):
-        raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
+
+
+def _machine_config(root: str, args):
+    """The options of `boot`, checked, as the MachineConfig the machine starts with."""
+    from devices import parse_spec
+
+    from .core import faults
+    from .protocol_kernel import KernelConfig, MachineConfig
+
     try:
         parse_spec(args.devices)
     except ValueError as e:
         raise CliError(f"--devices: {e}") from None
-    kernel_args = (["--cmdline", args.cmdline, "--abi", args.abi]
-                   + (["--debugfs"] if args.debugfs else []))
-    for fault in args.fault:
-        try:
-            faults.parse(fault)
-        except ValueError as e:
-            raise CliError(str(e)) from None
-        kernel_args += ["--fault", fault]
-    if args.log_level:
-        kernel_args += ["--log-level", args.log_level]
-    state = wire.state_dir(root)  # only once everything is known to be valid
-    read_end, write_end = os.pipe()
-    with open(os.path.join(state, "machine.log"), "ab") as log_file:
+    try:  # $LUOFS_FAULT arms points too, as --fault does
+        armed = faults.parse(",".join([os.environ.get("LUOFS_FAULT", ""), *args.fault]))
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    kernel = KernelConfig(abi=args.abi, cmdline=args.cmdline, debugfs=args.debugfs,
+                          faults=tuple(armed.items()), log_level=args.log_level or "")
+    return MachineConfig(root=root, memory=args.memory, devices=args.devices, kernel=kernel)
+
+
+def _start_machine(config, state: str) -> int:
+    """Start the machine in its own session; its pid once kernel #0 serves."""
+    import socket
+    import subprocess
+
+    from . import protocol, wire
+    from .protocol_kernel import Started
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    log_path = os.path.join(state, "machine.log")
+    with ours, theirs, wire.open_log(log_path) as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "luofs.machine", "--root", root, "--ready-fd", str(write_end),
-             "--state-dir", state, "--memory", str(args.memory), "--devices", args.devices,
-             "--", *kernel_args],
-            pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            start_new_session=True)
-    os.close(write_end)
-    with os.fdopen(read_end) as ready:
-        line = ready.readline().strip()
-    if not line.startswith("ready"):
-        proc.wait(10)
-        raise CliError(line.removeprefix("error: ") or
-                       f"the machine exited (status {proc.returncode}); "
-                       f"see {os.path.join(state, 'machine.log')}")
-    served = f"{root}/dev/liveupdate" if args.abi != "rfc-v1" else f"{root}/sys (rfc-v1)"
-    print(f"luofs: kernel #0 serves {served} (machine pid {proc.pid})")
-    return 0
+            [sys.executable, "-m", "luofs.machine", "--config-fd", str(theirs.fileno()),
+             "--state-dir", state],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=log_file, start_new_session=True)
+        theirs.close()
+        ours.settimeout(MACHINE_START_TIMEOUT)
+        try:
+            protocol.send(ours, config)
+            reply, fds = protocol.recv(ours)
+            protocol.close_fds(fds)
+        except (OSError, protocol.ProtocolError) as e:
+            reply = protocol.Error(str(e))
+    if isinstance(reply, Started):
+        return reply.pid
+    if proc.poll() is None and reply is not None:
+        proc.kill()
+    proc.wait(10)
+    raise CliError(getattr(reply, "error", None) or
+                   f"the machine exited (status {proc.returncode}); see {log_path}")
 
 
-def _ok(reply: dict, what: str) -> dict:
-    if not reply.get("ok"):
-        raise CliError(reply.get("error") or f"{what} failed")
+def _ok(reply, what: str):
+    """`reply`, unless it is an Error: then CliError saying why `what` failed."""
+    from .protocol import Error
+
+    if isinstance(reply, Error):
+        raise CliError(reply.error or f"{what} failed")
     return reply
 
 
 def cmd_kexec(args) -> int:
+    from .protocol import Error, KexecDone, KexecRequest
+
     root = _root(args)
-    try:
-        reply = wire.request(root, {"op": "kexec"}, timeout=600)
-    except (ConnectionError, FileNotFoundError):
-        raise CliError(f"no luofs kernel serves {root}") from None
-    if not reply.get("ok"):
-        code = reply.get("errno")
-        print(f"luofs kexec: {reply.get('error')}", file=sys.stderr)
-        if code:  # the freeze refused: the old kernel keeps running, nothing changed
+    reply = _ask(root, KexecRequest(), timeout=600)
+    if isinstance(reply, Error):
+        print(f"luofs kexec: {reply.error}", file=sys.stderr)
+        if reply.errno:  # the freeze refused: the old kernel keeps running, nothing changed
             print("luofs kexec: the running kernel keeps serving; nothing was changed",
                   file=sys.stderr)
-            return code if code > 1 else 1
+            return reply.errno if reply.errno > 1 else 1
         return 1
-    print(f"luofs: live update done: kernel #{reply['liveupdate_number']} serves {root}; "
-          f"carried {reply['sessions']} session(s), {reply['files']} file(s); "
-          f"blackout {reply['blackout_ms']:.1f} ms (freeze + hand-over {reply['freeze_ms']:.1f}, "
-          f"next kernel up {reply['start_ms']:.1f})")
-    if reply.get("dropped"):  # as the kernel does: what nobody retrieved ends here
-        print(f"luofs: dropped {reply['dropped']} incoming session(s) nobody retrieved "
+    if not isinstance(reply, KexecDone):
+        raise CliError(f"the machine answered kexec with {reply.TAG}")
+    print(f"luofs: live update done: kernel #{reply.liveupdate_number} serves {root}; "
+          f"carried {reply.sessions} session(s), {reply.files} file(s); "
+          f"blackout {reply.blackout_ms:.1f} ms (freeze + hand-over {reply.freeze_ms:.1f}, "
+          f"next kernel up {reply.start_ms:.1f})")
+    if reply.dropped:  # as the kernel does: what nobody retrieved ends here
+        print(f"luofs: dropped {reply.dropped} incoming session(s) nobody retrieved "
               f"from the previous update", file=sys.stderr)
-    lost = reply.get("lost")
-    if lost:  # the update happened, but not everything arrived: say what, and fail
+    if reply.lost:  # the update happened, but not everything arrived: say what, and fail
+        lost = reply.lost
         sessions = ", ".join(f"'{name}' ({n})" for name, n in lost["sessions"].items())
         print(f"luofs kexec: {lost['files']} preserved file(s) were lost with a file keeper "
               f"that died during the update{': sessions ' + sessions if sessions else ''}",
@@ -147,6 +238,10 @@ def cmd_kexec(args) -> int:
 
 
 def cmd_kho_dump(args) -> int:
+    import json
+
+    from .protocol import KhoDumpRequest
+
     fmt = "dts" if args.dts else "json"
     if args.file:
         import kho  # only this subcommand needs it
@@ -162,17 +257,14 @@ def cmd_kho_dump(args) -> int:
             raise CliError(f"{args.file}: {e}") from None
         return 0
     root = _root(args)
-    try:
-        reply = wire.request(root, {"op": "kho-dump", "which": "in" if args.incoming else "out",
-                                    "format": fmt})
-    except (ConnectionError, FileNotFoundError):
-        raise CliError(f"no luofs kernel serves {root}") from None
-    _ok(reply, "kho dump")
-    print(reply["text"], end="") if fmt == "dts" else print(json.dumps(reply["json"], indent=2))
+    reply = _ok(_ask(root, KhoDumpRequest("in" if args.incoming else "out", fmt)), "kho dump")
+    print(reply.text, end="") if fmt == "dts" else print(json.dumps(reply.tree, indent=2))
     return 0
 
 
 def cmd_run(args) -> int:
+    import shutil
+
     from . import supervise
 
     root = _root(args)
@@ -197,20 +289,31 @@ def cmd_status(args) -> int:
     root = _root(args)
     reply = _machine_answers(root)
     if reply is None:
+        from .mounts import is_stale, mount_entry
+
         if mount_entry(root) is not None or is_stale(root):
             raise CliError(f"{root} has a stale luofs mount and no machine; "
                            f"`luofs boot --root {root}` cleans it")
         raise CliError(f"no luofs kernel serves {root}")
     if args.json:
-        print(json.dumps(reply, indent=2))
+        import json
+
+        from .client import status_dict
+
+        print(json.dumps(status_dict(reply), indent=2))
         return 0
-    k, m = reply.get("kernel"), reply["machine"]
+    k, m = reply.kernel, reply.machine
     print(f"root:            {m['root']}")
     print(f"machine:         pid {m['pid']}, up {m['uptime_s']} s, logs in {m['state_dir']}")
     print(f"live updates:    {m['kexecs']}, last blackout {m['last_blackout_ms']} ms")
     if k is None:
-        print(f"kernel:          none — {m['panic']}")
+        print(f"kernel:          none — {m.get('kernel_problem') or m['panic']}")
         return 0
+    _print_kernel(k, m)
+    return 0
+
+
+def _print_kernel(k: dict, m: dict) -> None:
     print(f"kernel:          pid {k['pid']}, {k['abi']}, liveupdate number "
           f"{k['liveupdate_number']}, state {k['state']}")
     for keeper in k.get("keepers", []):
@@ -240,7 +343,6 @@ def cmd_status(args) -> int:
         print(f"  {s['direction']:8} {s['name']}: {s['files']} file(s){extra}")
     if len(k["sessions"]) > shown:
         print(f"  … and {len(k['sessions']) - shown} more (luofs status --json lists all)")
-    return 0
 
 
 def _print_devices(machine: list[dict], kernel: list[dict]) -> None:
@@ -260,29 +362,31 @@ def _print_devices(machine: list[dict], kernel: list[dict]) -> None:
 
 
 def cmd_shutdown(args) -> int:
+    from . import control, teardown
+    from .mounts import detach_mount
+    from .wire import state_dir
+
     root = _root(args)
-    status = _machine_answers(root)
-    if status is None:
-        if detach_mount(root):
+    try:
+        keep = teardown.shutdown(root, say=lambda text: print(f"luofs: {text}", file=sys.stderr))
+    except control.NoMachine:
+        from .mounts import mount_entry
+
+        if detach_mount(root) and mount_entry(root) is None:
             print(f"luofs: no machine served {root}; removed its stale mount", file=sys.stderr)
             return 0
-        raise CliError(f"no luofs kernel serves {root}")
-    machine = os.pidfd_open(status["machine"]["pid"])
-    try:
-        reply = wire.request(root, {"op": "shutdown"}, timeout=60)
-        if not reply.get("ok"):
-            raise CliError(reply.get("error", "shutdown failed"))
-        # Return only once the machine is gone: no stray process, no mount.
-        if not select.select([machine], [], [], 15)[0]:
-            raise CliError(f"the machine (pid {status['machine']['pid']}) did not exit")
-    finally:
-        os.close(machine)
-    state = status["machine"]["state_dir"]
-    if args.keep_logs or status["machine"].get("panic"):
+        raise CliError(f"no luofs kernel serves {root}") from None
+    except (OSError, teardown.TeardownError) as e:
+        raise CliError(getattr(e, "strerror", None) or str(e)) from None
+    detach_mount(root)  # a kernel killed by force leaves its mount behind
+    state = state_dir(root)
+    if args.keep_logs or keep:
         print(f"luofs: {root} unmounted; logs kept in {state}")
-    else:
-        shutil.rmtree(state, ignore_errors=True)  # a clean run leaves nothing behind
-        print(f"luofs: {root} unmounted")
+        return 0
+    why = teardown.remove_state(root)  # a clean run leaves nothing behind
+    if why:
+        print(f"luofs: kept the state dir: {why}", file=sys.stderr)
+    print(f"luofs: {root} unmounted")
     return 0
 
 
@@ -298,21 +402,9 @@ def _size(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="luofs", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           parser_class=_Parser)
+def _add_boot_options(boot: argparse.ArgumentParser) -> None:
+    from .core.faults import POINTS
 
-    def add(name, func, help_text):
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.add_argument("--root", help="directory the kernel serves (default: $LUOFS_ROOT)")
-        sp.set_defaults(func=func)
-        return sp
-
-    boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
-               "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
     boot.add_argument("--log-level", help="kernel log level (DEBUG shows why requests fail)")
     boot.add_argument("--abi", choices=["mainline", "rfc-v1", "rfc-v2"], default="mainline",
                       help="which LUO to emulate: mainline (sessions, the default); rfc-v1 "
@@ -329,13 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--cold", action="store_true",
                       help="accepted for clarity: after a kernel panic or crash, `boot` always "
                            "starts kernel #0 fresh and says what was lost")
-    boot.add_argument("--memory", type=_size, default=1 << 30,
+    boot.add_argument("--memory", type=_size, default=DEFAULT_MEMORY,
                       help="emulated physical memory, e.g. 256M or 4G (sparse; default 1G)")
     boot.add_argument("--fault", action="append", default=[], metavar="POINT[:ERRNO]",
                       help="make a named callback fail in every kernel of this instance "
-                           f"(default errno EIO); points: {', '.join(faults.POINTS)}")
+                           f"(default errno EIO); points: {', '.join(POINTS)}")
     boot.add_argument("--cmdline", default="liveupdate=on kho=on",
                       help="what proc/cmdline shows (default: %(default)s)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the `command` about to run, only what that one needs."""
+    p = _Parser(
+        prog="luofs", description=__doc__,
+        formatter_class=_RawFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+
+    def add(name, func, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--root", help="directory the kernel serves (default: $LUOFS_ROOT)")
+        sp.set_defaults(func=func)
+        return sp
+
+    boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
+               "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
+    if command in (None, "boot"):  # its options need the fault list, and little else does
+        _add_boot_options(boot)
     add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel process; "
         "returns when it serves. On a freeze failure the running kernel keeps serving and "
         "the exit status is the errno")
@@ -368,11 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     try:
         return args.func(args)
     except CliError as e:
         print(f"luofs {args.command}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback for a user: say what failed, and how to see more
+        if os.environ.get("LUOFS_DEBUG"):
+            raise
+        print(f"luofs {args.command}: {type(e).__name__}: {e} (LUOFS_DEBUG=1 shows where)",
+              file=sys.stderr)
         return 1
 
 

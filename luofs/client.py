@@ -6,6 +6,10 @@
         ...  # keep `s` open across `luofs kexec`
 
 Failures raise OSError with the kernel's errno and a message naming the operation.
+
+For orchestrators, `kexec(root)` performs a live update and `status(root)` reads the
+instance's state, both straight over the machine's control socket (no `luofs` process
+to start in the pause).
 `ioctl()` below is the transport the emulator needs in place of the ioctl(2) system
 call: the same rules (and the same struct bytes) as the C shim.
 """
@@ -20,7 +24,7 @@ import threading
 
 from .uapi import frames, ioctl as nums, rfc_v2, structs
 
-__all__ = ["LiveUpdate", "Session", "LiveUpdateV2", "ioctl", "DEVICE_PATH"]
+__all__ = ["LiveUpdate", "Session", "LiveUpdateV2", "ioctl", "DEVICE_PATH", "kexec", "status"]
 
 DEVICE_PATH = "dev/liveupdate"
 REQUEST_DIR = ".luofs"
@@ -342,3 +346,48 @@ class LiveUpdateV2(_Device):
 
     def finish(self) -> None:
         self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FINISH, "EVENT_FINISH")
+
+
+def _machine_request(root, message, timeout: float | None):
+    """The machine's reply; OSError with the errno it gives (EIO if none) on an Error."""
+    from . import control
+    from .protocol import Error
+
+    reply = control.request(os.path.realpath(_default_root(root)), message, timeout)
+    if isinstance(reply, Error):
+        raise OSError(reply.errno or errno.EIO, reply.error)
+    return reply
+
+
+def kexec(root=None, timeout: float | None = 600.0) -> dict:
+    """Live-update the instance serving ROOT; what `luofs kexec` reports, as a dict
+    (liveupdate_number, sessions, files, blackout_ms, freeze_ms, start_ms,
+    blackout_records). A refused freeze raises OSError with its errno (the old kernel
+    serves on); a next kernel that did not come up raises OSError(EIO); no machine
+    raises luofs.control.NoMachine (a ConnectionError)."""
+    import dataclasses
+
+    from .protocol import KexecDone, KexecRequest
+
+    reply = _machine_request(root, KexecRequest(), timeout)
+    if not isinstance(reply, KexecDone):
+        raise OSError(errno.EPROTO, f"the machine answered kexec with {reply.TAG}")
+    return dataclasses.asdict(reply)
+
+
+def status(root=None, timeout: float | None = 60.0) -> dict:
+    """{"machine": {...}, "kernel": {...}} as `luofs status --json` prints it ("kernel"
+    is missing while no kernel serves: see machine["panic"] / ["kernel_problem"])."""
+    from .protocol import MachineStatus, StatusRequest
+
+    reply = _machine_request(root, StatusRequest(), timeout)
+    if not isinstance(reply, MachineStatus):
+        raise OSError(errno.EPROTO, f"the machine answered status with {reply.TAG}")
+    return status_dict(reply)
+
+
+def status_dict(reply) -> dict:
+    out = {"ok": True, "machine": reply.machine}
+    if reply.kernel is not None:
+        out["kernel"] = reply.kernel
+    return out

@@ -6,9 +6,10 @@ file (SCM_RIGHTS) and keeps a slot number. At a live update the kernel hands ove
 keeper's socket — one fd — instead of every file it holds. A keeper lives exactly as
 long as some kernel holds its socket: the last close ends it and releases its files.
 
-Requests (luofs.wire messages): park (fds in → slots), fetch (slots → fds, the same open
-file descriptions), drop (slots), records (runs of slots → position, size and seals,
-packed, each followed by the asker's pad bytes).
+Requests (luofs.protocol messages): Park (fds in → Parked slots), Fetch (slots → fds,
+the same open file descriptions), Drop (slots), Records (runs of slots → position, size
+and seals, packed, each followed by the asker's pad bytes). A request it cannot read or
+carry out is answered with Error; the keeper and its files live on.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from __future__ import annotations
 import argparse
 import array
 import fcntl
+import itertools
 import os
 import socket
 import struct
 import sys
 
-from . import limits, wire
+from . import limits, protocol
+from .protocol import FILES, Error, Ok
+from .protocol_keeper import Drop, Fetch, Fetched, Park, Parked, Records, RecordsReply
 
 RECORD = struct.Struct("<QQI")  # file position, size, seals
 
@@ -78,37 +82,40 @@ def records_function():
 
 def serve(sock: socket.socket, records=_records_in_python) -> None:
     files: dict[int, int] = {}
-    next_slot = 0
+    slots = itertools.count()
     while True:
-        message, fds = wire.recv(sock)
+        try:
+            message, fds = protocol.recv(sock)
+        except protocol.ProtocolError as e:  # answered; it must never end the keeper
+            print(f"luofs-keeper[{os.getpid()}]: rejected a request: {e}", file=sys.stderr)
+            protocol.send(sock, Error(f"bad request: {e}"))
+            continue
         if message is None:
             break
-        op = message.get("op")
-        reply, out = {"ok": True}, []
+        out: dict[str, list[int]] = {}
         try:  # a bad request gets an error; it must never end the keeper and its files
-            if op == "park":
-                reply["slots"] = list(range(next_slot, next_slot + len(fds)))
-                files.update(zip(reply["slots"], fds))
-                next_slot += len(fds)
-                fds = []
-            elif op == "fetch":
-                out = [files[slot] for slot in message["slots"]]
-            elif op == "drop":
-                for slot in message["slots"]:
+            if isinstance(message, Park):
+                parked = fds.pop(FILES, [])
+                reply = Parked(tuple(next(slots) for _ in parked))
+                files.update(zip(reply.slots, parked))
+            elif isinstance(message, Fetch):
+                out, reply = {FILES: [files[slot] for slot in message.slots]}, Fetched()
+            elif isinstance(message, Drop):
+                for slot in message.slots:
                     fd = files.pop(slot, None)
                     if fd is not None:
                         os.close(fd)
-            elif op == "records":
-                reply["records"] = records([files[slot] for first, count in message["runs"]
-                                            for slot in range(first, first + count)],
-                                           bytes.fromhex(message.get("pad", ""))).hex()
+                reply = Ok()
+            elif isinstance(message, Records):
+                reply = RecordsReply(records([files[slot] for first, count in message.runs
+                                              for slot in range(first, first + count)],
+                                             message.pad))
             else:
-                reply = {"ok": False, "error": f"unknown op {op!r}"}
-        except (KeyError, OSError, TypeError, ValueError) as e:
-            reply, out = {"ok": False, "error": f"{op}: {e!r}"}, []
-        for fd in fds:
-            os.close(fd)
-        wire.send(sock, reply, out)
+                reply = Error(f"{message.TAG} is not a request a keeper takes")
+        except (KeyError, OSError) as e:
+            reply, out = Error(f"{message.TAG}: {e!r}"), {}
+        protocol.close_fds(fds)
+        protocol.send(sock, reply, out)
 
 
 def main(argv=None) -> int:

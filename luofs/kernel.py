@@ -1,11 +1,12 @@
 """The kernel process: LUO core + handlers + KHO + FUSE front end, driven by the machine.
 
 Started by the machine (never by hand), ahead of time, as `kexec -l` loads an image:
-it imports everything, says "loaded" and waits. The machine then sends "boot" with
-the emulated RAM and, after a live update, the hand-over (root address and the
-preserved files' fds). It mounts ROOT and says "ready" — or "panic" if the
-hand-over cannot be trusted. Later commands: status, reboot (the live update's
-old-kernel half), shutdown.
+it imports everything, says Loaded and waits. The machine then sends KernelBoot with
+the instance's KernelConfig (ABI, cmdline, faults), the emulated RAM and, after a live
+update, the HandOver with the preserved files' fds in named groups. It mounts ROOT and
+says Ready — or Panicked if the hand-over cannot be trusted. Later requests (all in
+luofs.protocol): status, kho-dump, Reboot (the live update's old-kernel half),
+shutdown; a message it cannot read is answered with Error and logged.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import trio
 
 import kho
 
-from . import device_adapter, limits, personalities, wire
+from . import device_adapter, limits, protocol
 from .core import LuoError
 from .core.faults import Faults
 from .fs.debugfs import kho_debugfs
@@ -32,7 +33,10 @@ from .fs.ops import KernelFS
 from .fs.server import Mount
 from .personalities.base import Panic, Personality
 from .personalities.boot import cold_boot, handover_boot
-from .protocol import FILES, KEEPERS, HandOver, ParkedRun
+from .protocol import (FILES, KEEPERS, RAM, Error, KhoDumpReply, KhoDumpRequest, Ok, Shutdown,
+                       StatusRequest)
+from .protocol_kernel import (Crashing, Failed, KernelBoot, KernelConfig, KernelStatus, Loaded,
+                              MountRoot, Panicked, Ready, Reboot, Unmounted)
 
 log = logging.getLogger("luofs.kernel")
 
@@ -58,78 +62,82 @@ def build_fs(personality: Personality, cmdline: str, debugfs: bool) -> KernelFS:
 
 
 class Kernel:
-    def __init__(self, sock: socket.socket, root: str, cmdline: str, faults: Faults,
-                 debugfs: bool = False, abi: str = "mainline", device_fd: int | None = None):
+    def __init__(self, sock: socket.socket, root: str, device_fd: int | None = None):
         self.sock = sock
         self.device_fd = device_fd
-        self.abi = abi
-        self.debugfs = debugfs
-        self.faults = faults
         self.root = root
-        self.cmdline = cmdline
+        self.faults = Faults()
+        self.config: KernelConfig | None = None  # with the boot message
         self.personality: Personality | None = None
         self.fs: KernelFS | None = None
         self.handed_over = False
 
     def receive_boot(self) -> bool:
         """Block until the machine says boot; False after a panic (reported, not served)."""
-        self.faults.on_crash = lambda point: self._send({"event": "crashing", "point": point})
-        wire.send(self.sock, {"event": "loaded", "pid": os.getpid()})
-        message, fds = wire.recv(self.sock)
-        if message is None or message.get("op") != "boot":
-            for fd in fds:
-                os.close(fd)
-            raise SystemExit("the machine went away before boot")
-        ram_fd, file_fds = fds[0], fds[1:]
+        self.faults.on_crash = lambda point: self._send(Crashing(point))
+        protocol.send(self.sock, Loaded(os.getpid()))
+        message, groups = self._recv_from_machine(KernelBoot, "boot")
+        self.config = config = message.config
+        self.abi, self.debugfs, self.cmdline = config.abi, config.debugfs, config.cmdline
+        self.faults.armed = dict(config.faults)
+        if config.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
+        ram_fd, handover = groups[RAM][0], message.handover
+        files = {FILES: groups.get(FILES, []), KEEPERS: groups.get(KEEPERS, [])}
         t0 = time.perf_counter()
         try:
-            if "root_phys" in message:
-                split = len(file_fds) - message.get("keepers", 0)
-                handover = HandOver(message["root_phys"], message["root_size"],
-                                    message.get("number", 1) - 1,
-                                    parked=tuple(ParkedRun(*r) for r in message.get("parked", [])),
-                                    keeper_pids=tuple(message.get("keeper_pids", [])))
-                self.personality = handover_boot(
-                    self.abi, ram_fd, handover, {FILES: file_fds[:split], KEEPERS: file_fds[split:]},
-                    self.faults, self.device_fd)
+            if handover is not None:
+                self.personality = handover_boot(self.abi, ram_fd, handover, files, self.faults,
+                                                 self.device_fd)
             else:
                 self.personality = cold_boot(self.abi, ram_fd, self.faults, self.device_fd)
         except Panic as e:
             log.critical("panic: %s", e)
-            wire.send(self.sock, {"event": "panic", "error": str(e)})
+            protocol.send(self.sock, Panicked(str(e)))
             return False
-        if "root_phys" in message:
+        if handover is not None:
             log.info("rebuilt from the hand-over in %.1f ms (%d fds)",
-                     (time.perf_counter() - t0) * 1000, len(file_fds))
+                     (time.perf_counter() - t0) * 1000, sum(map(len, files.values())))
             self.faults.check("crash.reload")
         self.fs = build_fs(self.personality, self.cmdline, self.debugfs)
-        if message.get("hold_mount"):  # the previous kernel may still be unmounting
-            go, stray = wire.recv(self.sock)
-            for fd in stray:
-                os.close(fd)
-            if go is None or go.get("op") != "mount":
-                raise SystemExit("the machine went away before the mount")
+        if message.hold_mount:  # the previous kernel may still be unmounting
+            self._recv_from_machine(MountRoot, "mount")
         return True
+
+    def _recv_from_machine(self, kind: type, what: str):
+        """The machine's next message, which must be a `kind`; SystemExit otherwise (this
+        kernel has not served yet: nothing is lost)."""
+        try:
+            message, groups = protocol.recv(self.sock)
+        except protocol.ProtocolError as e:
+            log.error("the machine sent a bad message before the %s: %s", what, e)
+            protocol.send(self.sock, Error(f"bad {what} message: {e}"))
+            raise SystemExit(1) from None
+        if not isinstance(message, kind):
+            protocol.close_fds(groups)
+            raise SystemExit(f"the machine went away before the {what}" if message is None else
+                             f"the machine sent {message.TAG} before the {what}")
+        return message, groups
 
     async def serve(self) -> None:
         self.sock.setblocking(False)
         with Mount(self.fs, self.root) as mount:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
-                self._send({"event": "ready", "pid": os.getpid(), "mnt_id": self.fs.mnt_id,
-                            "liveupdate_number": self.personality.parts.liveupdate_number,
-                            "lost": self.personality.lost_at_boot})
+                self._send(Ready(pid=os.getpid(), mnt_id=self.fs.mnt_id,
+                                 liveupdate_number=self.personality.parts.liveupdate_number,
+                                 lost=self.personality.lost_at_boot))
                 await self.control_loop(nursery.cancel_scope)
             mount.unmount()
         if self.handed_over:
-            self._send({"event": "unmounted"})
+            self._send(Unmounted())
         log.info("unmounted %s", self.root)
 
-    def _send(self, message: dict, fds=()) -> None:
+    def _send(self, message, fds: dict | None = None) -> None:
         blocking = self.sock.getblocking()
         self.sock.setblocking(True)
         try:
-            wire.send(self.sock, message, fds)
+            protocol.send(self.sock, message, fds)
         finally:
             self.sock.setblocking(blocking)
 
@@ -152,22 +160,25 @@ class Kernel:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             try:
-                message, fds = wire.recv(self.sock)
+                message, fds = protocol.recv(self.sock)
             except BlockingIOError:
                 continue
-            for fd in fds:
-                os.close(fd)
+            except protocol.ProtocolError as e:  # answered, logged, and served on
+                log.error("control message rejected: %s", e)
+                self._send(Error(f"bad request: {e}"))
+                continue
+            protocol.close_fds(fds)
             if message is None:  # a kernel without a machine stops
                 log.warning("machine went away; shutting down")
                 cancel.cancel()
                 return
-            if message.get("op") == "reboot":
+            if isinstance(message, Reboot):
                 await self.settle_releases()
             try:
                 if self.obey(message, cancel):
                     return
             except OSError as e:  # a reply that could not be sent must not stop the kernel
-                log.error("control message %r: %s", message.get("op"), e)
+                log.error("control message %s: %s", message.TAG, e)
 
     async def settle_releases(self) -> None:
         """Let every close(2) that returned before the live update was asked for take
@@ -179,70 +190,62 @@ class Kernel:
         except OSError:  # ENODATA, as every non-request name answers
             pass
 
-    def obey(self, message: dict, cancel: trio.CancelScope) -> bool:
+    def obey(self, message, cancel: trio.CancelScope) -> bool:
         """Carry out one command of the machine; True when the kernel is done serving."""
-        op = message.get("op")
-        if op == "status":
-            self._send({"ok": True, "kernel": {"pid": os.getpid(), **self.personality.status()}})
-        elif op == "kho-dump":
-            self._send(self.kho_dump(message.get("which", "out"), message.get("format")))
-        elif op == "shutdown":
+        if isinstance(message, StatusRequest):
+            self._send(KernelStatus({"pid": os.getpid(), **self.personality.status()}))
+        elif isinstance(message, KhoDumpRequest):
+            dump = self.kho_dump(message.which, message.format)
+            self._send(KhoDumpReply(text=dump.get("text", ""), tree=dump.get("json"))
+                       if dump["ok"] else Error(dump["error"]))
+        elif isinstance(message, Shutdown):
             self.personality.close()  # devices run on in the machine
-            self._send({"ok": True})
+            self._send(Ok())
             cancel.cancel()
             return True
-        elif op == "reboot":
-            t0 = time.perf_counter()
-            try:
-                handover, groups = self.personality.freeze()
-            except LuoError as e:
-                log.warning("live update refused: %s", e)
-                self._send({"ok": False, "errno": e.errno, "error": str(e)})
-                return False
-            t1 = time.perf_counter()
-            fds = groups[FILES] + groups[KEEPERS]
-            reply = {"root_phys": handover.root_phys, "root_size": handover.root_size,
-                     "liveupdate_number": handover.liveupdate_number,
-                     "sessions": handover.sessions, "files": handover.files,
-                     "parked": [list(r) for r in handover.parked],
-                     "keepers": len(groups[KEEPERS]), "devices": list(handover.devices),
-                     "keeper_pids": list(handover.keeper_pids), "dropped": handover.dropped}
-            try:
-                self._send({"ok": True, **reply}, fds)
-            except OSError:
-                self.personality.undo_freeze()
-                raise
-            log.info("handed over %d file(s) (%d fds): freeze %.1f ms, send %.1f ms",
-                     reply["files"], len(fds), (t1 - t0) * 1000,
-                     (time.perf_counter() - t1) * 1000)
-            self.personality.after_handover()
-            if "keeper.die" in self.faults and self.personality.parts.store.keepers:
-                self.personality.parts.store.kill_keeper(0)
-            self.faults.check("crash.handed-over")
-            self.handed_over = True
-            cancel.cancel()
-            return True
+        elif isinstance(message, Reboot):
+            return self.reboot(cancel)
         else:
-            self._send({"ok": False, "error": f"unknown op {op!r}"})
+            self._send(Error(f"{message.TAG} is not a request a kernel takes"))
         return False
+
+    def reboot(self, cancel: trio.CancelScope) -> bool:
+        """The old kernel's half of a live update: freeze, hand over, stop serving."""
+        t0 = time.perf_counter()
+        try:
+            handover, fds = self.personality.freeze()
+        except LuoError as e:
+            log.warning("live update refused: %s", e)
+            self._send(Error(str(e), e.errno))
+            return False
+        t1 = time.perf_counter()
+        try:
+            self._send(handover, fds)
+        except OSError:
+            self.personality.undo_freeze()
+            raise
+        log.info("handed over %d file(s) (%d fds): freeze %.1f ms, send %.1f ms",
+                 handover.files, sum(map(len, fds.values())), (t1 - t0) * 1000,
+                 (time.perf_counter() - t1) * 1000)
+        self.personality.after_handover()
+        if "keeper.die" in self.faults and self.personality.parts.store.keepers:
+            self.personality.parts.store.kill_keeper(0)
+        self.faults.check("crash.handed-over")
+        self.handed_over = True
+        cancel.cancel()
+        return True
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="luofs-kernel", description=__doc__)
     p.add_argument("--root", required=True)
     p.add_argument("--control-fd", type=int, required=True)
-    p.add_argument("--cmdline", default="liveupdate=on kho=on")
-    p.add_argument("--log-level", default=os.environ.get("LUOFS_LOG", "INFO"))
-    p.add_argument("--fault", action="append", default=[])
-    p.add_argument("--debugfs", action="store_true")
-    p.add_argument("--abi", choices=personalities.names(), default=personalities.DEFAULT)
     p.add_argument("--device-fd", type=int)
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
     kernel = Kernel(socket.socket(fileno=args.control_fd), os.path.realpath(args.root),
-                    args.cmdline, Faults.from_env(",".join(args.fault)), args.debugfs, args.abi,
                     args.device_fd)
     if not kernel.receive_boot():
         return 1
@@ -251,7 +254,7 @@ def main(argv=None) -> int:
     except Exception as e:
         log.exception("kernel failed")
         try:
-            kernel._send({"event": "failed", "error": str(e)})
+            kernel._send(Failed(str(e)))
         except OSError:
             pass
         return 1

@@ -1,11 +1,17 @@
 """The machine process: what survives every live update.
 
 It owns the emulated physical memory (a sparse memfd), the control socket the
-`luofs` command talks to, and each kernel process. A live update starts the next
-kernel ahead of time (it imports and waits, as `kexec -l` loads an image), then
-asks the running kernel to freeze and hand over, and passes what it handed over —
-the RAM, the KHO root address and the preserved files themselves — to the next.
+`luofs` command talks to (luofs/control_server.py: who may, and for how long), and
+each kernel process (luofs/kernel_process.py). A live update starts the next kernel
+ahead of time (it imports and waits, as `kexec -l` loads an image), then asks the
+running kernel to freeze and hand over, and passes what it handed over — the RAM,
+the KHO root address and the preserved files themselves — to the next.
 It never imports pyfuse3 or trio: it must stay small and always responsive.
+
+Unhappy paths: a refused freeze leaves the old kernel serving (Error with its errno);
+a kernel that dies or panics leaves the machine up without a kernel (`panic`, shown
+by status; `luofs boot` then cold-boots); a next kernel that dies while reloading is
+replaced (RELOAD_RETRIES); any failure of one client request is that request's Error.
 """
 
 from __future__ import annotations
@@ -16,132 +22,37 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
-from devices.transport import start_server
 
-from . import limits, wire
+from . import limits, protocol
+from .control import stopped_note
+from .control_server import CLIENT_TIMEOUT, ControlServer
+from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
 from .mounts import detach_mount
+from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecRequest, KhoDumpReply,
+                       KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
+from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
+                              Started, Unmounted)
 
 log = logging.getLogger("luofs.machine")
 
 KERNEL_START_TIMEOUT = 60.0
-KERNEL_STOP_TIMEOUT = 10.0
-DEFAULT_MEMORY = 1 << 30
-
-
-class KernelError(RuntimeError):
-    pass
-
-
-class KernelPanic(KernelError):
-    """The kernel refused the hand-over: retrying with the same data cannot help."""
+KERNEL_STATUS_TIMEOUT = 5.0
 
 
 RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-over kept
 
 
-class KernelProcess:
-    """One kernel process and the machine's end of its control socket."""
-
-    def __init__(self, root: str, number: int, log_path: str, extra_args=(), on_crash=None,
-                 devices: DeviceHost | None = None):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock = ours
-        self.number = number
-        self.on_crash = on_crash
-        self.args = list(extra_args)
-        self.loaded = False
-        passed = [theirs]
-        device_args = []
-        if devices is not None:  # the kernel's drivers talk to the hardware on their own line
-            host_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            passed.append(kernel_end)
-            device_args = ["--device-fd", str(kernel_end.fileno())]
-        with open(log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "luofs.kernel", "--root", root,
-                 "--control-fd", str(theirs.fileno()), *device_args, *extra_args],
-                pass_fds=[s.fileno() for s in passed], stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file)
-        for s in passed:
-            s.close()
-        if devices is not None:
-            start_server(devices, host_end)  # ends when this kernel's end closes
-
-    def recv(self) -> tuple[dict | None, list[int]]:
-        """The next message that is not a crash notice (those go to on_crash)."""
-        while True:
-            message, fds = wire.recv(self.sock)
-            if message is None or message.get("event") != "crashing":
-                return message, fds
-            log.warning("kernel #%d is crashing at fault point %s", self.number, message["point"])
-            if self.on_crash is not None:
-                self.on_crash(message["point"])
-
-    def wait_loaded(self, timeout: float) -> None:
-        if not self.loaded:
-            self.expect("loaded", timeout)
-            self.loaded = True
-
-    def expect(self, event: str, timeout: float) -> dict:
-        self.sock.settimeout(timeout)
-        try:
-            message, fds = self.recv()
-        except socket.timeout:
-            raise KernelError(f"kernel did not answer within {timeout:.0f} s") from None
-        except ConnectionError:  # it died with a message of ours unread
-            message, fds = None, []
-        finally:
-            self.sock.settimeout(None)
-        for fd in fds:
-            os.close(fd)
-        if message is None:
-            raise KernelError(f"kernel #{self.number} died (status {self.proc.wait()})")
-        if message.get("event") == "panic":
-            raise KernelPanic(f"kernel panic: {message['error']}")
-        if message.get("event") != event:
-            raise KernelError(message.get("error") or f"unexpected message {message}")
-        return message
-
-    def ask(self, message: dict, timeout: float = 60.0) -> tuple[dict, list[int]]:
-        self.sock.settimeout(timeout)
-        try:
-            wire.send(self.sock, message)
-            reply, fds = self.recv()
-        finally:
-            self.sock.settimeout(None)
-        return reply or {"ok": False, "gone": True, "error": f"kernel #{self.number} died"}, fds
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.sock.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                _reply, fds = self.ask({"op": "shutdown"}, timeout=KERNEL_STOP_TIMEOUT)
-                for fd in fds:
-                    os.close(fd)
-                self.proc.wait(KERNEL_STOP_TIMEOUT)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-
-
 class Machine:
-    def __init__(self, root: str, state: str, memory: int, kernel_args: list[str],
-                 devices: str = "none"):
-        self.root = os.path.realpath(root)
+    def __init__(self, config: MachineConfig, state: str):
+        self.root = os.path.realpath(config.root)
         self.state = state
-        self.kernel_args = kernel_args
+        self.kernel_config = config.kernel  # a crash fault that fired is dropped from it
         self.kernel: KernelProcess | None = None
         self.standby: KernelProcess | None = None
         self.panic: str | None = None
@@ -149,15 +60,16 @@ class Machine:
         self.running = True
         self.kexecs = 0
         self.last_blackout_ms: float | None = None
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(wire.control_address(root))  # EADDRINUSE: already served
-        self.listener.listen(16)
+        self.sel = selectors.DefaultSelector()
+        self.control = ControlServer(state, self.sel)  # EADDRINUSE: already served
         self.ram = os.memfd_create("luofs-ram", os.MFD_CLOEXEC)
-        os.ftruncate(self.ram, memory)
-        self.memory = memory
-        topology = parse_spec(devices)
+        os.ftruncate(self.ram, config.memory)
+        self.memory = config.memory
+        topology = parse_spec(config.devices)
         # Devices live here, so DMA and interrupts go on while no kernel runs.
         self.devices = DeviceHost(RamView(os.dup(self.ram)), topology) if topology.devices else None
+        self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.kho_dump,
+                         KexecRequest: self.kexec, ColdBoot: self.restart, Shutdown: self.stop}
 
     @property
     def kernel_log(self) -> str:
@@ -165,22 +77,12 @@ class Machine:
 
     def _disarm(self, point: str) -> None:
         """A crash fault fires once per instance: later kernels must come up."""
-        args, kept = self.kernel_args, []
-        i = 0
-        while i < len(args):
-            if args[i] == "--fault" and args[i + 1].split(":")[0] == point:
-                i += 2
-                continue
-            kept.append(args[i])
-            i += 1
-        self.kernel_args = kept
-        os.environ["LUOFS_FAULT"] = ",".join(
-            f for f in os.environ.get("LUOFS_FAULT", "").split(",") if f and f.split(":")[0] != point)
+        self.kernel_config = self.kernel_config.without_fault(point)
 
     def _load(self, number: int) -> KernelProcess:
-        """The next kernel, imported and waiting: the standby one if it still fits."""
+        """The next kernel, imported and waiting: the standby one if it is still alive."""
         kernel, self.standby = self.standby, None
-        if kernel is None or kernel.args != self.kernel_args or kernel.proc.poll() is not None:
+        if kernel is None or kernel.proc.poll() is not None:
             if kernel is not None:
                 kernel.kill()
             kernel = self._spawn()
@@ -193,8 +95,7 @@ class Machine:
         return kernel
 
     def _spawn(self) -> KernelProcess:
-        return KernelProcess(self.root, -1, self.kernel_log, self.kernel_args, self._disarm,
-                             self.devices)
+        return KernelProcess(self.root, -1, self.kernel_log, self._disarm, self.devices)
 
     def _prepare_standby(self) -> None:
         """Start importing the next kernel now (as `kexec -l` loads an image ahead of
@@ -202,22 +103,25 @@ class Machine:
         if self.standby is None and self.running:
             self.standby = self._spawn()
 
-    def _send_boot(self, kernel: KernelProcess, boot: dict, fds=(), hold: bool = False) -> bool:
+    def _send_boot(self, kernel: KernelProcess, handover: HandOver | None = None,
+                   fds: dict | None = None, hold: bool = False) -> bool:
         """The boot message, with RAM and the handed-over files; `hold`: build everything
-        but wait for a "mount" before mounting. False if the kernel is gone."""
+        but wait for a MountRoot before mounting. False if the kernel is gone."""
+        boot = KernelBoot(self.kernel_config, handover, hold)
         try:
-            wire.send(kernel.sock, {"op": "boot", **boot, "hold_mount": hold}, [self.ram, *fds])
+            protocol.send(kernel.sock, boot, {RAM: [self.ram], **(fds or {})})
         except OSError as e:
             log.warning("kernel #%d cannot take its boot message: %s", kernel.number, e)
             return False
         return True
 
-    def _start(self, kernel: KernelProcess, boot: dict, fds=(), sent: bool = False) -> dict:
+    def _start(self, kernel: KernelProcess, handover: HandOver | None = None,
+               fds: dict | None = None, sent: bool = False) -> Ready:
         """Boot `kernel` (unless its boot and mount went ahead, `sent`) until it serves."""
         try:
-            if not sent and not self._send_boot(kernel, boot, fds):
+            if not sent and not self._send_boot(kernel, handover, fds):
                 raise KernelError(f"kernel #{kernel.number} is gone")
-            return kernel.expect("ready", KERNEL_START_TIMEOUT)
+            return kernel.expect(Ready, KERNEL_START_TIMEOUT)
         except BaseException:
             kernel.kill()
             detach_mount(self.root)
@@ -230,74 +134,38 @@ class Machine:
         os.ftruncate(self.ram, 0)  # forget every page of a previous life
         os.ftruncate(self.ram, self.memory)
         self.kernel = self._load(0)
-        self._start(self.kernel, {})
+        self._start(self.kernel)
         self.panic = None
         self._prepare_standby()
 
-    def kexec(self) -> dict:
+    def kexec(self, _request=None):
         if self.kernel is None:
-            return {"ok": False, "error": f"no kernel is running ({self.panic or 'stopped'}); "
-                                          "`luofs boot` starts a fresh one"}
+            return Error(f"no kernel is running ({self.panic or 'stopped'}); "
+                         "`luofs boot` starts a fresh one")
         old = self.kernel
+        stopped = stopped_note(old.proc.pid)
+        if stopped:  # it could not freeze, and might wake up in the middle of a hand-over
+            return Error(f"kernel #{old.number} (pid {old.proc.pid}) cannot freeze{stopped}; "
+                         "nothing was changed")
         nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
         written_before = self._records_written()
         t_freeze = time.perf_counter()
-        reply, fds = old.ask({"op": "reboot"})
-        if not reply.get("ok"):
-            for fd in fds:
-                os.close(fd)
-            nxt.kill()
-            if reply.get("gone"):  # it died mid-freeze: nothing was handed over
-                self.kernel_died()
-                return {"ok": False, "error": f"{reply['error']} during the freeze; "
-                                              f"preserved state is lost ({self.panic})"}
-            return {"ok": False, "errno": reply.get("errno"), "error": reply.get("error")}
+        handover, fds = self._freeze(old, nxt)
+        if not isinstance(handover, HandOver):
+            return handover  # the refusal (the old kernel serves on) or the loss
         t_reply = time.perf_counter()
-        boot = {"root_phys": reply["root_phys"], "root_size": reply["root_size"],
-                "number": nxt.number, "parked": reply.get("parked", []),
-                "keepers": reply.get("keepers", 0), "keeper_pids": reply.get("keeper_pids", [])}
-        # The next kernel rebuilds from the hand-over while the old one unmounts, and mounts
-        # once the mount point is free. Not with devices: their drivers must see the old
-        # kernel stop before the next one attaches.
-        sent = self.devices is None and self._send_boot(nxt, boot, fds, hold=True)
+        nxt.number = handover.next_number
         try:
-            old.expect("unmounted", KERNEL_STOP_TIMEOUT)
-        except KernelError as e:
-            log.warning("old kernel after the hand-over: %s; detaching its mount", e)
-            detach_mount(self.root)
-        if sent:  # the mount point is free: the next kernel need not wait for the old exit
-            try:
-                wire.send(nxt.sock, {"op": "mount"})
-            except OSError:
-                pass  # what it said before it went (a panic, say) is read in _start
-        else:
-            old.kill()
-        if self.devices is not None:  # interrupts latch until the next drivers attach
-            self.devices.kexec(reply.get("devices", []))
-        t_handed = time.perf_counter()
-        self.kernel = None
-        try:
-            # The hand-over is complete: the machine keeps the files until a kernel has
-            # them, so a next kernel that dies while reloading is simply replaced.
-            for attempt in range(RELOAD_RETRIES + 1):
-                try:
-                    ready = self._start(nxt, boot, fds, sent=sent)
-                    break
-                except KernelPanic:
-                    raise
-                except KernelError as e:
-                    if attempt == RELOAD_RETRIES:
-                        raise
-                    log.error("%s while reloading; starting another kernel", e)
-                    nxt = self._load(nxt.number)
-                    sent = False
+            sent = self._hand_over(old, nxt, handover, fds)
+            t_handed = time.perf_counter()
+            self.kernel = None
+            nxt, ready = self._bring_up(nxt, handover, fds, sent)
         except KernelError as e:
             self.panic = str(e)
             log.error("kernel #%d did not come up: %s", nxt.number, e)
-            return {"ok": False, "error": str(e)}
+            return Error(str(e))
         finally:
-            for fd in fds:
-                os.close(fd)
+            protocol.close_fds(fds)
             old.kill()  # (when the next kernel went ahead, its exit did not hold anything up)
         self.kernel = nxt
         t_ready = time.perf_counter()
@@ -308,18 +176,73 @@ class Machine:
         log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
                  "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) * 1000,
                  (t_handed - t_reply) * 1000, (t_ready - t_handed) * 1000, self.last_blackout_ms)
-        if ready.get("lost"):
-            log.error("kexec to #%d lost files with their keepers: %s", nxt.number, ready["lost"])
-        return {"ok": True, "liveupdate_number": ready["liveupdate_number"],
-                "lost": ready.get("lost"),
-                "sessions": reply["sessions"], "files": reply["files"],
-                "dropped": reply.get("dropped", 0),
-                "blackout_ms": self.last_blackout_ms,
-                "freeze_ms": round((t_handed - t_freeze) * 1000, 3),
-                "start_ms": round((t_ready - t_handed) * 1000, 3),
-                # what each DMA engine wrote while no kernel served it
-                "blackout_records": {label: written_after[label] - n
-                                     for label, n in written_before.items()}}
+        if ready.lost:
+            log.error("kexec to #%d lost files with their keepers: %s", nxt.number, ready.lost)
+        return KexecDone(
+            liveupdate_number=nxt.number, sessions=handover.sessions, files=handover.files,
+            blackout_ms=self.last_blackout_ms, freeze_ms=round((t_handed - t_freeze) * 1000, 3),
+            start_ms=round((t_ready - t_handed) * 1000, 3),
+            blackout_records={label: written_after[label] - n
+                              for label, n in written_before.items()},
+            dropped=handover.dropped, lost=ready.lost)
+
+    def _freeze(self, old: KernelProcess, nxt: KernelProcess):
+        """Ask the running kernel to freeze: (HandOver, its fds), or (Error, {}) with the
+        next kernel dropped — the old one serves on, or died and lost what it held."""
+        try:
+            reply, fds = old.ask(Reboot())
+        except KernelError as e:
+            reply, fds = Error(str(e)), {}
+        if isinstance(reply, HandOver):
+            return reply, fds
+        protocol.close_fds(fds)
+        nxt.kill()
+        if reply is None:  # it died mid-freeze: nothing was handed over
+            self.kernel_died()
+            return Error(f"kernel #{old.number} died during the freeze; "
+                         f"preserved state is lost ({self.panic})"), {}
+        if not isinstance(reply, Error):
+            reply = Error(f"kernel #{old.number} answered the freeze with {reply.TAG}")
+        return reply, {}
+
+    def _hand_over(self, old: KernelProcess, nxt: KernelProcess, handover: HandOver,
+                   fds: dict) -> bool:
+        """The next kernel rebuilds from the hand-over while the old one unmounts, and
+        mounts once the mount point is free; True if its boot went ahead so. Not with
+        devices: their drivers must see the old kernel stop before the next one attaches."""
+        sent = self.devices is None and self._send_boot(nxt, handover, fds, hold=True)
+        try:
+            old.expect(Unmounted, KERNEL_STOP_TIMEOUT)
+        except KernelError as e:
+            log.warning("old kernel after the hand-over: %s; detaching its mount", e)
+            detach_mount(self.root)
+        if sent:  # the mount point is free: the next kernel need not wait for the old exit
+            try:
+                protocol.send(nxt.sock, MountRoot())
+            except OSError:
+                pass  # what it said before it went (a panic, say) is read in _start
+        else:
+            old.kill()
+        if self.devices is not None:  # interrupts latch until the next drivers attach
+            self.devices.kexec(list(handover.devices))
+        return sent
+
+    def _bring_up(self, nxt: KernelProcess, handover: HandOver, fds: dict,
+                  sent: bool) -> tuple[KernelProcess, Ready]:
+        """The hand-over is complete: the machine keeps the files until a kernel has
+        them, so a next kernel that dies while reloading is simply replaced."""
+        for attempt in range(RELOAD_RETRIES + 1):
+            try:
+                return nxt, self._start(nxt, handover, fds, sent=sent)
+            except KernelPanic:
+                raise
+            except KernelError as e:
+                if attempt == RELOAD_RETRIES:
+                    raise
+                log.error("%s while reloading; starting another kernel", e)
+                nxt = self._load(nxt.number)
+                sent = False
+        raise AssertionError("unreachable")
 
     def _records_written(self) -> dict[str, int]:
         if self.devices is None:
@@ -328,29 +251,50 @@ class Machine:
                 if d.get("kind") == "dma"}
 
     def serve(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ, "listener")
         watched = None
         while self.running:
-            if self.kernel is not None and watched is not self.kernel:
-                if watched is not None:
-                    sel.unregister(watched.sock)
-                sel.register(self.kernel.sock, selectors.EVENT_READ, "kernel")
-                watched = self.kernel
-            for key, _ in sel.select(timeout=1.0):
-                if key.data == "listener":
-                    conn, _ = self.listener.accept()
-                    with conn:
-                        self.handle(conn)
+            watched = self._watch(watched)
+            for key, _ in self.sel.select(timeout=self.control.timeout(1.0)):
+                if key.data is self.control:
+                    request = self.control.ready(key.fileobj)
+                    if request is not None:
+                        self.control.reply(request[0], self.respond(request[1]))
+                        break  # the kernel may have changed (its fd freed): watch anew first
                 elif key.data == "kernel" and watched is self.kernel:
-                    message, fds = self.kernel.recv()
-                    for fd in fds:
-                        os.close(fd)
-                    if message is None:
-                        sel.unregister(watched.sock)
-                        watched = None
+                    if self._kernel_spoke() is None:
                         self.kernel_died()
+                        break
+            self.control.expire()  # after the reads: a request that came in time is served
         self.shutdown()
+
+    def _watch(self, watched: KernelProcess | None) -> KernelProcess | None:
+        """Watch the running kernel's socket, and no other: a socket of a kernel that is
+        gone must leave the selector before its fd number is used again."""
+        if watched is self.kernel:
+            return watched
+        if watched is not None:
+            self.sel.unregister(watched.sock)
+        if self.kernel is not None:
+            self.sel.register(self.kernel.sock, selectors.EVENT_READ, "kernel")
+        return self.kernel
+
+    def _kernel_spoke(self):
+        """What the running kernel said unasked (None: it is gone); anything but a crash
+        notice is out of turn and only logged."""
+        try:
+            message, fds = self.kernel.recv()
+        except protocol.ProtocolError as e:
+            log.error("kernel #%d: %s", self.kernel.number, e)
+            return True
+        except ConnectionError:
+            return None
+        protocol.close_fds(fds)
+        if message is not None and self.kernel.owed:
+            self.kernel.owed -= 1
+            log.warning("kernel #%d answered late with %s", self.kernel.number, message.TAG)
+        elif message is not None:
+            log.warning("kernel #%d said %s out of turn", self.kernel.number, message.TAG)
+        return message
 
     def kernel_died(self) -> None:
         if self.devices is not None:
@@ -363,69 +307,76 @@ class Machine:
         self.kernel = None
         detach_mount(self.root)
 
-    def status(self) -> dict:
-        reply = {"ok": True}
-        if self.kernel is not None:
-            kreply, fds = self.kernel.ask({"op": "status"})
-            for fd in fds:
-                os.close(fd)
-            reply["kernel"] = kreply.get("kernel")
-        reply["machine"] = {"pid": os.getpid(), "root": self.root, "state_dir": self.state,
-                            "uptime_s": round(time.time() - self.started, 3),
-                            "kernel_log": self.kernel_log, "memory": self.memory,
-                            "devices": self.devices.status() if self.devices else [],
-                            "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
-                            "panic": self.panic}
+    def status(self, _request=None) -> MachineStatus:
+        kernel, problem = None, None
+        stopped = self.kernel is not None and stopped_note(self.kernel.proc.pid)
+        if stopped:  # asking would only wait for the timeout
+            problem = (f"kernel #{self.kernel.number} (pid {self.kernel.proc.pid}) "
+                       f"serves nothing{stopped}")
+        elif self.kernel is not None:
+            try:
+                reply, fds = self.kernel.ask(StatusRequest(), timeout=KERNEL_STATUS_TIMEOUT)
+                protocol.close_fds(fds)
+                if isinstance(reply, KernelStatus):
+                    kernel = reply.kernel
+                else:
+                    problem = f"kernel #{self.kernel.number} answered status with " + (
+                        reply.TAG if reply is not None else "nothing: it died")
+            except KernelError as e:
+                problem = str(e)
+        return MachineStatus(kernel=kernel, machine={
+            "pid": os.getpid(), "root": self.root, "state_dir": self.state,
+            "uptime_s": round(time.time() - self.started, 3),
+            "kernel_log": self.kernel_log, "memory": self.memory,
+            "devices": self.devices.status() if self.devices else [],
+            "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
+            "panic": self.panic, "kernel_problem": problem})
+
+    def kho_dump(self, request: KhoDumpRequest):
+        if self.kernel is None:
+            raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
+        reply, fds = self.kernel.ask(request)
+        protocol.close_fds(fds)
+        if not isinstance(reply, (KhoDumpReply, Error)):
+            raise KernelError(f"kernel #{self.kernel.number} answered kho-dump with "
+                              f"{reply.TAG if reply is not None else 'nothing: it died'}")
         return reply
 
-    def handle(self, conn: socket.socket) -> None:
-        conn.settimeout(30)
+    def restart(self, _request=None) -> Ok:
+        """Cold boot: a fresh kernel #0 on fresh memory (after a panic)."""
+        if self.kernel is not None:
+            self.kernel.stop()
+            self.kernel = None
+        detach_mount(self.root)
+        self.cold_boot()
+        return Ok()
+
+    def stop(self, _request=None) -> Ok:
+        self.running = False
+        self._drop_standby()
+        if self.kernel is not None:
+            self.kernel.stop()
+            self.kernel = None
+        detach_mount(self.root)
+        return Ok()
+
+    def respond(self, request):
+        """The reply to one client request: an Error for anything that fails; nothing a
+        client sends ends the machine."""
+        handler = self.handlers.get(type(request))
         try:
-            message, fds = wire.recv(conn)
-        except OSError:
-            return
-        for fd in fds:
-            os.close(fd)
-        if message is None:
-            return
-        op = message.get("op")
-        try:
-            if op == "status":
-                reply = self.status()
-            elif op == "kho-dump":
-                if self.kernel is None:
-                    raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
-                reply, fds = self.kernel.ask(message)
-                for fd in fds:
-                    os.close(fd)
-            elif op == "kexec":
-                reply = self.kexec()
-            elif op == "cold-boot":
-                if self.kernel is not None:
-                    self.kernel.stop()
-                    self.kernel = None
-                detach_mount(self.root)
-                self.cold_boot()
-                reply = {"ok": True}
-            elif op == "shutdown":
-                self.running = False
-                self._drop_standby()
-                if self.kernel is not None:
-                    self.kernel.stop()
-                    self.kernel = None
-                detach_mount(self.root)
-                reply = {"ok": True}
-            else:
-                reply = {"ok": False, "error": f"unknown op {op!r}"}
+            if handler is None:
+                raise KernelError(f"{request.TAG} is not a request the machine takes")
+            reply = handler(request)
         except KernelError as e:
-            reply = {"ok": False, "error": str(e)}
+            reply = Error(str(e))
         except OSError as e:  # e.g. a kernel that stopped answering: the machine stays up
-            log.error("%s: %s", op, e)
-            reply = {"ok": False, "error": f"{op}: {e}"}
-        try:
-            wire.send(conn, reply)
-        except OSError:
-            pass
+            log.error("%s: %s", request.TAG, e)
+            reply = Error(f"{request.TAG}: {e}")
+        except Exception as e:  # a bug must cost one request, never the preserved state
+            log.exception("%s failed", request.TAG)
+            reply = Error(f"{request.TAG}: internal error: {e!r}")
+        return reply
 
     def _drop_standby(self) -> None:
         if self.standby is not None:
@@ -433,7 +384,7 @@ class Machine:
             self.standby = None
 
     def shutdown(self) -> None:
-        self.listener.close()  # from now on `luofs` sees no machine here
+        self.control.close()  # from now on `luofs` sees no machine here
         self._drop_standby()
         if self.kernel is not None:
             self.kernel.stop()
@@ -443,32 +394,44 @@ class Machine:
             self.devices.close()
 
 
+def _configure(sock: socket.socket) -> MachineConfig:
+    """The CLI's MachineConfig, from the start-up socket."""
+    sock.settimeout(CLIENT_TIMEOUT)
+    config, fds = protocol.recv(sock)
+    protocol.close_fds(fds)
+    if not isinstance(config, MachineConfig):
+        raise protocol.ProtocolError(f"expected a machine-config, got {config!r}")
+    return config
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="luofs-machine", description=__doc__)
-    p.add_argument("--root", required=True)
-    p.add_argument("--ready-fd", type=int, required=True)
+    p.add_argument("--config-fd", type=int, required=True,
+                   help="a socket on which the CLI sends a MachineConfig, answered by Started")
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--memory", type=int, default=DEFAULT_MEMORY)
-    p.add_argument("--devices", default="none")
-    p.add_argument("kernel_args", nargs="*")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s machine[{os.getpid()}] %(levelname)s %(message)s")
     limits.raise_fd_limit()
-    ready = os.fdopen(args.ready_fd, "w")
-    try:
-        machine = Machine(args.root, args.state_dir, args.memory, args.kernel_args, args.devices)
-    except OSError as e:
-        ready.write(f"error: {args.root} is already served by another luofs machine ({e})\n")
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: setattr(machine, "running", False))
-    try:
-        machine.cold_boot()
-    except KernelError as e:
-        ready.write(f"error: {e} (log: {machine.kernel_log})\n")
-        return 1
-    ready.write(f"ready {os.getpid()}\n")
-    ready.close()
+    with socket.socket(fileno=args.config_fd) as starter:
+        try:
+            config = _configure(starter)
+        except (OSError, protocol.ProtocolError) as e:
+            log.error("no usable configuration: %s", e)
+            return 1
+        try:
+            machine = Machine(config, args.state_dir)
+        except OSError as e:
+            protocol.send(starter, Error(f"{config.root} is already served by another luofs "
+                                         f"machine ({e})"))
+            return 1
+        signal.signal(signal.SIGTERM, lambda *_: setattr(machine, "running", False))
+        try:
+            machine.cold_boot()
+        except KernelError as e:
+            protocol.send(starter, Error(f"{e} (log: {machine.kernel_log})"))
+            return 1
+        protocol.send(starter, Started(os.getpid()))
     machine.serve()
     return 0
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 
 from . import cli, wire
-from .client import LiveUpdate
+from .client import LiveUpdate, status
 from .mounts import detach_mount
 
 __all__ = ["Instance", "booted", "luofs_instance"]
@@ -40,12 +40,12 @@ class Instance:
 
     def boot(self) -> "Instance":
         self._cli("boot", *self.boot_args)
-        machine = self.status()["machine"]
-        self.machine_pid, self.state_dir = machine["pid"], machine["state_dir"]
+        self.machine_pid = self.status()["machine"]["pid"]
+        self.state_dir = wire.state_dir(self.root)
         return self
 
     def status(self) -> dict:
-        return wire.request(self.root, {"op": "status"})
+        return status(self.root)
 
     def kexec(self) -> None:
         self._cli("kexec")

@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 
-from . import limits, wire
+from . import limits, protocol
 from .keeper import RECORD
+from .protocol import FILES, Error
+from .protocol_keeper import Drop, Fetch, Park, Records, RecordsReply
 
 DEFAULT_DIRECT_LIMIT = 8000
 
@@ -43,14 +45,32 @@ class Keeper:
         theirs.close()
         return cls(ours, proc=proc)
 
-    def ask(self, message: dict, fds=()) -> tuple[dict, list[int]]:
-        wire.send(self.sock, message, fds)
-        reply, got = wire.recv(self.sock)
-        if reply is None or not reply.get("ok"):
-            for fd in got:
-                os.close(fd)
-            raise KeeperError(5, f"file keeper: {(reply or {}).get('error', 'gone')}")
+    def ask(self, message, fds: dict | None = None):
+        """(reply, fd groups) of one request; KeeperError (EIO) if refused or gone."""
+        protocol.send(self.sock, message, fds)
+        return self.answer()
+
+    def answer(self):
+        try:
+            reply, got = protocol.recv(self.sock)
+        except protocol.ProtocolError as e:
+            raise KeeperError(errno.EIO, f"file keeper: {e}") from None
+        if reply is None or isinstance(reply, Error):
+            protocol.close_fds(got)
+            raise KeeperError(errno.EIO,
+                              f"file keeper: {reply.error if reply is not None else 'gone'}")
         return reply, got
+
+    def ask_records(self, runs: list[list[int]], pad: bytes) -> None:
+        """Send a Records request (its answer is read by records_reply())."""
+        protocol.send(self.sock, Records(runs=tuple(map(tuple, runs)), pad=pad))
+
+    def records_reply(self) -> bytes:
+        reply, got = self.answer()
+        protocol.close_fds(got)
+        if not isinstance(reply, RecordsReply):
+            raise KeeperError(errno.EIO, f"file keeper answered records with {reply.TAG}")
+        return reply.records
 
 
 class Vault:
@@ -72,19 +92,19 @@ class Vault:
             self.keepers.append(Keeper.spawn())
         index = len(self.keepers) - 1
         keeper = self.keepers[index]
-        reply, _ = keeper.ask({"op": "park"}, [fd])
+        reply, _ = keeper.ask(Park(), {FILES: [fd]})
         os.close(fd)
         keeper.count += 1
-        return index, reply["slots"][0]
+        return index, reply.slots[0]
 
     def fetch(self, ref: tuple[int, int]) -> int:
-        _reply, fds = self.keepers[ref[0]].ask({"op": "fetch", "slots": [ref[1]]})
-        return fds[0]
+        _reply, fds = self.keepers[ref[0]].ask(Fetch((ref[1],)))
+        return fds[FILES][0]
 
     def drop(self, ref: tuple[int, int]) -> None:
         keeper = self.keepers[ref[0]]
         try:
-            keeper.ask({"op": "drop", "slots": [ref[1]]})
+            keeper.ask(Drop((ref[1],)))
         except (KeeperError, OSError):
             return  # a keeper that is gone holds nothing
         keeper.count -= 1
@@ -97,7 +117,7 @@ class Vault:
         for k, slots in by_keeper.items():
             keeper = self.keepers[k]
             try:
-                keeper.ask({"op": "drop", "slots": slots})
+                keeper.ask(Drop(tuple(slots)))
             except (KeeperError, OSError):
                 continue  # a keeper that is gone holds nothing
             keeper.count -= len(slots)
@@ -114,7 +134,7 @@ class Vault:
         asked, failure = [], None
         try:
             for k, slots in by_keeper.items():
-                wire.send(self.keepers[k].sock, {"op": "records", "runs": slots, "pad": pad.hex()})
+                self.keepers[k].ask_records(slots, pad)
                 asked.append(k)
         except OSError as e:
             failure = f"file keeper {k} is gone: {e}"
@@ -141,16 +161,11 @@ class Vault:
         answers, errors = {}, {}
         for k in asked:
             try:
-                reply, fds = wire.recv(self.keepers[k].sock)
+                answers[k] = self.keepers[k].records_reply()
+            except KeeperError as e:
+                errors[k] = e.strerror.removeprefix("file keeper: ")
             except OSError as e:  # it died with our request unread
                 errors[k] = str(e)
-                continue
-            for fd in fds:
-                os.close(fd)
-            if reply is None or not reply.get("ok"):
-                errors[k] = (reply or {}).get("error", "gone")
-            else:
-                answers[k] = bytes.fromhex(reply["records"])
         return answers, errors
 
     def record(self, ref: tuple[int, int]) -> tuple[int, int, int]:

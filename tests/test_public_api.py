@@ -9,7 +9,7 @@ import luofs.testing
 
 def test_client_names():
     assert sorted(luofs.client.__all__) == sorted(
-        ["LiveUpdate", "Session", "LiveUpdateV2", "ioctl", "DEVICE_PATH"])
+        ["LiveUpdate", "Session", "LiveUpdateV2", "ioctl", "DEVICE_PATH", "kexec", "status"])
     methods = {
         "LiveUpdate": {"create_session", "retrieve_session", "close", "fileno"},
         "Session": {"preserve_fd", "retrieve_fd", "finish", "get_name", "close", "fileno",
@@ -25,6 +25,8 @@ def test_client_names():
 
 def test_client_signatures():
     assert list(inspect.signature(luofs.client.ioctl).parameters) == ["root", "fd", "cmd", "arg"]
+    assert list(inspect.signature(luofs.client.kexec).parameters) == ["root", "timeout"]
+    assert list(inspect.signature(luofs.client.status).parameters) == ["root", "timeout"]
     assert list(inspect.signature(luofs.client.Session.preserve_fd).parameters) == [
         "self", "fd", "token"]
 

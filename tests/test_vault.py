@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-from luofs import keeper
+from luofs import keeper, wire
 from luofs.keeper import RECORD
+from luofs.protocol import StatusRequest
+from luofs.protocol_keeper import Fetch, Records
 from luofs.vault import KeeperError, Vault
 
 
@@ -109,8 +111,8 @@ def test_drop_releases_and_a_keeper_ends_with_its_last_socket():
 
 def test_a_keeper_answers_unknown_requests_with_an_error(vault):
     vault.park(memfd(b"a"))
-    with pytest.raises(OSError):
-        vault.keepers[0].ask({"op": "bogus"})
+    with pytest.raises(OSError, match="status is not a request a keeper takes"):
+        vault.keepers[0].ask(StatusRequest())
 
 
 def test_drop_many_asks_each_keeper_once_and_counts(vault):
@@ -125,10 +127,17 @@ def test_drop_many_asks_each_keeper_once_and_counts(vault):
 
 def test_a_bad_request_gets_an_error_and_the_keeper_serves_on(vault):
     ref = vault.park(memfd(b"kept"))
-    for bad in ({"op": "fetch", "slots": [99]}, {"op": "records", "runs": [[0, 5]]},
-                {"op": "records", "runs": "x"}, {"op": "drop", "slots": None}):
-        with pytest.raises(OSError):
+    for bad in (Fetch((99,)), Records(((0, 5),))):
+        with pytest.raises(OSError, match="KeyError"):
             vault.keepers[0].ask(bad)
+    keeper = vault.keepers[0]
+    for raw, why in ((b'{"type":"records","runs":"x"}', "records.runs: expected a list"),
+                     (b'{"type":"drop","slots":null}', "drop.slots: expected a list"),
+                     (b'{"type":"bogus"}', "unknown message type 'bogus'"),
+                     (b"garbage", "not JSON")):
+        wire.send_bytes(keeper.sock, raw)
+        with pytest.raises(OSError, match=why):
+            keeper.answer()
     back = vault.fetch(ref)
     assert os.pread(back, 10, 0) == b"kept"
     os.close(back)

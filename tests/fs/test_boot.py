@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from luofs import wire
+from luofs.client import status
 
 
 def luofs(*args):
@@ -53,10 +53,10 @@ def test_bad_options_are_refused_before_anything_starts(tmp_path):
 def test_a_stale_mount_is_found_and_cleaned(tmp_path):
     root = str(tmp_path)
     assert luofs("boot", "--root", root).returncode == 0
-    status = wire.request(root, {"op": "status"})
+    info = status(root)
     # Both processes die at once: nobody unmounts, the mount is left dead.
-    os.killpg(status["machine"]["pid"], signal.SIGKILL)
-    for pid in (status["machine"]["pid"], status["kernel"]["pid"]):
+    os.killpg(info["machine"]["pid"], signal.SIGKILL)
+    for pid in (info["machine"]["pid"], info["kernel"]["pid"]):
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
@@ -75,7 +75,7 @@ def test_a_clean_shutdown_removes_the_logs_and_keep_logs_keeps_them(tmp_path):
     root = str(tmp_path)
     for keep in (False, True):
         assert luofs("boot", "--root", root).returncode == 0
-        state = wire.request(root, {"op": "status"})["machine"]["state_dir"]
+        state = status(root)["machine"]["state_dir"]
         args = ["shutdown", "--root", root] + (["--keep-logs"] if keep else [])
         result = luofs(*args)
         assert result.returncode == 0

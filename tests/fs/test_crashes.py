@@ -137,8 +137,8 @@ def test_sigkill_of_the_machine_leaves_nothing_that_boot_cannot_clean(tmp_path):
     root = str(tmp_path / "root")
     os.mkdir(root)
     assert luofs("boot", "--root", root).returncode == 0
-    from luofs import wire
-    status = wire.request(root, {"op": "status"})
+    from luofs.client import status as machine_status
+    status = machine_status(root)
     machine, kernel = status["machine"]["pid"], status["kernel"]["pid"]
     os.kill(machine, 9)
     pidfd = os.pidfd_open(kernel)

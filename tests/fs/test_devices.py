@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from luofs import wire
+from luofs.client import status
 from luofs.testing import booted
 
 BRIDGE = "pci0000:00/0000:00:01.0"
@@ -30,9 +30,9 @@ def request(inst, path, value=b"1"):
 
 
 def devices(inst):
-    status = wire.request(inst.root, {"op": "status"})
-    machine = {d["path"]: d for d in status["machine"]["devices"]}
-    kernel = {d["path"]: d for d in status["kernel"]["devices"]}
+    info = status(inst.root)
+    machine = {d["path"]: d for d in info["machine"]["devices"]}
+    kernel = {d["path"]: d for d in info["kernel"]["devices"]}
     return machine, kernel
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from luofs import wire
+from luofs.client import kexec, status
 from luofs.testing import booted
 
 MiB = 1 << 20
@@ -239,8 +239,8 @@ def test_corrupt_handover_panics_and_cold_boot_starts_fresh():
                                 capture_output=True, text=True)
         assert result.returncode == 1
         assert "panic" in result.stderr and "KHO root" in result.stderr
-        status = wire.request(inst.root, {"op": "status"})
-        assert "kernel" not in status and "panic" in status["machine"]["panic"]
+        info = status(inst.root)
+        assert "kernel" not in info and "panic" in info["machine"]["panic"]
         assert not os.path.exists(inst.path("dev/liveupdate"))  # nothing serves
         cold = subprocess.run([sys.executable, "-m", "luofs", "boot", "--cold", "--root",
                                inst.root], capture_output=True, text=True)
@@ -328,8 +328,8 @@ def test_a_session_closed_before_the_kexec_is_never_carried():
                     os.close(fd)
                 for s in sessions:
                     s.close()
-            reply = wire.request(inst.root, {"op": "kexec"})
-            assert reply["ok"] and reply["sessions"] == 0, reply
+            reply = kexec(inst.root)
+            assert reply["sessions"] == 0, reply
 
 
 def test_a_second_kexec_says_how_many_unretrieved_sessions_it_dropped():

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from luofs import wire
+from luofs import client
 from luofs.client import LiveUpdate
 from luofs.testing import booted
 
@@ -96,9 +96,11 @@ def kexec_with_a_crash(inst, victim: str, delay: float, keepers: list[int]) -> d
 
     def ask():
         try:
-            result.update(wire.request(inst.root, {"op": "kexec"}, timeout=120))
-        except OSError as e:
+            result.update(ok=True, **client.kexec(inst.root, timeout=120))
+        except (ConnectionError, TimeoutError) as e:
             result.update(ok=False, error=f"the machine went away: {e}")
+        except OSError as e:  # refused, or the next kernel did not come up
+            result.update(ok=False, error=str(e))
 
     pid = pick_victim(victim, machine, old_kernel, keepers)
     if victim == "next kernel" and pid is not None:
@@ -174,8 +176,10 @@ def retry(inst, reply: dict, held: dict) -> bool:
             name = owner.split("'")[1]
             if name in held:
                 held.pop(name).close()
-        reply = wire.request(inst.root, {"op": "kexec"}, timeout=120)
-        said |= not reply.get("ok") or bool(reply.get("lost"))
+        try:
+            said |= bool(client.kexec(inst.root, timeout=120)["lost"])
+        except OSError:
+            said = True
     return said
 
 

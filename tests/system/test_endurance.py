@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from luofs import wire
+from luofs.client import kexec
 from luofs.client import LiveUpdate
 from luofs.testing import booted
 
@@ -48,8 +48,8 @@ def carry(total_bytes: int, updates: int):
         machine = inst.status()["machine"]["pid"]
         baseline = None
         for update in range(updates):
-            reply = wire.request(inst.root, {"op": "kexec"}, timeout=300)
-            assert reply["ok"], reply
+            reply = kexec(inst.root, timeout=300)
+            assert reply["files"] >= 0, reply
             for session in held:
                 session.close()
             held = []

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize,
                                  invariant, precondition, rule)
 
-from luofs import wire
+from luofs import client
 from luofs.testing import booted
 
 WORKERS = 3
@@ -58,8 +58,8 @@ def system():
 
 
 def kexec():
-    reply = wire.request(Env.instance.root, {"op": "kexec"}, timeout=120)
-    assert reply["ok"], reply
+    reply = client.kexec(Env.instance.root, timeout=120)
+    assert reply["files"] >= 0, reply
 
 
 class System(RuleBasedStateMachine):
