@@ -10,7 +10,7 @@ from .dump import dump_dts, dump_json
 from .errors import KhoFormatError
 from .handover import Handover, IncomingHandover
 from .luo_image import (LUO_SUBTREE, FileImage, FlbImage, LuoHeader, LuoImage, SessionImage,
-                        read_luo, read_luo_header, release_luo, write_luo)
+                        publish_luo, read_luo, read_luo_header, release_luo, write_luo)
 from .memfd_record import (MEMFD_COMPATIBLE, MemfdRecord, VmallocDescriptor,
                            decode_memfd_record, encode_memfd_record)
 from .memory import PAGE_SIZE, OutOfPhysicalMemory, PhysicalAddressError, PhysicalMemory
@@ -39,6 +39,7 @@ __all__ = [
     "read_luo_header",
     "LuoHeader",
     "release_luo",
+    "publish_luo",
     "MEMFD_COMPATIBLE",
     "MemfdRecord",
     "VmallocDescriptor",

@@ -17,12 +17,28 @@ session points at its slice.
 Order carries meaning: sessions stay in creation order and files in
 preservation order, because the next kernel's behaviour follows it (FINISH,
 for one, walks a session's files in reverse preservation order).
+
+Happy path: the old kernel calls :func:`publish_luo` (at boot, and again at
+each reboot attempt): :func:`write_luo` stores the blocks, the FDT becomes
+the ``LUO`` subtree, and whatever an earlier publish preserved is released
+(:func:`release_luo`), so retries preserve nothing extra.  The new kernel
+calls :func:`read_luo_header` at boot and :func:`read_luo` when it needs the
+sessions; it keeps the blocks reserved for its whole life (debugfs ``in/``
+decodes them again), and the kernel after it starts from a fresh memory map.
+
+Unhappy paths: an image the format cannot carry raises ValueError before
+anything is allocated; running out of memory (OutOfPhysicalMemory) or a
+frozen preserved map (EBUSY) on the way frees and unpreserves whatever was
+done.  Any inconsistency in what the previous kernel left (bad pointers,
+counts, names, duplicate tokens) raises KhoFormatError naming the place.
+
+Decoding 100,000 records allocates as many objects: callers on the live
+update path hold the cyclic collector off around it (``luofs.gcpause``).
 """
 
-import gc
 import struct
 from bisect import bisect_right
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, chain
@@ -232,8 +248,8 @@ class _LuoTree(NamedTuple):
 def read_luo(memory, fdt_bytes: bytes) -> LuoImage:
     """Decode LUO's subtree and the blocks it points to, validating everything."""
     tree = _read_tree(fdt_bytes)
-    sessions, _ = _read_sessions(memory, tree.session_phys)
-    flbs, _ = _read_flbs(memory, tree.flb_phys)
+    sessions = _read_sessions(memory, tree.session_phys)
+    flbs = _read_flbs(memory, tree.flb_phys)
     return LuoImage(tree.liveupdate_number, sessions, flbs, tree.subsystems)
 
 
@@ -251,18 +267,50 @@ def read_luo_header(memory, fdt_bytes: bytes) -> LuoHeader:
     return LuoHeader(tree.liveupdate_number, len(counts), sum(counts))
 
 
-def release_luo(memory, fdt_bytes: bytes, preserved=None) -> None:
-    """Free the blocks :func:`write_luo` laid out, once they are no longer needed.
+def release_luo(memory, fdt_bytes: bytes, preserved) -> None:
+    """Unpreserve and free the blocks :func:`write_luo` laid out for ``fdt_bytes``.
 
-    The new kernel calls it after :func:`read_luo`; the old kernel calls it
-    with its ``preserved`` set when a reboot is abandoned, to unpreserve too.
+    The old kernel's undo of :func:`write_luo`, for an image it will not hand
+    over after all (it publishes another, or none).  Only the session block,
+    the FLB header and the file arrays' addresses are read; the records are
+    not decoded.
     """
-    tree = _read_tree(fdt_bytes)
-    ranges = _read_sessions(memory, tree.session_phys)[1] + _read_flbs(memory, tree.flb_phys)[1]
-    for phys, nbytes in ranges:
-        if preserved is not None:
-            preserved.unpreserve(phys, nbytes)
+    for phys, nbytes in _blocks(memory, _read_tree(fdt_bytes)):
+        preserved.unpreserve(phys, nbytes)
         memory.free_pages(phys, nbytes // PAGE_SIZE)
+
+
+def publish_luo(handover, image: LuoImage | None) -> None:
+    """Make ``image`` LUO's subtree in ``handover``, or drop the subtree (None).
+
+    A subtree published before goes first, with every block preserved for it,
+    so publishing again and again preserves no more than publishing once.  On
+    failure nothing of the new image stays allocated or preserved (the old
+    one is gone already: the caller refuses the reboot and publishes again).
+    """
+    old = handover.subtrees.get(LUO_SUBTREE)
+    if old is not None:
+        release_luo(handover.memory, old, handover.preserved)
+        handover.remove_subtree(LUO_SUBTREE)
+    if image is None:
+        return
+    blob = write_luo(handover.memory, handover.preserved, image)
+    try:
+        handover.add_subtree(LUO_SUBTREE, blob)
+    except BaseException:
+        release_luo(handover.memory, blob, handover.preserved)
+        raise
+
+
+def _blocks(memory, tree: "_LuoTree") -> list[tuple[int, int]]:
+    """The page ranges :func:`write_luo` preserved for ``tree``: session block, file
+    arrays, FLB block."""
+    names, addresses, counts, size = _read_session_block(memory, tree.session_phys)
+    ranges = [(tree.session_phys, size)]
+    ranges += [(run_phys, files * FILE_RECORD.size)
+               for run_phys, files, _ in _file_runs(names, addresses, counts)]
+    ranges.append((tree.flb_phys, _read_flb_header(memory, tree.flb_phys).pgcnt * PAGE_SIZE))
+    return [(phys, pages_for(nbytes) * PAGE_SIZE) for phys, nbytes in ranges]
 
 
 def _read_tree(fdt_bytes: bytes) -> _LuoTree:
@@ -285,25 +333,18 @@ def _read_tree(fdt_bytes: bytes) -> _LuoTree:
     return _LuoTree(get_u64(root, NUMBER_PROP, _WHAT), *headers, subsystems)
 
 
-def _read_sessions(memory, phys: int):
-    """Return the sessions and the page ranges of their blocks."""
-    names, addresses, counts, block_size = _read_session_block(memory, phys)
-    runs = _file_runs(names, addresses, counts)
-    with _gc_paused():
-        records = []
-        for run_phys, files, first in runs:
-            data = read_handover(memory, run_phys, files * FILE_RECORD.size,
-                                 f"{_WHAT}: {files} file records from session {_show(first)} on")
-            locate = partial(_locate, names, counts, len(records))
-            records.extend(_decode_files(data, files, locate))
-        starts = list(accumulate(counts, initial=0))
-        _check_tokens(names, starts, counts, list(map(attrgetter("token"), records)))
-        sessions = [SessionImage(name, records[start:start + files])
-                    for name, start, files in zip(names, starts, counts)]
-    ranges = [(phys, pages_for(block_size) * PAGE_SIZE)]
-    ranges += [(run_phys, pages_for(files * FILE_RECORD.size) * PAGE_SIZE)
-               for run_phys, files, _ in runs]
-    return sessions, ranges
+def _read_sessions(memory, phys: int) -> list[SessionImage]:
+    names, addresses, counts, _size = _read_session_block(memory, phys)
+    records = []
+    for run_phys, files, first in _file_runs(names, addresses, counts):
+        data = read_handover(memory, run_phys, files * FILE_RECORD.size,
+                             f"{_WHAT}: {files} file records from session {_show(first)} on")
+        locate = partial(_locate, names, counts, len(records))
+        records.extend(_decode_files(data, files, locate))
+    starts = list(accumulate(counts, initial=0))
+    _check_tokens(names, starts, counts, list(map(attrgetter("token"), records)))
+    return [SessionImage(name, records[start:start + files])
+            for name, start, files in zip(names, starts, counts)]
 
 
 def _read_session_block(memory, phys: int):
@@ -359,15 +400,9 @@ def _decode_files(data: bytes, count: int, locate) -> list[FileImage]:
     return list(map(FileImage, map(texts.__getitem__, raw_compatibles), fields[1::3], fields[2::3]))
 
 
-def _read_flbs(memory, phys: int):
-    """Return the FLB entries and the page range of their block."""
+def _read_flbs(memory, phys: int) -> list[FlbImage]:
     what = f"{_WHAT}: FLB block"
-    header = LuoFlbHeaderSer.parse(read_handover(memory, phys, LuoFlbHeaderSer.sizeof(), what))
-    need = LuoFlbHeaderSer.sizeof() + header.count * LuoFlbSer.sizeof()
-    if header.pgcnt == 0 or need > header.pgcnt * PAGE_SIZE:
-        raise KhoFormatError(
-            f"{what}: {header.count} entries need {need} bytes, but pgcnt {header.pgcnt} "
-            f"holds {header.pgcnt * PAGE_SIZE}")
+    header = _read_flb_header(memory, phys)
     block = LuoFlbBlock.parse(read_handover(memory, phys, header.pgcnt * PAGE_SIZE, what))
     flbs = []
     for number, entry in enumerate(block.flbs):
@@ -375,7 +410,19 @@ def _read_flbs(memory, phys: int):
         if any(flb.name == name for flb in flbs):
             raise KhoFormatError(f"{what}: FLB '{name}' appears twice")
         flbs.append(FlbImage(name, entry.data, entry.count))
-    return flbs, [(phys, header.pgcnt * PAGE_SIZE)]
+    return flbs
+
+
+def _read_flb_header(memory, phys: int):
+    """The FLB block's header, checked to describe a block that holds its entries."""
+    what = f"{_WHAT}: FLB block"
+    header = LuoFlbHeaderSer.parse(read_handover(memory, phys, LuoFlbHeaderSer.sizeof(), what))
+    need = LuoFlbHeaderSer.sizeof() + header.count * LuoFlbSer.sizeof()
+    if header.pgcnt == 0 or need > header.pgcnt * PAGE_SIZE:
+        raise KhoFormatError(
+            f"{what}: {header.count} entries need {need} bytes, but pgcnt {header.pgcnt} "
+            f"holds {header.pgcnt * PAGE_SIZE}")
+    return header
 
 
 def _session_name(raw: bytes, number: int) -> bytes:
@@ -410,20 +457,3 @@ def _locate(names: list[bytes], counts, offset: int, position: int) -> str:
 
 def _show(name: bytes) -> str:
     return repr(name.decode("utf-8", "backslashreplace"))
-
-
-@contextmanager
-def _gc_paused():
-    """Hold off the cyclic collector while building many small objects.
-
-    Each allocation burst of 100,000 records would otherwise trigger full
-    collections that cost several times the decoding itself; the records
-    hold no cycles, so nothing is lost by collecting later.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

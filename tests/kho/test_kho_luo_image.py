@@ -1,3 +1,4 @@
+import errno
 import struct
 
 import pytest
@@ -7,8 +8,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kho.errors import KhoFormatError
 from kho.fdt_blob import get_u64, parse_fdt, to_blob
 from kho.luo_format import LuoFileSer, LuoFlbBlock, LuoSessionBlock
-from kho.luo_image import (FileImage, FlbImage, LuoImage, SessionImage, read_luo, release_luo,
-                           write_luo)
+from kho.handover import Handover
+from kho.luo_image import (LUO_SUBTREE, FileImage, FlbImage, LuoImage, SessionImage, publish_luo,
+                           read_luo, release_luo, write_luo)
 from kho.memory import PAGE_SIZE, OutOfPhysicalMemory, PhysicalMemory
 from kho.preserve import PreservedMemory
 
@@ -103,11 +105,47 @@ def test_every_block_is_preserved_and_release_undoes_everything(memory):
     assert len(preserved) == 0 and memory.free_page_count == free_before
 
 
-def test_new_kernel_release_frees_reserved_blocks(memory):
-    blob = write_luo(memory, PreservedMemory(), IMAGE)
-    free_with_blocks = memory.free_page_count
-    release_luo(memory, blob)
-    assert memory.free_page_count == free_with_blocks + 3
+def test_publishing_again_and_again_preserves_no_more_than_once(memory):
+    handover = Handover(memory)
+    publish_luo(handover, IMAGE)
+    blocks, free = list(handover.preserved), memory.free_page_count
+    assert len(blocks) == 4  # files, sessions, FLBs, the subtree's FDT
+    for _ in range(20):
+        publish_luo(handover, IMAGE)
+        assert len(handover.preserved) == len(blocks) and memory.free_page_count == free
+    assert read_luo(memory, handover.subtrees[LUO_SUBTREE]) == IMAGE
+
+
+def test_publishing_another_image_releases_the_first(memory):
+    handover = Handover(memory)
+    free = memory.free_page_count
+    publish_luo(handover, LuoImage(0))
+    publish_luo(handover, IMAGE)
+    assert len(handover.preserved) == 4 and memory.free_page_count == free - 4
+    publish_luo(handover, None)
+    assert LUO_SUBTREE not in handover.subtrees
+    assert len(handover.preserved) == 0 and memory.free_page_count == free
+
+
+def test_publish_that_fails_leaves_nothing_of_the_new_image():
+    with PhysicalMemory(4 * PAGE_SIZE) as small:  # page 0 is never handed out: 3 pages
+        handover = Handover(small)
+        # the three blocks fit; the subtree's FDT finds no page left
+        with pytest.raises(OutOfPhysicalMemory,
+                           match="cannot allocate 1 contiguous pages; largest free range is 0"):
+            publish_luo(handover, IMAGE)
+        assert LUO_SUBTREE not in handover.subtrees
+        assert len(handover.preserved) == 0 and small.free_page_count == 3
+
+
+def test_publish_after_finalize_is_refused_with_ebusy(memory):
+    handover = Handover(memory)
+    publish_luo(handover, IMAGE)
+    handover.finalize()
+    blocks = list(handover.preserved)
+    with pytest.raises(OSError, match="unpreserve: KHO is finalized") as caught:
+        publish_luo(handover, IMAGE)
+    assert caught.value.errno == errno.EBUSY and list(handover.preserved) == blocks
 
 
 def test_failed_write_leaves_nothing_behind():
@@ -315,12 +353,13 @@ if __name__ == "__main__":
     with PhysicalMemory(64 << 20) as ram:
         for _ in range(3):
             start = time.perf_counter()
-            luo_fdt = write_luo(ram, PreservedMemory(), image)
+            preserved = PreservedMemory()
+            luo_fdt = write_luo(ram, preserved, image)
             middle = time.perf_counter()
             read_luo(ram, luo_fdt)
             end = time.perf_counter()
             print(f"10,000 x 10: write {1000 * (middle - start):.1f} ms, read {1000 * (end - middle):.1f} ms")
-            release_luo(ram, luo_fdt)
+            release_luo(ram, luo_fdt, preserved)
 
 
 def test_the_header_counts_what_the_whole_image_holds(memory):
