@@ -157,10 +157,6 @@ class IncomingHandover:
         self.subtrees = subtrees
         self.subtree_phys = subtree_phys
 
-    @property
-    def preserved_blocks(self) -> list:
-        return list(self.preserved)
-
     @classmethod
     def load(cls, memory, root_phys: int, root_size: int) -> "IncomingHandover":
         """Validate the handover at ``root_phys`` and reserve all preserved blocks in

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, NamedTuple
 
-from ..uapi import errnos, ioctl
+from ..uapi import errnos
 from .caller import Caller
 from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check
 from .errors import LuoError
@@ -17,8 +17,6 @@ from .faults import NONE, Faults
 from .handler import HandlerRegistry, freeze_all
 from .session import Direction, PreservedFile, Session
 from .state import StateMachine
-
-NAME_LENGTH = ioctl.LIVEUPDATE_SESSION_NAME_LENGTH
 
 
 class Rebooting(Exception):
