@@ -8,9 +8,9 @@ definitions and proven byte-identical by the tests.
 """
 
 from construct import (Array, Bytes, Default, Int64ul, Rebuild, Struct, Terminated, this)
+from struct_mirror import struct_mirror
 
 from .memory import PAGE_SIZE, pages_for
-from .struct_mirror import struct_mirror
 
 #: Session names are char[64] including the NUL (LIVEUPDATE_SESSION_NAME_LENGTH).
 SESSION_NAME_LENGTH = 64

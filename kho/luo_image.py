@@ -45,13 +45,14 @@ from itertools import accumulate, chain
 from operator import attrgetter
 from typing import NamedTuple
 
+from struct_mirror import array_mirror
+
 from .errors import KhoFormatError
 from .fdt_blob import (check_compatible, check_prop_name, get_subnode, get_u64, new_node,
                        new_tree, parse_fdt, to_blob, u64_prop)
 from .luo_format import (COMPATIBLE_LENGTH, FILE_RECORD, SESSION_HEADER, SESSION_NAME_LENGTH,
                          SESSION_RECORD, LuoFlbBlock, LuoFlbHeaderSer, LuoFlbSer)
 from .memory import PAGE_SIZE, pages_for, read_handover
-from .struct_mirror import array_mirror
 
 LUO_SUBTREE = "LUO"
 LUO_COMPATIBLE = "luo-v1"
