@@ -22,6 +22,7 @@ from ..uapi.rfc_v2 import (LIVEUPDATE_IOCTL_EVENT_CANCEL, LIVEUPDATE_IOCTL_EVENT
                            LIVEUPDATE_IOCTL_FD_UNPRESERVE, LIVEUPDATE_IOCTL_GET_STATE,
                            LIVEUPDATE_IOCTL_SELFTESTS, LiveupdateFd, LiveupdateState, Selftest,
                            StateArg, Token, ioc_size)
+from ..unwind import do_all
 from .errors import LuoError
 from .handler import freeze_all
 from .luo import CarriedFile
@@ -209,16 +210,15 @@ class RfcV2Files:
     # ---- the participant ----------------------------------------------------------------
 
     def prepare(self) -> None:
-        done: list[V2File] = []
-        try:
-            for entry in self.outgoing.values():
-                entry.data = entry.handler.preserve(entry.file)
-                entry.prepared = True
-                done.append(entry)
-        except BaseException:
-            for entry in reversed(done):  # the state machine cancels only fully prepared ones
-                self._unprepare(entry)
-            raise
+        # The state machine cancels only participants that prepared in full: the
+        # files prepared before a failing one are unprepared here.
+        do_all(list(self.outgoing.values()), self._prepare_one,
+               lambda entry, _result: self._unprepare(entry))
+
+    @staticmethod
+    def _prepare_one(entry: V2File) -> None:
+        entry.data = entry.handler.preserve(entry.file)
+        entry.prepared = True
 
     def freeze(self) -> None:
         entries = list(self.outgoing.values())
