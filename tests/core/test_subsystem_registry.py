@@ -1,4 +1,4 @@
-"""luofs/core/subsystems.py: the RFC v2 subsystem API (spec/rfc.md §5) and its hand-over."""
+"""luofs/core/subsystem_registry.py: the RFC v2 subsystem API (spec/rfc.md §5) and its hand-over."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kho.preserve import PreservedMemory
 from luofs.core.errors import LuoError
 from luofs.core.faults import Faults
 from luofs.core.state import State, StateMachine
-from luofs.core.subsystems import Subsystem, SubsystemRegistry
+from luofs.core.subsystem_registry import Subsystem, SubsystemRegistry
 from luofs.uapi import errnos
 
 from .fakes import raises_errno
