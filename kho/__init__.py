@@ -3,7 +3,14 @@
 Emulated physical memory, preserved-memory tracking and its serialized map,
 the KHO root tree and LUO's subtree, all in the kernel's on-wire formats
 (spec/kho.md, spec/uapi.md §17).  No I/O beyond reading and writing the RAM
-memfd, so the luofs core can use it without FUSE.
+memfd, so the luofs core can use it without FUSE.  Imports only construct,
+the FDT library and the ``struct_mirror`` leaf.
+
+Map: ``memory`` (RAM and its page allocator), ``preserve`` and ``mem_map``
+(which blocks survive, and their chunk list), ``root_tree`` and ``fdt_blob``
+(FDTs), ``handover`` (old kernel's builder, new kernel's view), ``luo_format``
+and ``luo_image`` (LUO's subtree and blocks: write, read, publish, release),
+``memfd_record``, ``scratch``, ``dump`` (debugfs and JSON views).
 """
 
 from .dump import dump_dts, dump_json

@@ -6,6 +6,10 @@ parsed argument struct, so that the handler sees only well-formed input and ever
 rejection carries the kernel's errno. Which function runs a command is the device's
 ops table (`ops_table`), next to the functions: `Luo` for these tables, `RfcV2Device`
 for RFC v2's; both dispatch the same way: check, then `ops[command.name](...)`.
+
+Unhappy paths: `check()` raises LuoError with the errno of the first rule broken
+(EINVAL, EFAULT, ENOTTY, E2BIG; see the function). A table out of order (a command
+not at its nr) or an ops table that misses or invents a command fails at import.
 """
 
 from __future__ import annotations

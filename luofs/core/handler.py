@@ -1,8 +1,19 @@
-"""File handlers: the per-file-kind ops table of spec/uapi.md §14, and their registry.
+"""File handlers: the per-file-kind ops table of spec/uapi.md §14, their registry, and
+freezing many preserved files at once.
 
 A handler decides whether it can preserve a file and carries it across a reboot.
 The core only calls the ops in the kernel's order; what a "file" is (a file
 descriptor the daemon took from the caller, in practice) is the handler's business.
+
+Happy path: handlers register while no session exists; PRESERVE_FD takes the first
+handler whose can_preserve() accepts the file; the reboot path freezes every
+preserved file with `freeze_all`, giving each run of one handler's files to its
+freeze_many() in one call.
+
+Unhappy paths: (un)registering while sessions exist → EBUSY; a compatible of 48
+bytes or more → EINVAL; a second handler with a registered compatible → EEXIST;
+unregistering one that is not registered → ENOENT. A failed freeze unfreezes every
+file frozen before it, last first, and its LuoError refuses the reboot.
 """
 
 from __future__ import annotations

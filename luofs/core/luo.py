@@ -2,6 +2,20 @@
 
 Every rule of spec/uapi.md (G2, mainline) lives here. The FUSE layer turns
 requests into calls on `Luo` and results back into bytes; it decides nothing.
+
+Happy path: the first open of the device rebuilds the incoming sessions (if the
+previous kernel handed any over); CREATE_SESSION, PRESERVE_FD…; `reboot()` freezes
+every open outgoing session's files and returns them as `CarriedSession`s for the
+hand-over; the next kernel's user space runs RETRIEVE_SESSION, RETRIEVE_FD, FINISH.
+An ioctl is checked against its command table (`dispatch.check`), then run by the
+ops table at the end of this file (`_DEVICE_OPS`, `_SESSION_OPS`).
+
+Unhappy paths: every refusal is a LuoError carrying the kernel's errno, in the
+kernel's order (dispatch's rules first, then the op's). Incoming sessions that
+cannot be rebuilt fail that open and every later one with EIO. A freeze that fails
+thaws what it froze, in reverse, and refuses the reboot; `cancel_reboot()` thaws a
+reboot whose hand-over failed later. After a successful reboot every call raises
+`Rebooting` (the kernel would block it).
 """
 
 from __future__ import annotations

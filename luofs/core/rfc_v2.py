@@ -3,6 +3,19 @@ kernel-token file table, and the device that ties them to the state machine.
 
 The ABI (numbers, structs, state values) is in luofs/uapi/rfc_v2.py; its module
 docstring has the errno order of every command.
+
+Happy path: FD_PRESERVE registers files (tokens from 0); EVENT_PREPARE preserves
+them through their handlers, EVENT_FREEZE (or the reboot) freezes them, and
+`RfcV2Files.carried()` lists them for the hand-over; the next kernel starts
+UPDATED, FD_RESTORE hands each file back once, EVENT_FINISH finishes them all. An
+ioctl is checked by `rfc_v2_check`, then run by the ops table `_OPS`.
+
+Unhappy paths: refusals are LuoErrors with the errnos of the ABI table (ENOTTY,
+EFAULT, EINVAL, EBUSY, ENOENT, EOPNOTSUPP for SELFTESTS). A preserve that fails
+during PREPARE unpreserves the files prepared before it, in reverse; a failed
+freeze is undone by the state machine's cancel. Cancel and finish run for every
+file even if one fails, then raise the first failure. An incoming file with no
+handler, or a token handed over twice, is EIO at boot (the RFC kernel panics).
 """
 
 from __future__ import annotations
