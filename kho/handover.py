@@ -5,7 +5,7 @@ subtrees at any time; :meth:`Handover.finalize` preserves a page for the root
 tree, serializes the memory map and writes the root.  :meth:`Handover.abort`
 undoes finalize (the 6.16 / RFC v2 ``kho_abort``).  A subtree's own pages are
 KHO's; memory a subtree points to belongs to its user, who unpreserves it when
-it removes the subtree (LUO: ``kho.luo_image.publish_luo``).
+it removes the subtree (LUO: ``kho.luo_write.publish_luo``).
 
 New kernel: :meth:`IncomingHandover.load` is ``kho_populate`` plus the memory
 map walk: it validates the root, reserves every preserved block so the

@@ -2,7 +2,7 @@
 
 Each construct below mirrors one packed kernel struct, field for field.  The
 block definitions (:data:`LuoSessionBlock`, :data:`LuoFlbBlock`) describe a
-whole block with derived counts.  :mod:`kho.luo_image` moves bulk record
+whole block with derived counts.  :mod:`kho.luo_write` and :mod:`kho.luo_read` move bulk record
 arrays through the ``*_RECORD`` mirrors, which are derived from these
 definitions and proven byte-identical by the tests.
 """

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kho.luo_image import LuoImage, read_luo, write_luo
+from kho.luo_image import LuoImage
+from kho.luo_read import read_luo
+from kho.luo_write import write_luo
 from kho.memory import PhysicalMemory
 from kho.preserve import PreservedMemory
 from luofs.core.errors import LuoError

@@ -10,7 +10,9 @@ import pytest
 from kho.errors import KhoFormatError
 from kho.fdt_blob import new_node, new_tree, to_blob, u64_prop
 from kho.handover import Handover, IncomingHandover
-from kho.luo_image import FileImage, LuoImage, SessionImage, read_luo, write_luo
+from kho.luo_image import FileImage, LuoImage, SessionImage
+from kho.luo_read import read_luo
+from kho.luo_write import write_luo
 from kho.mem_map import mem_map_pages
 from kho.memory import PAGE_SIZE, OutOfPhysicalMemory, PhysicalMemory
 from kho.preserve import PreservedMemory
