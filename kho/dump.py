@@ -13,7 +13,8 @@ import subprocess
 from .errors import KhoFormatError
 from .fdt_blob import parse_fdt, raw_value
 from .handover import read_subtree
-from .luo_image import LUO_COMPATIBLE, LuoImage, read_luo
+from .luo_image import LUO_COMPATIBLE, LuoImage
+from .luo_read import read_luo
 from .preserve import PreservedMemory
 from .root_tree import KHO_COMPATIBLE, parse_root
 

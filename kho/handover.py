@@ -3,11 +3,19 @@
 Old kernel (6.19 model, kho.md §8): KHO users preserve memory and register
 subtrees at any time; :meth:`Handover.finalize` preserves a page for the root
 tree, serializes the memory map and writes the root.  :meth:`Handover.abort`
-undoes finalize (the 6.16 / RFC v2 ``kho_abort``).
+undoes finalize (the 6.16 / RFC v2 ``kho_abort``).  A subtree's own pages are
+KHO's; memory a subtree points to belongs to its user, who unpreserves it when
+it removes the subtree (LUO: ``kho.luo_write.publish_luo``).
 
 New kernel: :meth:`IncomingHandover.load` is ``kho_populate`` plus the memory
 map walk: it validates the root, reserves every preserved block so the
 allocator never hands it out, and exposes the subtrees.
+
+Unhappy paths: changing subtrees or preserved memory while finalized is EBUSY,
+finalizing twice EEXIST, aborting when not finalized ENOENT, a duplicate or
+missing subtree EEXIST/ENOENT; out of memory (OutOfPhysicalMemory) leaves
+nothing allocated.  A handover that is damaged or points outside RAM or outside
+preserved memory raises KhoFormatError from :meth:`IncomingHandover.load`.
 """
 
 import errno
@@ -149,10 +157,6 @@ class IncomingHandover:
         self.subtrees = subtrees
         self.subtree_phys = subtree_phys
 
-    @property
-    def preserved_blocks(self) -> list:
-        return list(self.preserved)
-
     @classmethod
     def load(cls, memory, root_phys: int, root_size: int) -> "IncomingHandover":
         """Validate the handover at ``root_phys`` and reserve all preserved blocks in
@@ -181,7 +185,13 @@ class IncomingHandover:
                    dict(root.subtrees))
 
     def release(self) -> None:
-        """Free the root and subtree pages; their bytes stay available here."""
+        """Free the root and subtree pages; their bytes stay available here.
+
+        For a kernel that has read what it needs (the device simulator in
+        ``devices.testing`` does).  luofs's kernel process does not: its debugfs
+        ``in/`` shows the handover for the kernel's whole life, and the next
+        kernel's memory map starts afresh from what this one preserves.
+        """
         for phys, size in [(self.root_phys, len(self.root_blob))] + [
                 (self.subtree_phys[name], len(blob)) for name, blob in self.subtrees.items()]:
             self.memory.free_pages(phys, pages_for(size))

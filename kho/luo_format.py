@@ -2,15 +2,15 @@
 
 Each construct below mirrors one packed kernel struct, field for field.  The
 block definitions (:data:`LuoSessionBlock`, :data:`LuoFlbBlock`) describe a
-whole block with derived counts.  :mod:`kho.luo_image` moves bulk record
+whole block with derived counts.  :mod:`kho.luo_write` and :mod:`kho.luo_read` move bulk record
 arrays through the ``*_RECORD`` mirrors, which are derived from these
 definitions and proven byte-identical by the tests.
 """
 
 from construct import (Array, Bytes, Default, Int64ul, Rebuild, Struct, Terminated, this)
+from struct_mirror import struct_mirror
 
 from .memory import PAGE_SIZE, pages_for
-from .struct_mirror import struct_mirror
 
 #: Session names are char[64] including the NUL (LIVEUPDATE_SESSION_NAME_LENGTH).
 SESSION_NAME_LENGTH = 64

@@ -1,8 +1,15 @@
-"""Finding and removing FUSE mounts left behind by a dead daemon.
+"""The mount table, and removing FUSE mounts left behind by a dead daemon.
+
+`mount_table()` is the one reader of /proc/self/mountinfo: mount ids (what fdinfo's
+mnt_id names), devices, mount points and file-system types all come from it.
 
 A dead or hung daemon leaves a mount where every access fails (ENOTCONN) or hangs.
 `umount -l` detaches it from the tree; writing to its fusectl `abort` file fails
 every request still pending, so nothing stays stuck in D state.
+
+Unhappy paths: an unreadable mountinfo raises OSError from `mount_table()` (and
+means "no mount" to `mount_entry`); a fusectl that cannot be mounted or written
+leaves only the lazy unmount, which still detaches the mount.
 """
 
 from __future__ import annotations
@@ -10,24 +17,47 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from typing import NamedTuple
 
 FUSECTL = "/sys/fs/fuse/connections"
 
 
+class MountEntry(NamedTuple):
+    """One line of /proc/self/mountinfo."""
+
+    mount_id: int
+    device: str  # major:minor
+    mount_point: str
+    fstype: str
+
+
+def mount_table() -> list[MountEntry]:
+    """Every mount this process sees, in mountinfo's order (a later entry at the same
+    mount point is stacked on the earlier one)."""
+    table = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            point = fields[4].encode().decode("unicode_escape")  # "\040" and kin
+            table.append(MountEntry(int(fields[0]), fields[2], point, fstype))
+    return table
+
+
+def topmost(target: str, table: list[MountEntry] | None = None) -> MountEntry | None:
+    """The mount on top at `target`, a resolved path (resolving it here could stat
+    our own mount from the loop that must answer it), or None."""
+    table = mount_table() if table is None else table
+    return next((entry for entry in reversed(table) if entry.mount_point == target), None)
+
+
 def mount_entry(path: str) -> tuple[str, str] | None:
     """(fstype, major:minor) of the topmost mount at path, or None."""
-    target = os.path.realpath(path)
-    found = None
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4].encode().decode("unicode_escape") == target:
-                    sep = fields.index("-")
-                    found = (fields[sep + 1], fields[2])
+        entry = topmost(os.path.realpath(path))
     except OSError:
-        pass
-    return found
+        return None
+    return None if entry is None else (entry.fstype, entry.device)
 
 
 def is_stale(path: str) -> bool:

@@ -9,3 +9,12 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "luofs_instance" in getattr(item, "fixturenames", ()):
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def ram():
+    """An fd of emulated RAM (64 MiB memfd) for kernels booted in-process."""
+    fd = os.memfd_create("ram")
+    os.ftruncate(fd, 64 << 20)
+    yield fd
+    os.close(fd)

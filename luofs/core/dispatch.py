@@ -1,13 +1,21 @@
 """The ioctl command tables and the common dispatch rules of spec/uapi.md §4.
 
-Each table maps `_IOC_NR` to a Command. `check()` applies the kernel's rules in
-the kernel's order and returns the parsed argument struct, so that the handler
-sees only well-formed input and every rejection carries the kernel's errno.
+Each table maps `_IOC_NR` to a Command (what the command is: number, struct, who may
+issue it). `check()` applies the kernel's rules in the kernel's order and returns the
+parsed argument struct, so that the handler sees only well-formed input and every
+rejection carries the kernel's errno. Which function runs a command is the device's
+ops table (`ops_table`), next to the functions: `Luo` for these tables, `RfcV2Device`
+for RFC v2's; both dispatch the same way: check, then `ops[command.name](...)`.
+
+Unhappy paths: `check()` raises LuoError with the errno of the first rule broken
+(EINVAL, EFAULT, ENOTTY, E2BIG; see the function). A table out of order (a command
+not at its nr) or an ops table that misses or invents a command fails at import.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from construct import Struct
 
@@ -21,7 +29,6 @@ class Command:
     name: str
     cmd: int  # the exact request number; any other encoding of `nr` is ENOTTY
     struct: Struct
-    op: str  # the Luo method that runs it
     direction: Direction | None = None  # sessions it applies to; None = both
     fd_out_offset: int | None = None  # where the kernel writes a new fd's number
     # Its reply is a function of the request bytes and of what never changes about the
@@ -60,9 +67,9 @@ MAINLINE_DEVICE = CommandTable(
     0x00,
     (
         Command("CREATE_SESSION", ioctl.LIVEUPDATE_IOCTL_CREATE_SESSION, structs.CreateSession,
-                "create_session", fd_out_offset=4),
+                fd_out_offset=4),
         Command("RETRIEVE_SESSION", ioctl.LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
-                structs.RetrieveSession, "retrieve_session", fd_out_offset=4),
+                structs.RetrieveSession, fd_out_offset=4),
     ),
 )
 
@@ -71,15 +78,26 @@ MAINLINE_SESSION = CommandTable(
     0x40,
     (
         Command("PRESERVE_FD", ioctl.LIVEUPDATE_SESSION_PRESERVE_FD, structs.PreserveFd,
-                "preserve_fd", direction=Direction.OUTGOING),
+                direction=Direction.OUTGOING),
         Command("RETRIEVE_FD", ioctl.LIVEUPDATE_SESSION_RETRIEVE_FD, structs.RetrieveFd,
-                "retrieve_fd", direction=Direction.INCOMING, fd_out_offset=4),
-        Command("FINISH", ioctl.LIVEUPDATE_SESSION_FINISH, structs.Finish, "finish",
+                direction=Direction.INCOMING, fd_out_offset=4),
+        Command("FINISH", ioctl.LIVEUPDATE_SESSION_FINISH, structs.Finish,
                 direction=Direction.INCOMING),
-        Command("GET_NAME", ioctl.LIVEUPDATE_SESSION_GET_NAME, structs.GetName, "get_name",
-                pure=True),
+        Command("GET_NAME", ioctl.LIVEUPDATE_SESSION_GET_NAME, structs.GetName, pure=True),
     ),
 )
+
+
+def ops_table(commands: Iterable, **ops: Callable | None) -> dict[str, Callable | None]:
+    """A device's ops table, as the kernel's ioctl op arrays: command name -> the function
+    that runs it (None: the checks refuse the command before any op). Complete by
+    construction: a command left out, or an op for no command, is a ValueError when the
+    device's module is imported."""
+    names = [command.name for command in commands]
+    missing, extra = sorted(set(names) - set(ops)), sorted(set(ops) - set(names))
+    if missing or extra:
+        raise ValueError(f"ops table: no op for {missing}, no command for {extra}")
+    return ops
 
 
 class Request:

@@ -1,15 +1,29 @@
-"""File handlers: the per-file-kind ops table of spec/uapi.md §14, and their registry.
+"""File handlers: the per-file-kind ops table of spec/uapi.md §14, their registry, and
+freezing many preserved files at once.
 
 A handler decides whether it can preserve a file and carries it across a reboot.
 The core only calls the ops in the kernel's order; what a "file" is (a file
 descriptor the daemon took from the caller, in practice) is the handler's business.
+
+Happy path: handlers register while no session exists; PRESERVE_FD takes the first
+handler whose can_preserve() accepts the file; the reboot path freezes every
+preserved file with `freeze_all`, giving each run of one handler's files to its
+freeze_many() in one call.
+
+Unhappy paths: (un)registering while sessions exist → EBUSY; a compatible of 48
+bytes or more → EINVAL; a second handler with a registered compatible → EEXIST;
+unregistering one that is not registered → ENOENT. A failed freeze unfreezes every
+file frozen before it, last first, and its LuoError refuses the reboot.
 """
 
 from __future__ import annotations
 
+from itertools import groupby
+from operator import attrgetter
 from typing import Any, Hashable, Protocol
 
 from ..uapi import errnos
+from ..unwind import do_all
 from .errors import LuoError
 
 
@@ -82,25 +96,34 @@ def freeze_all(entries: list) -> None:
     A run of consecutive entries of one handler goes to its freeze_many() when it has
     one: a live update freezes 10^5 files, and one call each was most of its blackout.
     """
-    done = 0
-    one_handler = len({entry.handler for entry in entries}) == 1
-    try:
-        while done < len(entries):
-            handler = entries[done].handler
-            stop = len(entries) if one_handler else done + 1
-            while stop < len(entries) and entries[stop].handler is handler:
-                stop += 1
-            run = entries[done:stop]
-            many = getattr(handler, "freeze_many", None)
-            if many is None:
-                for entry in run:
-                    entry.data = handler.freeze(entry.file, entry.data)
-                    done += 1
-            else:
-                for entry, data in zip(run, many(run), strict=True):
-                    entry.data = data
-                done = stop
-    except BaseException:
-        for entry in reversed(entries[:done]):
-            entry.handler.unfreeze(entry.file, entry.data)
-        raise
+    do_all(_runs(entries), _freeze_run, _unfreeze_run)
+
+
+def _runs(entries: list) -> list[list]:
+    if len({entry.handler for entry in entries}) == 1:  # the usual case, without a scan
+        return [entries]
+    return [list(run) for _handler, run in groupby(entries, key=attrgetter("handler"))]
+
+
+def _freeze_run(run: list) -> None:
+    """One handler's run: freeze_many() does all or none; else one by one, the frozen
+    ones unfrozen again if one fails."""
+    many = getattr(run[0].handler, "freeze_many", None)
+    if many is None:
+        do_all(run, _freeze_one, _unfreeze_one)
+        return
+    for entry, data in zip(run, many(run), strict=True):
+        entry.data = data
+
+
+def _unfreeze_run(run: list, _result) -> None:
+    for entry in reversed(run):
+        _unfreeze_one(entry)
+
+
+def _freeze_one(entry) -> None:
+    entry.data = entry.handler.freeze(entry.file, entry.data)
+
+
+def _unfreeze_one(entry, _result=None) -> None:
+    entry.handler.unfreeze(entry.file, entry.data)

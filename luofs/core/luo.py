@@ -2,6 +2,20 @@
 
 Every rule of spec/uapi.md (G2, mainline) lives here. The FUSE layer turns
 requests into calls on `Luo` and results back into bytes; it decides nothing.
+
+Happy path: the first open of the device rebuilds the incoming sessions (if the
+previous kernel handed any over); CREATE_SESSION, PRESERVE_FD…; `reboot()` freezes
+every open outgoing session's files and returns them as `CarriedSession`s for the
+hand-over; the next kernel's user space runs RETRIEVE_SESSION, RETRIEVE_FD, FINISH.
+An ioctl is checked against its command table (`dispatch.check`), then run by the
+ops table at the end of this file (`_DEVICE_OPS`, `_SESSION_OPS`).
+
+Unhappy paths: every refusal is a LuoError carrying the kernel's errno, in the
+kernel's order (dispatch's rules first, then the op's). Incoming sessions that
+cannot be rebuilt fail that open and every later one with EIO. A freeze that fails
+thaws what it froze, in reverse, and refuses the reboot; `cancel_reboot()` thaws a
+reboot whose hand-over failed later. After a successful reboot every call raises
+`Rebooting` (the kernel would block it).
 """
 
 from __future__ import annotations
@@ -9,16 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, NamedTuple
 
-from ..uapi import errnos, ioctl
+from ..uapi import errnos
 from .caller import Caller
-from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check
+from .dispatch import MAINLINE_DEVICE, MAINLINE_SESSION, Command, Request, check, ops_table
 from .errors import LuoError
 from .faults import NONE, Faults
 from .handler import HandlerRegistry, freeze_all
 from .session import Direction, PreservedFile, Session
 from .state import StateMachine
-
-NAME_LENGTH = ioctl.LIVEUPDATE_SESSION_NAME_LENGTH
 
 
 class Rebooting(Exception):
@@ -130,22 +142,16 @@ class Luo:
     def device_ioctl(self, req: Request, caller: Caller) -> Outcome:
         self._check_running()
         command, arg = check(MAINLINE_DEVICE, req)
-        return self._run(command, arg, caller, None)
+        out = Outcome(b"", command)
+        _DEVICE_OPS[command.name](self, arg, caller, out)
+        return _echo(out, arg)
 
     def session_ioctl(self, session: Session, req: Request, caller: Caller) -> Outcome:
         self._check_running()
         command, arg = check(MAINLINE_SESSION, req, session.direction)
-        return self._run(command, arg, caller, session)
-
-    def _run(self, command: Command, arg, caller: Caller, session: Session | None) -> Outcome:
         out = Outcome(b"", command)
-        op = getattr(self, "_" + command.op)
-        if session is None:
-            op(arg, caller, out)
-        else:
-            op(session, arg, caller, out)
-        out.copy_back = command.codec.build(arg)  # inputs echoed back, outputs filled in
-        return out
+        _SESSION_OPS[command.name](self, session, arg, caller, out)
+        return _echo(out, arg)
 
     def _check_running(self) -> None:
         if self.rebooting:
@@ -297,6 +303,19 @@ class Luo:
         for pf in reversed(self._frozen):
             pf.handler.unfreeze(pf.file, pf.data)
         self._frozen = []
+
+
+def _echo(out: Outcome, arg) -> Outcome:
+    out.copy_back = out.command.codec.build(arg)  # inputs echoed back, outputs filled in
+    return out
+
+
+# The ops tables of the two file kinds (luofs/core/dispatch.py has their commands).
+_DEVICE_OPS = ops_table(MAINLINE_DEVICE.commands, CREATE_SESSION=Luo._create_session,
+                        RETRIEVE_SESSION=Luo._retrieve_session)
+_SESSION_OPS = ops_table(MAINLINE_SESSION.commands, PRESERVE_FD=Luo._preserve_fd,
+                         RETRIEVE_FD=Luo._retrieve_fd, FINISH=Luo._finish,
+                         GET_NAME=Luo._get_name)
 
 
 class _FilesParticipant:

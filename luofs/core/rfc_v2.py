@@ -3,6 +3,19 @@ kernel-token file table, and the device that ties them to the state machine.
 
 The ABI (numbers, structs, state values) is in luofs/uapi/rfc_v2.py; its module
 docstring has the errno order of every command.
+
+Happy path: FD_PRESERVE registers files (tokens from 0); EVENT_PREPARE preserves
+them through their handlers, EVENT_FREEZE (or the reboot) freezes them, and
+`RfcV2Files.carried()` lists them for the hand-over; the next kernel starts
+UPDATED, FD_RESTORE hands each file back once, EVENT_FINISH finishes them all. An
+ioctl is checked by `rfc_v2_check`, then run by the ops table `_OPS`.
+
+Unhappy paths: refusals are LuoErrors with the errnos of the ABI table (ENOTTY,
+EFAULT, EINVAL, EBUSY, ENOENT, EOPNOTSUPP for SELFTESTS). A preserve that fails
+during PREPARE unpreserves the files prepared before it, in reverse; a failed
+freeze is undone by the state machine's cancel. Cancel and finish run for every
+file even if one fails, then raise the first failure. An incoming file with no
+handler, or a token handed over twice, is EIO at boot (the RFC kernel panics).
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ from ..uapi.rfc_v2 import (LIVEUPDATE_IOCTL_EVENT_CANCEL, LIVEUPDATE_IOCTL_EVENT
                            LIVEUPDATE_IOCTL_FD_UNPRESERVE, LIVEUPDATE_IOCTL_GET_STATE,
                            LIVEUPDATE_IOCTL_SELFTESTS, LiveupdateFd, LiveupdateState, Selftest,
                            StateArg, Token, ioc_size)
+from ..unwind import do_all
+from .dispatch import ops_table
 from .errors import LuoError
 from .handler import freeze_all
 from .luo import CarriedFile
@@ -49,7 +64,6 @@ class V2Command:
     name: str
     cmd: int  # the only accepted encoding
     struct: Struct | None  # the argument, None for _IO
-    op: str  # the RfcV2Device method that runs it
     reads_arg: bool  # the kernel copies the argument in before acting
     fd_out_offset: int | None = None  # where a new fd's number goes in the reply
 
@@ -68,16 +82,15 @@ class V2Command:
 
 
 COMMANDS: tuple[V2Command, ...] = (
-    V2Command("FD_PRESERVE", LIVEUPDATE_IOCTL_FD_PRESERVE, LiveupdateFd, "fd_preserve", True),
-    V2Command("FD_UNPRESERVE", LIVEUPDATE_IOCTL_FD_UNPRESERVE, Token, "fd_unpreserve", True),
-    V2Command("FD_RESTORE", LIVEUPDATE_IOCTL_FD_RESTORE, LiveupdateFd, "fd_restore", True,
-              fd_out_offset=0),
-    V2Command("GET_STATE", LIVEUPDATE_IOCTL_GET_STATE, StateArg, "get_state", False),
-    V2Command("EVENT_PREPARE", LIVEUPDATE_IOCTL_EVENT_PREPARE, None, "event", False),
-    V2Command("EVENT_FREEZE", LIVEUPDATE_IOCTL_EVENT_FREEZE, None, "event", False),
-    V2Command("EVENT_CANCEL", LIVEUPDATE_IOCTL_EVENT_CANCEL, None, "event", False),
-    V2Command("EVENT_FINISH", LIVEUPDATE_IOCTL_EVENT_FINISH, None, "event", False),
-    V2Command("SELFTESTS", LIVEUPDATE_IOCTL_SELFTESTS, Selftest, "selftests", False),
+    V2Command("FD_PRESERVE", LIVEUPDATE_IOCTL_FD_PRESERVE, LiveupdateFd, True),
+    V2Command("FD_UNPRESERVE", LIVEUPDATE_IOCTL_FD_UNPRESERVE, Token, True),
+    V2Command("FD_RESTORE", LIVEUPDATE_IOCTL_FD_RESTORE, LiveupdateFd, True, fd_out_offset=0),
+    V2Command("GET_STATE", LIVEUPDATE_IOCTL_GET_STATE, StateArg, False),
+    V2Command("EVENT_PREPARE", LIVEUPDATE_IOCTL_EVENT_PREPARE, None, False),
+    V2Command("EVENT_FREEZE", LIVEUPDATE_IOCTL_EVENT_FREEZE, None, False),
+    V2Command("EVENT_CANCEL", LIVEUPDATE_IOCTL_EVENT_CANCEL, None, False),
+    V2Command("EVENT_FINISH", LIVEUPDATE_IOCTL_EVENT_FINISH, None, False),
+    V2Command("SELFTESTS", LIVEUPDATE_IOCTL_SELFTESTS, Selftest, False),
 )
 BY_CMD = {c.cmd: c for c in COMMANDS}
 EVENTS = {
@@ -98,7 +111,7 @@ def rfc_v2_check(cmd: int, arg: bytes | None = b"") -> tuple[V2Command, SimpleNa
     if command is None:
         raise LuoError(errnos.ENOTTY, f"request {cmd:#x} (type {ioc_type(cmd):#x}, nr "
                                       f"{ioc_nr(cmd):#x}) is not an RFC v2 command")
-    if command.op == "selftests":
+    if command.cmd == LIVEUPDATE_IOCTL_SELFTESTS:
         raise LuoError(errnos.EOPNOTSUPP, "SELFTESTS needs CONFIG_LIVEUPDATE_SELFTESTS")
     if not command.reads_arg:
         return command, None
@@ -209,16 +222,15 @@ class RfcV2Files:
     # ---- the participant ----------------------------------------------------------------
 
     def prepare(self) -> None:
-        done: list[V2File] = []
-        try:
-            for entry in self.outgoing.values():
-                entry.data = entry.handler.preserve(entry.file)
-                entry.prepared = True
-                done.append(entry)
-        except BaseException:
-            for entry in reversed(done):  # the state machine cancels only fully prepared ones
-                self._unprepare(entry)
-            raise
+        # The state machine cancels only participants that prepared in full: the
+        # files prepared before a failing one are unprepared here.
+        do_all(list(self.outgoing.values()), self._prepare_one,
+               lambda entry, _result: self._unprepare(entry))
+
+    @staticmethod
+    def _prepare_one(entry: V2File) -> None:
+        entry.data = entry.handler.preserve(entry.file)
+        entry.prepared = True
 
     def freeze(self) -> None:
         entries = list(self.outgoing.values())
@@ -299,19 +311,36 @@ class RfcV2Device:
     def ioctl(self, cmd: int, arg: bytes | None, caller: Caller) -> V2Outcome:
         command, parsed = rfc_v2_check(cmd, arg)
         out = V2Outcome(command)
-        if command.op == "fd_preserve":
-            parsed.token = self.files.preserve(caller, parsed.fd)
-            out.copy_back = command.codec.build(parsed)
-        elif command.op == "fd_unpreserve":
-            self.files.unpreserve(parsed.token)
-        elif command.op == "fd_restore":
-            out.file = self.files.restore(caller, parsed.token)
-            out.copy_back = command.codec.build(parsed)  # the fd goes at fd_out_offset
-        elif command.op == "get_state":
-            out.copy_back = state_reply(self.machine.state)
-        else:
-            self.machine.handle(EVENTS[cmd])
+        _OPS[command.name](self, parsed, caller, out)
         return out
+
+    # ---- the ops (rfc_v2_check ran: `parsed` is the argument, None if none is read) ----
+
+    def _fd_preserve(self, parsed, caller: Caller, out: V2Outcome) -> None:
+        parsed.token = self.files.preserve(caller, parsed.fd)
+        out.copy_back = out.command.codec.build(parsed)
+
+    def _fd_unpreserve(self, parsed, caller: Caller, out: V2Outcome) -> None:
+        self.files.unpreserve(parsed.token)
+
+    def _fd_restore(self, parsed, caller: Caller, out: V2Outcome) -> None:
+        out.file = self.files.restore(caller, parsed.token)
+        out.copy_back = out.command.codec.build(parsed)  # the fd goes at fd_out_offset
+
+    def _get_state(self, parsed, caller: Caller, out: V2Outcome) -> None:
+        out.copy_back = state_reply(self.machine.state)
+
+    def _event(self, parsed, caller: Caller, out: V2Outcome) -> None:
+        self.machine.handle(EVENTS[out.command.cmd])
+
+
+# The ops table, as the kernel's: which method runs each command of COMMANDS.
+_OPS = ops_table(COMMANDS, FD_PRESERVE=RfcV2Device._fd_preserve,
+                 FD_UNPRESERVE=RfcV2Device._fd_unpreserve, FD_RESTORE=RfcV2Device._fd_restore,
+                 GET_STATE=RfcV2Device._get_state, EVENT_PREPARE=RfcV2Device._event,
+                 EVENT_FREEZE=RfcV2Device._event, EVENT_CANCEL=RfcV2Device._event,
+                 EVENT_FINISH=RfcV2Device._event,
+                 SELFTESTS=None)  # never runs: rfc_v2_check refuses it (EOPNOTSUPP)
 
 
 __all__ = [

@@ -48,6 +48,7 @@ from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from ..uapi import errnos
+from ..unwind import do_all
 from .errors import LuoError
 from .faults import NONE, Faults
 
@@ -240,6 +241,11 @@ class Participant(Protocol):
 Participants = Callable[[], Iterable[Participant]] | Sequence[Participant]
 
 
+def _prepared(participant: Participant) -> Participant:
+    participant.prepare()
+    return participant
+
+
 class StateMachine:
     """The global state of one kernel, its participants and its observers."""
 
@@ -366,19 +372,20 @@ class StateMachine:
         return source() if callable(source) else source
 
     def _prepare(self, move: Move) -> None:
-        prepared: list[Participant] = []
+        self._engaged = []
         try:
-            for participant in list(self._current()):
-                participant.prepare()
-                prepared.append(participant)
-        except Exception as e:
-            self._engaged = prepared  # the failing one undid its own part
+            self._engaged = do_all(list(self._current()), _prepared, self._cancel_prepared)
+        except Exception as e:  # do_all cancelled the ones prepared: nothing is engaged
             self._fail(Event.PREPARE, move, e)
             raise
-        self._engaged = prepared
         self._set(move.to, Event.PREPARE)
 
+    def _cancel_prepared(self, participant: Participant, _result) -> None:
+        self._call_infallible(participant, Event.CANCEL, during=Event.PREPARE)
+
     def _freeze(self, move: Move) -> None:
+        # Not do_all: a failed freeze cancels every engaged participant, the failing
+        # one too (cancel undoes its prepare), so the unit of undo is the whole set.
         try:
             for participant in self._engaged:
                 participant.freeze()

@@ -16,16 +16,3 @@ def escape_name(name: bytes) -> bytes:
         else:
             out += b"%%%02X" % b
     return bytes(out)
-
-
-def unescape_name(entry: bytes) -> bytes:
-    out = bytearray()
-    i = 0
-    while i < len(entry):
-        if entry[i] == 0x25:  # '%'
-            out.append(int(entry[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(entry[i])
-            i += 1
-    return bytes(out)

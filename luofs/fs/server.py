@@ -1,30 +1,23 @@
-"""Mounting and serving: the only place that starts and stops pyfuse3."""
+"""Mounting: the only place that mounts and unmounts with pyfuse3 (luofs/kernel.py runs
+its main loop between the two)."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pyfuse3
-import trio
 
+from ..mounts import topmost
 from .ops import KernelFS
-
-log = logging.getLogger("luofs.fs")
 
 MOUNT_OPTIONS = ("fsname=luofs", "subtype=luofs", "allow_other", "default_permissions")
 
 
 def mount_id(target: str) -> int:
-    """The mount id of the topmost mount at `target` (a resolved path; resolving it here
-    would stat our own mount from the loop that must answer), as fdinfo's mnt_id says."""
-    found = -1
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4].encode().decode("unicode_escape") == target:
-                found = int(fields[0])
-    return found
+    """The mount id of the topmost mount at `target` (a resolved path), as fdinfo's
+    mnt_id says, or -1."""
+    entry = topmost(target)
+    return -1 if entry is None else entry.mount_id
 
 
 class Mount:
@@ -48,11 +41,3 @@ class Mount:
         if self._mounted:
             self._mounted = False
             pyfuse3.close(unmount=True)
-
-
-async def serve_forever(fs: KernelFS, root: str, *, started=None) -> None:
-    with Mount(fs, root):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
-            if started is not None:
-                await started(nursery)

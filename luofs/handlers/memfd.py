@@ -12,9 +12,10 @@ import fcntl
 import os
 import stat
 
+from struct_mirror import struct_mirror
+
 from kho import KhoFormatError, decode_memfd_record
 from kho.memfd_record import MEMFD_RECORD_SIZE, MemfdLuoSer
-from kho.struct_mirror import struct_mirror
 
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults

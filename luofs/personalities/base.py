@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-from kho import LUO_SUBTREE, Handover, IncomingHandover, LuoImage, PhysicalMemory, write_luo
+from kho import Handover, IncomingHandover, LuoImage, PhysicalMemory, publish_luo
 
 from .. import device_adapter
 from ..core import HandlerRegistry, LuoError
@@ -66,11 +66,7 @@ class KernelParts:
 
     def publish_luo(self, image: LuoImage | None) -> None:
         """(Re)register LUO's subtree, or drop it (`None`: nothing to hand over)."""
-        if LUO_SUBTREE in self.handover.subtrees:
-            self.handover.remove_subtree(LUO_SUBTREE)
-        if image is not None:
-            self.handover.add_subtree(LUO_SUBTREE,
-                                      write_luo(self.memory, self.handover.preserved, image))
+        publish_luo(self.handover, image)
 
     def finalize(self, image: LuoImage | None, devices_blob, undo: Callable[[], None] | None
                  ) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from ..core import CarriedSession
 from ..core.rfc_sysfs import render_state
 from ..core.serialize import luo_image
 from ..core.state import Event, StateMachine
-from ..core.subsystems import SubsystemRegistry
+from ..core.subsystem_registry import SubsystemRegistry
 from ..fs.nodes import DynamicDir, Node, TextFile
 from ..gcpause import gc_paused
 from ..subsystems import MmSubsystem

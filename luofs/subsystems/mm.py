@@ -14,7 +14,7 @@ import hashlib
 from kho import PAGE_SIZE, PhysicalMemory, PreservedMemory
 
 from ..core.errors import LuoError
-from ..core.subsystems import Subsystem, SubsystemRegistry
+from ..core.subsystem_registry import Subsystem, SubsystemRegistry
 from ..uapi import errnos
 
 NAME = "mm"

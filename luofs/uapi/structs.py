@@ -8,7 +8,8 @@ import struct
 from functools import lru_cache
 from types import SimpleNamespace
 
-from construct import Bytes, FormatField, Int32sl, Int32ul, Int64ul, Renamed, Struct, Terminated
+from construct import Bytes, Int32sl, Int32ul, Int64ul, Struct, Terminated
+from struct_mirror import field_formats
 
 from .ioctl import LIVEUPDATE_SESSION_NAME_LENGTH
 
@@ -65,18 +66,17 @@ class StructCodec:
     """A `struct.Struct` derived from a construct definition, for the per-ioctl path.
 
     Parsing through construct costs microseconds per struct; a status-only ioctl must
-    cost little more than one FUSE request. The layout is derived, never written
-    twice, and tests compare both codecs' bytes.
+    cost little more than one FUSE request. The layout is derived (struct_mirror),
+    never written twice, and tests compare both codecs' bytes.
     """
 
     def __init__(self, definition: Struct):
-        fields = [sc for sc in definition.subcons if sc is not Terminated]
-        self.names = tuple(sc.name for sc in fields)
-        formats = [_format(sc) for sc in fields]
-        self.packer = struct.Struct("<" + "".join(formats))
+        fields = field_formats(definition)
+        self.names = tuple(name for name, _ in fields)
+        self.packer = struct.Struct("<" + "".join(fmt for _, fmt in fields))
         self.size = self.packer.size
         # struct pads or cuts byte strings silently; construct refuses: so do we.
-        self._byte_fields = tuple((name, int(fmt[:-1])) for name, fmt in zip(self.names, formats)
+        self._byte_fields = tuple((name, int(fmt[:-1])) for name, fmt in fields
                                   if fmt.endswith("s"))
 
     def parse(self, data: bytes) -> SimpleNamespace:
@@ -92,16 +92,6 @@ class StructCodec:
                 raise ValueError(f"field {name} must be {length} bytes, "
                                  f"got {len(getattr(values, name))}")
         return self.packer.pack(*(getattr(values, name) for name in self.names))
-
-
-def _format(field) -> str:
-    if isinstance(field, Renamed):
-        return _format(field.subcon)
-    if isinstance(field, FormatField) and field.fmtstr[0] == "<":
-        return field.fmtstr[1:]
-    if isinstance(field, Bytes) and isinstance(field.length, int):
-        return f"{field.length}s"
-    raise TypeError(f"no fixed little-endian format for {field!r}")
 
 
 @lru_cache(maxsize=None)

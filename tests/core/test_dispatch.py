@@ -8,6 +8,7 @@ struct → EINVAL; 6 nonzero tail → E2BIG, copy fault → EFAULT; 7 copy back.
 import pytest
 
 from luofs.core import MAINLINE_DEVICE, MAINLINE_SESSION, Direction, Request, check
+from luofs.core.dispatch import ops_table
 from luofs.uapi import errnos, ioctl, structs
 
 from .fakes import (
@@ -378,3 +379,18 @@ def test_fake_commands_match_the_tables():
     for name, (cmd, struct) in COMMANDS.items():
         c = TABLE[name].by_nr(ioctl.ioc_nr(cmd))
         assert (c.name, c.cmd, c.struct) == (name, cmd, struct)
+
+
+# ---- ops tables ----------------------------------------------------------------------------
+
+
+def test_an_ops_table_names_an_op_for_every_command_and_nothing_else():
+    def op():
+        pass
+
+    assert ops_table(MAINLINE_DEVICE.commands, CREATE_SESSION=op, RETRIEVE_SESSION=None) == {
+        "CREATE_SESSION": op, "RETRIEVE_SESSION": None}
+    with pytest.raises(ValueError, match=r"no op for \['RETRIEVE_SESSION'\], no command for \[\]"):
+        ops_table(MAINLINE_DEVICE.commands, CREATE_SESSION=op)
+    with pytest.raises(ValueError, match=r"no op for \[\], no command for \['FINISH'\]"):
+        ops_table(MAINLINE_DEVICE.commands, CREATE_SESSION=op, RETRIEVE_SESSION=op, FINISH=op)

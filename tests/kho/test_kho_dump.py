@@ -6,7 +6,8 @@ import kho.dump
 from kho.dump import dump_dts, dump_json
 from kho.errors import KhoFormatError
 from kho.handover import Handover
-from kho.luo_image import FileImage, FlbImage, LuoImage, SessionImage, write_luo
+from kho.luo_image import FileImage, FlbImage, LuoImage, SessionImage
+from kho.luo_write import write_luo
 from kho.root_tree import build_root
 
 IMAGE = LuoImage(5, [SessionImage(b"vm\xff", [FileImage("memfd-v2", 2**64 - 1, 3)])],

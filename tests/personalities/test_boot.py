@@ -12,16 +12,6 @@ from luofs.personalities.base import Panic
 from luofs.personalities import boot as booting
 from luofs.protocol import FILES, KEEPERS, HandOver, ParkedRun, ProtocolError
 
-RAM = 64 << 20
-
-
-@pytest.fixture
-def ram():
-    fd = os.memfd_create("ram")
-    os.ftruncate(fd, RAM)
-    yield fd
-    os.close(fd)
-
 
 def cold_boot(ram_fd):
     return booting.cold_boot("mainline", ram_fd)

@@ -1,16 +1,18 @@
-"""luofs/core/subsystems.py: the RFC v2 subsystem API (spec/rfc.md §5) and its hand-over."""
+"""luofs/core/subsystem_registry.py: the RFC v2 subsystem API (spec/rfc.md §5) and its hand-over."""
 
 from __future__ import annotations
 
 import pytest
 
-from kho.luo_image import LuoImage, read_luo, write_luo
+from kho.luo_image import LuoImage
+from kho.luo_read import read_luo
+from kho.luo_write import write_luo
 from kho.memory import PhysicalMemory
 from kho.preserve import PreservedMemory
 from luofs.core.errors import LuoError
 from luofs.core.faults import Faults
 from luofs.core.state import State, StateMachine
-from luofs.core.subsystems import Subsystem, SubsystemRegistry
+from luofs.core.subsystem_registry import Subsystem, SubsystemRegistry
 from luofs.uapi import errnos
 
 from .fakes import raises_errno
