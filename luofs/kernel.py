@@ -219,6 +219,10 @@ class Kernel:
             self._send(Error(str(e), e.errno))
             return False
         t1 = time.perf_counter()
+        if "keeper.die" in self.faults and self.personality.parts.store.keepers:
+            # In the blackout: after the freeze read its records, before the next kernel
+            # looks at its keepers.
+            self.personality.parts.store.kill_keeper(0)
         try:
             self._send(handover, fds)
         except OSError:
@@ -228,8 +232,6 @@ class Kernel:
                  handover.files, sum(map(len, fds.values())), (t1 - t0) * 1000,
                  (time.perf_counter() - t1) * 1000)
         self.personality.after_handover()
-        if "keeper.die" in self.faults and self.personality.parts.store.keepers:
-            self.personality.parts.store.kill_keeper(0)
         self.faults.check("crash.handed-over")
         self.handed_over = True
         cancel.cancel()

@@ -22,8 +22,8 @@ POINTS = {
     "state.lock": "the wait for the state lock is interrupted (arm with EAGAIN; RFC profiles)",
     "subsystem.NAME.prepare": "subsystem NAME's prepare callback (e.g. subsystem.mm.prepare)",
     "subsystem.NAME.freeze": "subsystem NAME's freeze callback",
-    "keeper.die": "the old kernel's first file keeper is SIGKILLed after the hand-over "
-                  "(its parked files are lost in the blackout)",
+    "keeper.die": "the old kernel's first file keeper is SIGKILLed between the freeze and "
+                  "the next kernel's boot (its parked files are lost in the blackout)",
     # crash.*: the kernel process is SIGKILLed there, once per instance.
     "crash.preserve": "the kernel dies inside PRESERVE_FD",
     "crash.freeze": "the kernel dies while freezing files for a live update",
