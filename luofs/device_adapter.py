@@ -105,7 +105,7 @@ def _store(store, buf: bytes) -> None:
 
 class DeviceParticipant:
     """The device layer as a participant of LUO's global state machine
-    (``luofs.core.state.StateMachine``: prepare/freeze/cancel/finish, prepare and
+    (``luofs.core.state.GlobalState``: prepare/freeze/cancel/finish, prepare and
     freeze veto with LuoError, cancel and finish never fail).
 
     ``freeze`` is RFC v1's REBOOT: its KHO subtree is left in :attr:`blob` for the

@@ -17,7 +17,7 @@ from devices.transport import start_server
 from kho import Handover, PhysicalMemory
 from luofs import device_adapter
 from luofs.core.errors import LuoError
-from luofs.core.state import State, StateMachine
+from luofs.core.state import State, GlobalState
 from luofs.device_adapter import DeviceParticipant
 
 SPEC = "bridge0;dma0@bridge0:rate=0;dma1@bridge0:rate=0"
@@ -54,7 +54,7 @@ def test_other_errors_pass_unchanged():
 
 def test_rfc_v2_events_drive_the_layer(kernel):
     participant = DeviceParticipant(kernel.drivers)
-    luo = StateMachine("rfc-v2", [participant])
+    luo = GlobalState("rfc-v2", [participant])
     luo.prepare()
     assert kernel.device("dma0").lu.preserved and participant.blob is None
     luo.freeze()
@@ -69,7 +69,7 @@ def test_rfc_v2_events_drive_the_layer(kernel):
                                                 ("reboot", State.NORMAL)])
 def test_a_device_veto_refuses_the_event_cleanly(kernel, phase, state_after):
     participant = DeviceParticipant(kernel.drivers)
-    luo = StateMachine("rfc-v2", [participant])
+    luo = GlobalState("rfc-v2", [participant])
     bridge = kernel.device("bridge0").path
     kernel.drivers.layer.fail_at(bridge, phase, errno.EBUSY)
     with pytest.raises(LuoError) as e:
@@ -95,7 +95,7 @@ def test_mainline_reboot_after_a_device_only_hand_over(machine):
     machine.boot().request("dma0")
     kernel = machine.kexec()
     participant = DeviceParticipant(kernel.drivers)
-    luo = StateMachine("mainline", [participant])  # no sessions: it starts NORMAL
+    luo = GlobalState("mainline", [participant])  # no sessions: it starts NORMAL
     assert kernel.drivers.layer.pending_finish
     assert luo.reboot()
     assert participant.blob is not None  # the previous update was finished first

@@ -30,7 +30,7 @@ from .errors import LuoError
 from .faults import NONE, Faults
 from .handler import HandlerRegistry, freeze_all
 from .session import Direction, PreservedFile, Session
-from .state import StateMachine
+from .state import GlobalState
 
 
 class Rebooting(Exception):
@@ -100,7 +100,7 @@ class Luo:
         self._carried: list[Session] = []
         # Mainline has no global state of its own; this one is driven implicitly: a
         # reboot is PREPARE + FREEZE, and UPDATED ends when incoming sessions settle.
-        self.state = StateMachine("mainline", [_FilesParticipant(self)], updated=updated,
+        self.state = GlobalState("mainline", [_FilesParticipant(self)], updated=updated,
                                   faults=faults)
 
     # ---- /dev/liveupdate (§5) -------------------------------------------------------

@@ -20,7 +20,7 @@ import errno as _errno
 
 from ..uapi import errnos
 from .errors import LuoError
-from .state import Event, State, StateMachine
+from .state import Event, State, GlobalState
 
 ERANGE = _errno.ERANGE  # not in luofs.uapi.errnos: no store below lets it out
 
@@ -119,14 +119,14 @@ def parse_finish(raw: bytes) -> Event | None:
 _PARSERS = {"prepare": parse_prepare, "finish": parse_finish}
 
 
-def store(machine: StateMachine, name: str, raw: bytes) -> None:
+def store(state: GlobalState, name: str, raw: bytes) -> None:
     """A whole write to control file `name` ("prepare" or "finish"): parse, then run it.
 
     On success the writer is told all its bytes were taken.
     """
     event = _PARSERS[name](raw)
     if event is not None:
-        machine.handle(event)
+        state.handle(event)
 
 
 def render_state(state: State) -> bytes:

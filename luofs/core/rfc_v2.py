@@ -40,7 +40,7 @@ from .dispatch import ops_table
 from .errors import LuoError
 from .handler import freeze_all
 from .luo import CarriedFile
-from .state import Event, State, StateMachine
+from .state import Event, State, GlobalState
 
 if TYPE_CHECKING:
     from .caller import Caller
@@ -300,8 +300,8 @@ class V2Outcome:
 class RfcV2Device:
     """/dev/liveupdate under the RFC v2 ABI: dispatch, file table and state machine together."""
 
-    def __init__(self, machine: StateMachine, files: RfcV2Files):
-        self.machine = machine
+    def __init__(self, state: GlobalState, files: RfcV2Files):
+        self.state = state
         self.files = files
 
     @staticmethod
@@ -328,10 +328,10 @@ class RfcV2Device:
         out.copy_back = out.command.codec.build(parsed)  # the fd goes at fd_out_offset
 
     def _get_state(self, parsed, caller: Caller, out: V2Outcome) -> None:
-        out.copy_back = state_reply(self.machine.state)
+        out.copy_back = state_reply(self.state.state)
 
     def _event(self, parsed, caller: Caller, out: V2Outcome) -> None:
-        self.machine.handle(EVENTS[out.command.cmd])
+        self.state.handle(EVENTS[out.command.cmd])
 
 
 # The ops table, as the kernel's: which method runs each command of COMMANDS.

@@ -1,7 +1,7 @@
 """The global LUO state machine of the RFCs (spec/rfc.md §1), with no I/O.
 
 One table (`TRANSITIONS`, just below) says everything about which event may
-happen in which state and where it leads; `StateMachine` runs the participants'
+happen in which state and where it leads; `GlobalState` runs the participants'
 callbacks for an event in the kernel's order and unwinds in reverse on failure.
 
 Profiles:
@@ -9,9 +9,9 @@ Profiles:
 - ``rfc-v1``: no FROZEN; CANCEL only from PREPARED; REBOOT (our FREEZE) is not a
   stored state: on success the state stays PREPARED and the kexec proceeds.
 - ``mainline``: nothing is user-driven. A kexec is PREPARE then FREEZE
-  (`StateMachine.reboot`); a kernel booted with incoming sessions starts in
+  (`GlobalState.reboot`); a kernel booted with incoming sessions starts in
   UPDATED and goes back to NORMAL when the core reports, through
-  `StateMachine.incoming_settled`, that every incoming session is finished or
+  `GlobalState.incoming_settled`, that every incoming session is finished or
   dropped. Mainline has no global state at all, so its failures and cancels
   go back HOME: wherever the kernel rests, UPDATED while incoming sessions
   remain, else NORMAL.
@@ -26,7 +26,7 @@ Callbacks (participants, each with prepare/freeze/cancel/finish):
   gets `cancel` in reverse. (The RFC v2 code cancels only the ones before the
   failing subsystem, in forward order; rfc.md says "on error, cancel".)
 - CANCEL and FINISH callbacks cannot fail: an exception from one is recorded in
-  `StateMachine.failures` and logged, and the others still run.
+  `GlobalState.failures` and logged, and the others still run.
 - The participants are read when PREPARE (or FINISH) starts; FREEZE and CANCEL
   act on the set PREPARE engaged, so a participant added in between is left out.
 
@@ -246,7 +246,7 @@ def _prepared(participant: Participant) -> Participant:
     return participant
 
 
-class StateMachine:
+class GlobalState:
     """The global state of one kernel, its participants and its observers."""
 
     def __init__(self, profile: str | Profile = "rfc-v2", participants: Participants = (), *,
@@ -272,7 +272,7 @@ class StateMachine:
         return self._state
 
     def __repr__(self) -> str:
-        return f"<StateMachine {self.profile.name} {self._state} v{self.version}>"
+        return f"<GlobalState {self.profile.name} {self._state} v{self.version}>"
 
     # ---- observers --------------------------------------------------------------------
 

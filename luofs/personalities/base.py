@@ -26,7 +26,7 @@ from kho import Handover, IncomingHandover, LuoImage, PhysicalMemory, publish_lu
 from .. import device_adapter
 from ..core import HandlerRegistry, LuoError
 from ..core.faults import Faults
-from ..core.state import StateMachine
+from ..core.state import GlobalState
 from ..filestore import FileStore
 from ..fs.nodes import Node
 from ..handlers import MemfdHandler
@@ -115,7 +115,7 @@ class Personality(abc.ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, parts: KernelParts, state: StateMachine):
+    def __init__(self, parts: KernelParts, state: GlobalState):
         self.parts = parts
         self.state = state  # the global state the `state` file shows
         self.devices = None  # DeviceDrivers, once attached

@@ -17,7 +17,7 @@ from typing import ClassVar
 from ..core import CarriedSession
 from ..core.rfc_sysfs import render_state
 from ..core.serialize import luo_image
-from ..core.state import Event, StateMachine
+from ..core.state import Event, GlobalState
 from ..core.subsystem_registry import SubsystemRegistry
 from ..fs.nodes import DynamicDir, Node, TextFile
 from ..gcpause import gc_paused
@@ -32,11 +32,11 @@ class RfcPersonality(Personality):
     profile: ClassVar[str]
 
     def __init__(self, parts: KernelParts, image=None):
-        machine = StateMachine(self.profile, self._participants, updated=image is not None,
-                               faults=parts.faults)
-        super().__init__(parts, machine)
+        state = GlobalState(self.profile, self._participants, updated=image is not None,
+                            faults=parts.faults)
+        super().__init__(parts, state)
         self.device_participant = None  # the device layer, once devices are attached
-        self.subsystems = SubsystemRegistry(lambda: machine.state,
+        self.subsystems = SubsystemRegistry(lambda: state.state,
                                             incoming=image.subsystems if image else None,
                                             faults=parts.faults)
         self.mm = MmSubsystem(parts.memory, parts.handover.preserved, parts.liveupdate_number)
@@ -77,9 +77,9 @@ class RfcPersonality(Personality):
     # ---- what the file system serves -----------------------------------------------
 
     def liveupdate_nodes(self, intern) -> dict[bytes, Node]:
-        machine = self.state
+        state = self.state
         return {
-            b"state": TextFile(lambda: render_state(machine.state), version=lambda: machine.version),
+            b"state": TextFile(lambda: render_state(state.state), version=lambda: state.version),
             b"subsystems": DynamicDir(lambda: self._subsystem_files(intern), 0o555),
         }
 

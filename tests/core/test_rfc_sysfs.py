@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from luofs.core.errors import LuoError
 from luofs.core.rfc_sysfs import (kstrtoint, parse_finish, parse_prepare,
                                   render_state, store)
-from luofs.core.state import Event, State, StateMachine
+from luofs.core.state import Event, State, GlobalState
 from luofs.uapi import errnos
 
 from .fakes import raises_errno
@@ -122,7 +122,7 @@ def test_finish_anything_else_is_einval(raw):
 
 def test_an_empty_write_is_a_no_op():
     assert parse_prepare(b"") is None and parse_finish(b"") is None
-    sm = StateMachine("rfc-v1")
+    sm = GlobalState("rfc-v1")
     store(sm, "prepare", b"")
     assert sm.state is State.NORMAL and sm.version == 0
 
@@ -136,7 +136,7 @@ def test_render_state():
 
 
 def test_a_v1_update_through_sysfs():
-    old = StateMachine("rfc-v1")
+    old = GlobalState("rfc-v1")
     with raises_errno(errnos.EINVAL):
         store(old, "prepare", b"0\n")  # CANCEL needs PREPARED
     with raises_errno(errnos.EINVAL):
@@ -148,7 +148,7 @@ def test_a_v1_update_through_sysfs():
     store(old, "prepare", b"0\n")
     assert old.state is State.NORMAL
 
-    new = StateMachine("rfc-v1", updated=True)
+    new = GlobalState("rfc-v1", updated=True)
     with raises_errno(errnos.EINVAL):
         store(new, "prepare", b"1")
     store(new, "finish", b"0x1")
@@ -162,7 +162,7 @@ def test_a_failing_callback_gives_its_own_errno():
         def prepare(self):
             raise LuoError(errnos.EBUSY, "not now")
 
-    sm = StateMachine("rfc-v1", [Veto()])
+    sm = GlobalState("rfc-v1", [Veto()])
     with raises_errno(errnos.EBUSY):
         store(sm, "prepare", b"1")
     assert sm.state is State.NORMAL

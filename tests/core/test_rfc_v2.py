@@ -11,7 +11,7 @@ from luofs.core import rfc_v2 as rules
 from luofs.core.errors import LuoError
 from luofs.core.handler import HandlerRegistry
 from luofs.core.rfc_v2 import RfcV2Device, RfcV2Files, check_open, rfc_v2_check
-from luofs.core.state import State, StateMachine
+from luofs.core.state import State, GlobalState
 from luofs.uapi import errnos, ioctl, rfc_v2
 from luofs.uapi.rfc_v2 import LiveupdateFd, LiveupdateState
 
@@ -342,7 +342,7 @@ def boot(incoming=()):
     handlers.register(handler, sessions_exist=False)
     holder = {}
     files = RfcV2Files(handlers, lambda: holder["sm"].state, incoming=incoming)
-    holder["sm"] = sm = StateMachine("rfc-v2", [files], updated=bool(incoming))
+    holder["sm"] = sm = GlobalState("rfc-v2", [files], updated=bool(incoming))
     return RfcV2Device(sm, files), handler
 
 

@@ -1,6 +1,6 @@
 """luofs/core/state.py: the transition table of spec/rfc.md §1, callbacks, rollback, observers.
 
-The stateful test at the end checks StateMachine against a model written from the
+The stateful test at the end checks GlobalState against a model written from the
 spec's prose (plain ifs, not the table), with random events and injected failures.
 """
 
@@ -25,7 +25,7 @@ from luofs.core.state import (
     Profile,
     State,
     StateChange,
-    StateMachine,
+    GlobalState,
 )
 from luofs.uapi import errnos
 
@@ -68,11 +68,11 @@ class Recorder:
 
 
 def machine(profile="rfc-v2", n=3, updated=False, fail=None, **kw):
-    """A StateMachine over participants p0..p{n-1}; `fail` = {index: {op: errno}}."""
+    """A GlobalState over participants p0..p{n-1}; `fail` = {index: {op: errno}}."""
     log = []
     fails = {(op, f"p{i}"): e for i, ops in (fail or {}).items() for op, e in ops.items()}
     parts = [Recorder(f"p{i}", log, fails) for i in range(n)]
-    return StateMachine(profile, parts, updated=updated, **kw), parts, log
+    return GlobalState(profile, parts, updated=updated, **kw), parts, log
 
 
 # ---- the table --------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_move_and_profile_validate_themselves():
     with pytest.raises(ValueError, match="needs no failure target"):
         Profile("x", {(P, CANCEL): Move(N, N)}, implicit=False)
     with pytest.raises(ValueError, match="unknown profile"):
-        StateMachine("rfc-v3")
+        GlobalState("rfc-v3")
 
 
 def test_state_change_validates_itself():
@@ -154,8 +154,8 @@ def test_state_change_validates_itself():
 
 
 def test_boot_state():
-    assert StateMachine("rfc-v2").state is N
-    assert StateMachine("rfc-v2", updated=True).state is U
+    assert GlobalState("rfc-v2").state is N
+    assert GlobalState("rfc-v2", updated=True).state is U
 
 
 def test_prepare_freeze_cancel_run_callbacks_in_order():
@@ -224,7 +224,7 @@ def test_a_cancel_failing_during_a_rollback_is_recorded_under_that_event():
 def test_participants_are_read_at_prepare_and_kept_until_cancel():
     log = []
     parts = [Recorder("a", log, {})]
-    sm = StateMachine("rfc-v2", lambda: parts)
+    sm = GlobalState("rfc-v2", lambda: parts)
     sm.prepare()
     parts.append(Recorder("late", log, {}))  # registration is EBUSY here in the kernel
     sm.freeze()
@@ -237,7 +237,7 @@ def test_participants_are_read_at_prepare_and_kept_until_cancel():
 def test_finish_uses_the_participants_of_the_new_kernel():
     log = []
     parts = []
-    sm = StateMachine("rfc-v2", lambda: parts, updated=True)
+    sm = GlobalState("rfc-v2", lambda: parts, updated=True)
     parts.append(Recorder("registered-after-boot", log, {}))
     sm.finish()
     assert log == [("finish", "registered-after-boot")]
@@ -265,7 +265,7 @@ def test_state_lock_fault_is_eagain_and_changes_nothing():
 
 def test_handle_wants_an_event():
     with pytest.raises(TypeError):
-        StateMachine().handle("prepare")
+        GlobalState().handle("prepare")
 
 
 # ---- reboot and the profiles -----------------------------------------------------------------
@@ -348,7 +348,7 @@ def test_incoming_settled():
     assert sm.state is U and log == []
 
 
-# ---- stateful: StateMachine against a model of the spec's prose ------------------------------
+# ---- stateful: GlobalState against a model of the spec's prose ------------------------------
 
 OPS = ["prepare", "freeze", "cancel", "finish"]
 
@@ -399,7 +399,7 @@ class StateMachineModel(RuleBasedStateMachine):
         self.log = []
         self.fails = {}  # (op, index) → errno, planned per step
         self.parts = [Recorder(i, self.log, self.fails) for i in range(n)]
-        self.sm = StateMachine(profile, lambda: self.parts, updated=updated)
+        self.sm = GlobalState(profile, lambda: self.parts, updated=updated)
         self.seen = []
         self.sm.subscribe(self.seen.append)
         # the model

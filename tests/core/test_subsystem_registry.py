@@ -11,7 +11,7 @@ from kho.memory import PhysicalMemory
 from kho.preserve import PreservedMemory
 from luofs.core.errors import LuoError
 from luofs.core.faults import Faults
-from luofs.core.state import State, StateMachine
+from luofs.core.state import State, GlobalState
 from luofs.core.subsystem_registry import Subsystem, SubsystemRegistry
 from luofs.uapi import errnos
 
@@ -50,7 +50,7 @@ def wired(*names, incoming=None, faults=Faults(), profile="rfc-v2"):
     calls = Calls()
     holder = {}
     reg = SubsystemRegistry(lambda: holder["sm"].state, incoming=incoming, faults=faults)
-    sm = StateMachine(profile, reg.participants, updated=incoming is not None)
+    sm = GlobalState(profile, reg.participants, updated=incoming is not None)
     holder["sm"] = sm
     handles = [reg.register(calls.subsystem(name)) for name in names]
     return sm, reg, calls, handles
@@ -179,7 +179,7 @@ def test_a_callback_returning_no_u64_vetoes_with_einval(bad):
 
 def test_subsystems_without_callbacks_take_part_silently():
     reg = SubsystemRegistry(lambda: N)
-    sm = StateMachine("rfc-v2", reg.participants)
+    sm = GlobalState("rfc-v2", reg.participants)
     reg.register_subsystem("quiet")
     sm.prepare()
     sm.freeze()
@@ -200,7 +200,7 @@ def test_fault_points(op):
 
 def test_fault_point_fires_for_a_subsystem_without_callbacks():
     reg = SubsystemRegistry(lambda: N, faults=Faults({"subsystem.quiet.prepare": errnos.ENOSPC}))
-    sm = StateMachine("rfc-v2", reg.participants)
+    sm = GlobalState("rfc-v2", reg.participants)
     reg.register_subsystem("quiet")
     with raises_errno(errnos.ENOSPC):
         sm.prepare()
@@ -227,7 +227,7 @@ def test_files_then_subsystems_and_a_subsystem_veto_cancels_the_files():
     holder = {}
     reg = SubsystemRegistry(lambda: holder["sm"].state)
     files = Files()
-    sm = holder["sm"] = StateMachine("rfc-v2", lambda: [files, *reg.participants()])
+    sm = holder["sm"] = GlobalState("rfc-v2", lambda: [files, *reg.participants()])
     reg.register_subsystem("kvm", prepare=lambda arg, data: log.append("kvm prepare"))
     reg.register_subsystem("iommu", prepare=lambda arg, data: (_ for _ in ()).throw(
         LuoError(errnos.EBUSY, "iommu busy")))

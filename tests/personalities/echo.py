@@ -1,7 +1,7 @@
 """A test-only personality: the smallest ABI there is. It serves a `state` file and a
 `number` file, carries nothing, and is registered with one line (see test_registry)."""
 
-from luofs.core.state import StateMachine
+from luofs.core.state import GlobalState
 from luofs.fs.nodes import Node, TextFile
 from luofs.personalities.base import Personality
 
@@ -11,7 +11,7 @@ class Echo(Personality):
 
     @classmethod
     def cold(cls, parts):
-        return cls(parts, StateMachine("rfc-v2", []))
+        return cls(parts, GlobalState("rfc-v2", []))
 
     @classmethod
     def thaw(cls, parts, handover, sources):
