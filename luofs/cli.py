@@ -134,14 +134,16 @@ def _cold_boot_after_panic(root: str, running) -> int:
 
 
 def _clean_stale_mount(root: str) -> None:
-    from .mounts import detach_mount, is_stale, mount_entry
+    from .mounts import detach_mount, is_luofs, is_stale, mount_entry
 
     entry = mount_entry(root)
-    if entry is not None or is_stale(root):
-        if entry is not None and not entry[0].startswith("fuse"):
-            raise CliError(f"{root} is busy: a {entry[0]} file system is mounted there")
-        detach_mount(root)
-        print(f"luofs: cleaned a stale FUSE mount at {root}", file=sys.stderr)
+    if entry is None and not is_stale(root):
+        return
+    if not is_luofs(entry):
+        what = f"a {entry[0]} file system is" if entry else "something unreachable is"
+        raise CliError(f"{root} is busy: {what} mounted there (luofs cleans only its own)")
+    detach_mount(root)
+    print(f"luofs: cleaned a stale luofs mount at {root}", file=sys.stderr)
 
 
 def _machine_config(root: str, args):
@@ -289,12 +291,14 @@ def cmd_status(args) -> int:
     root = _root(args)
     reply = _machine_answers(root)
     if reply is None:
-        from .mounts import is_stale, mount_entry
+        from .mounts import is_luofs, mount_entry
 
-        if mount_entry(root) is not None or is_stale(root):
+        entry = mount_entry(root)
+        if is_luofs(entry):
             raise CliError(f"{root} has a stale luofs mount and no machine; "
                            f"`luofs boot --root {root}` cleans it")
-        raise CliError(f"no luofs kernel serves {root}")
+        other = f" (a {entry[0]} file system is mounted there)" if entry else ""
+        raise CliError(f"no luofs kernel serves {root}{other}")
     if args.json:
         import json
 

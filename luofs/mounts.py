@@ -4,6 +4,8 @@
 mnt_id names), devices, mount points and file-system types all come from it.
 
 A dead or hung daemon leaves a mount where every access fails (ENOTCONN) or hangs.
+Only luofs's own mounts (type fuse.luofs) are ever cleaned: another file system,
+FUSE or not, healthy or not, is someone else's.
 `umount -l` detaches it from the tree; writing to its fusectl `abort` file fails
 every request still pending, so nothing stays stuck in D state.
 
@@ -20,6 +22,7 @@ import subprocess
 from typing import NamedTuple
 
 FUSECTL = "/sys/fs/fuse/connections"
+LUOFS_FSTYPE = "fuse.luofs"  # mountinfo's type of our mounts (subtype=luofs)
 
 
 class MountEntry(NamedTuple):
@@ -79,12 +82,17 @@ def _abort_connection(dev: str) -> None:
         pass
 
 
+def is_luofs(entry: tuple[str, str] | None) -> bool:
+    return entry is not None and entry[0] == LUOFS_FSTYPE
+
+
 def detach_mount(path: str) -> bool:
-    """Abort and lazily unmount every FUSE mount stacked at path. True if one was there."""
+    """Abort and lazily unmount every luofs mount stacked at path (never another file
+    system's, FUSE or not). True if one was there."""
     detached = False
     for _ in range(8):  # mounts can be stacked
         entry = mount_entry(path)
-        if entry is None or not entry[0].startswith("fuse"):
+        if not is_luofs(entry):
             return detached
         _abort_connection(entry[1])
         subprocess.run(["umount", "-l", os.path.realpath(path)], capture_output=True)
