@@ -62,10 +62,12 @@ def build_fs(personality: Personality, cmdline: str, debugfs: bool) -> KernelFS:
 
 
 class Kernel:
-    def __init__(self, sock: socket.socket, root: str, device_fd: int | None = None):
+    def __init__(self, sock: socket.socket, root: str, device_fd: int | None = None,
+                 root_fd: int | None = None):
         self.sock = sock
         self.device_fd = device_fd
-        self.root = root
+        self.root = root  # as the machine resolved it once; the mount goes onto root_fd
+        self.root_fd = root_fd
         self.faults = Faults()
         self.config: KernelConfig | None = None  # with the boot message
         self.personality: Personality | None = None
@@ -121,7 +123,7 @@ class Kernel:
 
     async def serve(self) -> None:
         self.sock.setblocking(False)
-        with Mount(self.fs, self.root) as mount:
+        with Mount(self.fs, self.root, self.root_fd) as mount:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send(Ready(pid=os.getpid(), mnt_id=self.fs.mnt_id,
@@ -241,14 +243,15 @@ class Kernel:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="luofs-kernel", description=__doc__)
     p.add_argument("--root", required=True)
+    p.add_argument("--root-fd", type=int, required=True)
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--device-fd", type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
-    kernel = Kernel(socket.socket(fileno=args.control_fd), os.path.realpath(args.root),
-                    args.device_fd)
+    kernel = Kernel(socket.socket(fileno=args.control_fd), args.root, args.device_fd,
+                    args.root_fd)
     if not kernel.receive_boot():
         return 1
     try:

@@ -39,7 +39,7 @@ class KernelPanic(KernelError):
 class KernelProcess:
     """One kernel process and the machine's end of its control socket."""
 
-    def __init__(self, root: str, number: int, log_path: str, on_crash=None,
+    def __init__(self, root: str, root_fd: int, number: int, log_path: str, on_crash=None,
                  devices: DeviceHost | None = None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
@@ -55,9 +55,9 @@ class KernelProcess:
             device_args = ["--device-fd", str(kernel_end.fileno())]
         with wire.open_log(log_path) as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "luofs.kernel", "--root", root,
+                [sys.executable, "-m", "luofs.kernel", "--root", root, "--root-fd", str(root_fd),
                  "--control-fd", str(theirs.fileno()), *device_args],
-                pass_fds=[s.fileno() for s in passed], stdin=subprocess.DEVNULL,
+                pass_fds=[root_fd, *(s.fileno() for s in passed)], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file)
         for s in passed:
             s.close()

@@ -51,6 +51,10 @@ RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-o
 class Machine:
     def __init__(self, config: MachineConfig, state: str):
         self.root = os.path.realpath(config.root)
+        # The root is resolved once and held: every kernel mounts on this very directory,
+        # whatever is renamed or swapped for a symlink at its path meanwhile.
+        self.root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                               | os.O_CLOEXEC)
         self.state = state
         self.kernel_config = config.kernel  # a crash fault that fired is dropped from it
         self.kernel: KernelProcess | None = None
@@ -95,7 +99,8 @@ class Machine:
         return kernel
 
     def _spawn(self) -> KernelProcess:
-        return KernelProcess(self.root, -1, self.kernel_log, self._disarm, self.devices)
+        return KernelProcess(self.root, self.root_fd, -1, self.kernel_log, self._disarm,
+                             self.devices)
 
     def _prepare_standby(self) -> None:
         """Start importing the next kernel now (as `kexec -l` loads an image ahead of

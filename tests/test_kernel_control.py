@@ -13,10 +13,13 @@ from luofs.protocol_kernel import Loaded
 
 def test_a_bad_boot_message_is_answered_and_the_kernel_exits(tmp_path):
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     proc = subprocess.Popen([sys.executable, "-m", "luofs.kernel", "--root", str(tmp_path),
-                             "--control-fd", str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                            stderr=subprocess.PIPE, text=True)
+                             "--root-fd", str(root_fd), "--control-fd", str(theirs.fileno())],
+                            pass_fds=[theirs.fileno(), root_fd], stderr=subprocess.PIPE,
+                            text=True)
     theirs.close()
+    os.close(root_fd)
     with ours:
         ours.settimeout(60)
         loaded, _ = protocol.recv(ours)

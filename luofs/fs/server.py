@@ -3,6 +3,7 @@ its main loop between the two)."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pyfuse3
@@ -20,16 +21,29 @@ def mount_id(target: str) -> int:
     return -1 if entry is None else entry.mount_id
 
 
-class Mount:
-    """Context manager: mount `fs` at `root` and always unmount, also on the error path."""
+class NotEmpty(OSError):
+    pass
 
-    def __init__(self, fs: KernelFS, root: str):
+
+class Mount:
+    """Context manager: mount `fs` at `root` and always unmount, also on the error path.
+
+    With `root_fd` (an O_PATH descriptor of the directory, opened once by the machine)
+    the mount goes onto that very directory through /proc/self/fd, never onto whatever
+    the path names now; a directory that is not empty is refused (NotEmpty): mounting
+    would hide its files."""
+
+    def __init__(self, fs: KernelFS, root: str, root_fd: int | None = None):
         self.fs = fs
         self.root = os.path.realpath(root)  # before mounting: afterwards it would deadlock
+        self.target = self.root if root_fd is None else f"/proc/self/fd/{root_fd}"
         self._mounted = False
 
     def __enter__(self):
-        pyfuse3.init(self.fs, self.root, set(MOUNT_OPTIONS))
+        if os.listdir(self.target):  # the directory itself, not a mount stacked on it
+            raise NotEmpty(errno.ENOTEMPTY, f"{self.root} is not empty: luofs will not "
+                                            "mount over it and hide its files")
+        pyfuse3.init(self.fs, self.target, set(MOUNT_OPTIONS))
         self._mounted = True
         self.fs.mnt_id = mount_id(self.root)
         return self
