@@ -57,6 +57,9 @@ cleanup_luofs() {
 		fi
 		rmdir "$root" 2>/dev/null || true
 	fi
+	if [ -n "$view_dir" ]; then # its mounts lived and died with each program's namespace
+		rmdir "$view_dir" 2>/dev/null || true
+	fi
 	exit "$status"
 }
 
@@ -70,9 +73,28 @@ boot_luofs() {
 # A hung daemon must fail the test, not hang `make test`: every program run
 # under the shim gets a deadline (SIGKILL too, since a task waiting on a FUSE
 # request ignores other signals).
+#
+# LUOFS_TEST_VIEW runs each such program where the mount has another mount id
+# but is the same file system (scripts/run-tests.sh runs some scripts so):
+#   unshare  in a mount namespace of its own (a container, PrivateTmp=, ...);
+#   bind     also chrooted into a bind mount of / (a bind-mounted root).
+# Each program gets a fresh namespace: a private copy of the mounts does not
+# follow the next kernel's mount after a kexec, a new one does.
 TEST_TIMEOUT=${LUOFS_TEST_TIMEOUT:-120}
+view_dir=""
 under_shim() {
-	timeout -k 5 "$TEST_TIMEOUT" env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+	local view=()
+	case "${LUOFS_TEST_VIEW:-}" in
+	"") ;;
+	unshare) view=(unshare -m) ;;
+	bind)
+		[ -n "$view_dir" ] || view_dir=$(mktemp -d "${TMPDIR:-/tmp}/luofs-view.XXXXXX")
+		view=(unshare -m sh -c 'mount --rbind / "$0" && exec chroot "$0" "$@"' "$view_dir") ;;
+	*)
+		echo "FAIL LUOFS_TEST_VIEW=$LUOFS_TEST_VIEW: expected unshare or bind" >&2
+		return 2 ;;
+	esac
+	timeout -k 5 "$TEST_TIMEOUT" "${view[@]}" env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
 }
 
 # under_supervisor runs a program in the transparent mode: the seccomp supervisor
