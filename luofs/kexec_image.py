@@ -17,10 +17,10 @@ NUL byte is refused with EINVAL, and nothing changes.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 
 COMMAND_LINE_SIZE = 2048  # x86's and arm64's, the NUL included
-CMDLINE_FLAG = "--cmdline"
 
 
 class ImageError(ValueError):
@@ -33,24 +33,6 @@ def check_cmdline(cmdline: str) -> str:
     if len(cmdline.encode()) >= COMMAND_LINE_SIZE:
         raise ImageError(f"a command line holds at most {COMMAND_LINE_SIZE - 1} bytes")
     return cmdline
-
-
-def cmdline_of(kernel_args: list[str]) -> str | None:
-    """The --cmdline a kernel process is started with, if any."""
-    for i, arg in enumerate(kernel_args[:-1]):
-        if arg == CMDLINE_FLAG:
-            return kernel_args[i + 1]
-    return None
-
-
-def with_cmdline(kernel_args: list[str], cmdline: str) -> list[str]:
-    """The same kernel arguments with the command line replaced (or added)."""
-    args = list(kernel_args)
-    for i, arg in enumerate(args[:-1]):
-        if arg == CMDLINE_FLAG:
-            args[i + 1] = cmdline
-            return args
-    return [CMDLINE_FLAG, cmdline, *args]
 
 
 class LoadedImage:
@@ -67,14 +49,14 @@ class LoadedImage:
     def unload(self) -> None:
         self.loaded, self.cmdline = False, None
 
-    def next_args(self, kernel_args: list[str], cmdline: str | None = None) -> list[str]:
-        """The next kernel's arguments: `cmdline` given for this kexec, else the loaded
-        image's, else the running kernel's."""
+    def next_config(self, config, cmdline: str | None = None):
+        """The next kernel's KernelConfig: `cmdline` given for this kexec, else the
+        loaded image's, else the running kernel's."""
         if cmdline is not None:
-            return with_cmdline(kernel_args, check_cmdline(cmdline))
+            return dataclasses.replace(config, cmdline=check_cmdline(cmdline))
         if self.loaded and self.cmdline is not None:
-            return with_cmdline(kernel_args, self.cmdline)
-        return list(kernel_args)
+            return dataclasses.replace(config, cmdline=self.cmdline)
+        return config
 
     def status(self) -> dict:
         return {"loaded": self.loaded, "cmdline": self.cmdline}
