@@ -80,8 +80,11 @@ boot_luofs() {
 #   bind     also chrooted into a bind mount of / (a bind-mounted root).
 # Each program gets a fresh namespace: a private copy of the mounts does not
 # follow the next kernel's mount after a kexec, a new one does.
+# shim_prefix: a command under_shim runs the program with, inside any view (for
+# example unshare -p -f --mount-proc, a PID namespace of its own).
 TEST_TIMEOUT=${LUOFS_TEST_TIMEOUT:-120}
 view_dir=""
+shim_prefix=()
 under_shim() {
 	local view=()
 	case "${LUOFS_TEST_VIEW:-}" in
@@ -94,7 +97,14 @@ under_shim() {
 		echo "FAIL LUOFS_TEST_VIEW=$LUOFS_TEST_VIEW: expected unshare or bind" >&2
 		return 2 ;;
 	esac
-	timeout -k 5 "$TEST_TIMEOUT" "${view[@]}" env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+	timeout -k 5 "$TEST_TIMEOUT" "${view[@]}" "${shim_prefix[@]}" \
+		env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+}
+
+# status_field EXPR: a field of `luofs status --json`, EXPR on `s` (Python).
+status_field() {
+	luofs status --root "$root" --json | "$VENV_PY" -c \
+		'import json, sys; s = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"
 }
 
 # under_supervisor runs a program in the transparent mode: the seccomp supervisor
