@@ -195,26 +195,26 @@ def _rebind(pid1: int, root: str, debugfs: bool) -> None:
 
 # ---- `luofs run`: join the current userspace ----------------------------------------
 
-def join(pid1: int) -> None:
-    """Enter PID 1's mount namespace and, for our children, its PID namespace."""
+def join(pid1: int) -> int:
+    """Enter PID 1's mount namespace and, for our children, its PID namespace; returns
+    a pidfd of PID 1 (it tells run_joined whether the userspace ended)."""
     cwd = os.getcwd()
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid1)
-    try:
-        if libc.setns(pidfd, CLONE_NEWNS | CLONE_NEWPID) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-    finally:
+    if libc.setns(pidfd, CLONE_NEWNS | CLONE_NEWPID) != 0:
+        e = ctypes.get_errno()
         os.close(pidfd)
+        raise OSError(e, os.strerror(e))
     try:
         os.chdir(cwd)  # setns took us to the namespace's root; the host's paths are all here
     except OSError:
         os.chdir("/")
+    return pidfd
 
 
-def run_joined(argv: list[str], env: dict[str, str]) -> int:
+def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int) -> int:
     """Fork a child (it is born in the joined PID namespace), exec argv there, relay
-    signals, and return its status as a shell reports it."""
+    signals, and return its status as a shell reports it (128 + signal)."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -232,9 +232,13 @@ def run_joined(argv: list[str], env: dict[str, str]) -> int:
             return 1
         except InterruptedError:
             continue
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+    if not os.WIFSIGNALED(status):
+        return os.WEXITSTATUS(status)
+    # PID 1 waits for us to reap its namespace's last process before it ends itself.
+    if os.WTERMSIG(status) == signal.SIGKILL and select.select([pid1_fd], [], [], 2.0)[0]:
+        print(f"luofs run: {argv[0]} ended with its userspace (a live update, a shutdown, "
+              "or its init exiting)", file=sys.stderr)
+    return 128 + os.WTERMSIG(status)
 
 
 # ---- the machine's control requests that involve the userspace ----------------------

@@ -20,20 +20,22 @@ done
 sed 's/^/    /' "$log"
 check "kernel #1 serves" test "$(status_field 's["kernel"]["liveupdate_number"]')" = 1
 check "its proc/cmdline carries luo_stage=2" grep -q ' luo_stage=2$' "$root/proc/cmdline"
-check "stage 1 ran as PID 1 of kernel #0's userspace" grep -q '^stage 1: pid:\[' "$state"
+daemon=$(sed -n 's/^stage 1: daemon //p' "$state")
+check "stage 1 ran as PID 1 of kernel #0's userspace and left a daemon ($daemon)" test -n "$daemon"
 check "stage 2 retrieved and verified every byte in kernel #1" grep -qx 'stage 2: ok' "$state"
 ended=$(status_field 's["machine"]["userspace"]["ended"]')
 check "luofs status: kernel #1's init exited with status 0 ($ended)" \
 	test "$ended" = "init exited with status 0"
 status_text=$(luofs status --root "$root")
 check "luofs status shows it in words" grep -q "^userspace: .*kernel #1, init .*init_two_stage.*ended: init exited with status 0" <<<"$status_text"
-
-old_ns=$(sed -n 's/^stage 1: \(pid:\[[0-9]*\]\)$/\1/p' "$state")
 left=""
 for p in /proc/[0-9]*; do
-	[ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$old_ns" ] && left="$left ${p#/proc/}"
+	comm=$(cat "$p/comm" 2>/dev/null) || continue
+	if [ "$comm" = "$daemon" ] || [ "$comm" = init_two_stage ]; then
+		left="$left ${p#/proc/}"
+	fi
 done
-check "no process of kernel #0's userspace ($old_ns) is left${left:+: $left}" test -z "$left"
+check "no process of either userspace is left${left:+: $left}" test -z "$left"
 status=0
 luofs run --root "$root" -- true 2>/dev/null || status=$?
 check "luofs run refuses once init has ended (exit $status)" test "$status" -eq 1

@@ -4,15 +4,14 @@
  *
  * Every kernel's userspace starts it again; the stage comes from /proc/cmdline:
  *   stage 1 (no luo_stage=2): create a session, preserve a memfd holding a
- *     pattern, leave a daemon child behind, write this PID namespace's id to
- *     STATE, load the next kernel with kexec_file_load(cmdline + " luo_stage=2")
+ *     pattern, leave a daemon child behind (its name, from STATE's, goes to
+ *     STATE), load the next kernel with kexec_file_load(cmdline + " luo_stage=2")
  *     and reboot(LINUX_REBOOT_CMD_KEXEC), which must not return;
  *   stage 2: retrieve the session and the memfd, check every byte, FINISH,
  *     append "stage 2: ok" to STATE and exit 0 (the userspace is then over:
  *     `luofs status` shows how init ended).
  * Lines go to stdout (the instance's userspace.log). Any failure exits 1.
- * scripts/test-native-init.sh checks from outside that no process of the stage-1
- * PID namespace is left.
+ * scripts/test-native-init.sh checks from outside that the daemon is gone.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -21,6 +20,7 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -62,7 +62,7 @@ static int session_ioctl(unsigned long request)
 static int stage1(const char *cmdline)
 {
 	struct liveupdate_session_preserve_fd pf = { .size = sizeof(pf), .token = TOKEN };
-	char next[2048], ns[64];
+	char next[2048], comm[16];
 	int session, kernel;
 	uint8_t *map;
 	ssize_t n;
@@ -76,14 +76,17 @@ static int stage1(const char *cmdline)
 	for (size_t i = 0; i < SIZE; i++)
 		map[i] = pattern(i);
 	EXPECT(0, ioctl(session, LIVEUPDATE_SESSION_PRESERVE_FD, &pf), "stage 1: preserve the memfd");
-	if (fork() == 0) { /* a daemon of the old userspace: the kexec must end it */
+	/* A daemon of the old userspace, named after STATE so that the script can
+	 * find it from outside (PID namespace ids are reused): the kexec must end it. */
+	n = (ssize_t)strlen(state_path);
+	snprintf(comm, sizeof(comm), "s1d-%s", state_path + (n > 8 ? n - 8 : 0));
+	if (fork() == 0) {
 		setsid();
+		prctl(PR_SET_NAME, comm);
 		for (;;)
 			pause();
 	}
-	n = readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
-	ns[n > 0 ? n : 0] = '\0';
-	note("stage 1: %s\n", ns);
+	note("stage 1: daemon %s\n", comm);
 	snprintf(next, sizeof(next), "%s luo_stage=2", cmdline);
 	kernel = open("/proc/self/exe", O_RDONLY | O_CLOEXEC); /* stands in for the image */
 	EXPECT(0, syscall(SYS_kexec_file_load, kernel, -1, strlen(next) + 1, next,
