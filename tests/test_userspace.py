@@ -166,3 +166,20 @@ def test_without_the_launcher_there_is_no_userspace(tmp_path, monkeypatch):
     us.start(0)
     assert us.ended == "none: /nonexistent/luofs-userspace is not built (make native)"
     us.stop("shutdown")  # harmless with nothing running
+
+
+def test_without_a_userspace_luofs_run_warns_and_runs_the_program_plainly(tmp_path):
+    env = {**ENV, "LUOFS_USERSPACE": str(tmp_path / "missing")}  # the machine inherits it
+    root = tmp_path / "root"
+    root.mkdir()
+    boot = subprocess.run([sys.executable, "-m", "luofs", "boot", "--root", str(root)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert boot.returncode == 0, boot.stderr
+    try:
+        result = luofs("run", "--root", str(root), "--", "sh", "-c", "readlink /proc/self/ns/pid")
+        assert (result.returncode, result.stdout) == (0, f"{pid_ns('self')}\n")
+        assert result.stderr == (f"luofs run: warning: kernel #0 has no userspace "
+                                 f"({tmp_path / 'missing'} is not built (make native)); sh runs "
+                                 "outside it, as a plain process\n")
+    finally:
+        luofs("shutdown", "--root", str(root))
