@@ -47,18 +47,22 @@ def in_view(view: str, root: str, stage: int) -> list[str]:
     client = [sys.executable, "-c", CLIENT, str(stage)]
     if view == "unshare":  # a mount namespace of its own
         return ["unshare", "-m", *client, root, root]
+    view_dir = f"{root}.view"
+    if view == "bind-root":  # chrooted into a bind mount of / (the same paths)
+        script = f'mount --rbind / "{view_dir}" && exec chroot "{view_dir}" "$@"'
+        return ["unshare", "-m", "sh", "-c", script, "sh", *client, root, root]
     # Through a bind mount of the directory above ROOT, in a namespace of its own so
     # the host's mount table is untouched.
-    view_dir = f"{root}.view"
     script = (f'mkdir -p "{view_dir}" && mount --rbind "{os.path.dirname(root)}" "{view_dir}"'
               f' && exec "$@"')
     return ["unshare", "-m", "sh", "-c", script, "sh", *client,
             os.path.join(view_dir, os.path.basename(root)), root]
 
 
-@pytest.mark.parametrize("view", ["unshare", "bind"])
+@pytest.mark.parametrize("view", ["unshare", "bind", "bind-root"])
 def test_a_caller_in_another_view_of_the_mount_is_served(luofs_instance, view):
     root = luofs_instance.root
+    os.makedirs(f"{root}.view", exist_ok=True)
     try:
         for stage, said in ((1, "preserved 65536\n"), (2, "retrieved 65536\n")):
             result = subprocess.run(in_view(view, root, stage), capture_output=True,
