@@ -24,7 +24,6 @@ its PID 1's SIGKILL is killed itself (its death signal takes PID 1's namespace).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import select
@@ -198,6 +197,8 @@ def _rebind(pid1: int, root: str, debugfs: bool) -> None:
 def join(pid1: int) -> int:
     """Enter PID 1's mount namespace and, for our children, its PID namespace; returns
     a pidfd of PID 1 (it tells run_joined whether the userspace ended)."""
+    import ctypes  # here: the machine imports this module and never needs it
+
     cwd = os.getcwd()
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid1)

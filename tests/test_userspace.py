@@ -181,5 +181,8 @@ def test_without_a_userspace_luofs_run_warns_and_runs_the_program_plainly(tmp_pa
         assert result.stderr == (f"luofs run: warning: kernel #0 has no userspace "
                                  f"({tmp_path / 'missing'} is not built (make native)); sh runs "
                                  "outside it, as a plain process\n")
+        text = luofs("status", "--root", str(root)).stdout
+        assert (f"userspace:       none ({tmp_path / 'missing'} is not built (make native)): "
+                "luofs run runs plain processes\n") in text
     finally:
         luofs("shutdown", "--root", str(root))
