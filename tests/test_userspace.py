@@ -186,3 +186,52 @@ def test_without_a_userspace_luofs_run_warns_and_runs_the_program_plainly(tmp_pa
                 "luofs run runs plain processes\n") in text
     finally:
         luofs("shutdown", "--root", str(root))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--load", "--unload"], "--load and --unload go alone (--cmdline with --load)"),
+    (["--load", "--keep-userspace"], "--load and --unload go alone (--cmdline with --load)"),
+    (["--unload", "--cmdline", "a=1"], "--unload takes no --cmdline"),
+])
+def test_kexec_option_mistakes_are_refused_before_asking_the_machine(tmp_path, args, message):
+    result = luofs("kexec", "--root", str(tmp_path), *args)
+    assert (result.returncode, result.stderr) == (1, f"luofs kexec: {message}\n")
+
+
+def test_a_userspace_ended_by_a_stop_says_why(luofs_instance, tmp_path):
+    us = userspace.Userspace(luofs_instance.root, str(tmp_path))
+    us.start(7)
+    assert us.status()["running"] and us.status()["kernel"] == 7
+    us.stop("test")
+    assert us.status() == {"kernel": 7, "pid": None, "init": None, "running": False,
+                           "ended": "PID 1 was killed by SIGKILL (ended by the test)",
+                           "log": str(tmp_path / "userspace.log")}
+
+
+def test_without_root_there_is_no_userspace(tmp_path, monkeypatch):
+    monkeypatch.setattr(userspace.os, "geteuid", lambda: 1000)
+    us = userspace.Userspace("/nonexistent", str(tmp_path))
+    us.start(0)
+    assert (us.running(), us.ended) == (False, "none: namespaces need root")
+
+
+def test_luofs_run_says_when_it_cannot_join(monkeypatch, capsys, tmp_path):
+    from luofs import cli
+
+    monkeypatch.setattr(cli, "_machine_answers", lambda root: {"machine": {"userspace": {
+        "kernel": 3, "pid": 999999999, "running": True, "ended": None}}})  # above pid_max
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "liveupdate").touch()
+    assert cli.main(["run", "--root", str(tmp_path), "--", "true"]) == 1
+    assert capsys.readouterr().err == (
+        "luofs run: cannot join the userspace of kernel #3: No such process\n")
+
+
+def test_the_launcher_refuses_bad_arguments_and_a_userspace_it_cannot_enter():
+    launcher = userspace.launcher_path()
+    result = subprocess.run([launcher], capture_output=True, text=True)
+    assert result.returncode == 64 and result.stderr.startswith("usage: luofs-userspace /ROOT")
+    result = subprocess.run([launcher, "--rebind", "999999999", "/"], capture_output=True,
+                            text=True)
+    assert (result.returncode, result.stdout) == (
+        1, "error: enter the mount namespace of 999999999: No such process\n")

@@ -92,3 +92,26 @@ def test_fileid_errors_are_the_kernels():
     with pytest.raises(OSError) as e:
         fileid.of_fd(-1)
     assert e.value.errno == 9  # EBADF
+
+
+def test_mount_types_finds_a_mount_of_another_namespace_in_the_callers_mountinfo(tmp_path):
+    """A tmpfs only another namespace has: its type comes from that process's mountinfo,
+    and only for the file system (st_dev) the mount id had when it was looked up."""
+    from luofs.fdutil import MountTypes, fdinfo
+
+    holder = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", f'mount -t tmpfs none "{tmp_path}" && '
+         f'exec 3>"{tmp_path}/f" && echo ready && exec sleep 60'], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        shell_fd = 3  # sleep inherited it
+        mnt_id = int(fdinfo(holder.pid, shell_fd)["mnt_id"])
+        dev = fileid.of_process_fd(holder.pid, shell_fd).dev
+        mounts = MountTypes()
+        assert mounts.fstype(mnt_id) == ""  # not in our namespace
+        assert mounts.fstype(mnt_id, dev, holder.pid) == "tmpfs"
+        assert mounts.fstype(mnt_id, dev + 1, holder.pid) == ""  # a reused id: not trusted
+        assert mounts.dev(mnt_id) is None
+    finally:
+        holder.kill()
+        holder.wait()
