@@ -235,3 +235,12 @@ def test_the_launcher_refuses_bad_arguments_and_a_userspace_it_cannot_enter():
                             text=True)
     assert (result.returncode, result.stdout) == (
         1, "error: enter the mount namespace of 999999999: No such process\n")
+
+
+def test_rfc_v1_sysfs_control_at_its_real_path_from_the_userspace():
+    with booted(["--abi", "rfc-v1"]) as instance:
+        result = in_userspace(instance, "test -e /dev/liveupdate || echo no-device; "
+                              "echo 1 > /sys/kernel/liveupdate/prepare && "
+                              "cat /sys/kernel/liveupdate/state")
+        assert (result.returncode, result.stdout) == (0, "no-device\nprepared\n"), result.stderr
+        assert instance.read("sys", "kernel", "liveupdate", "state") == "prepared\n"
