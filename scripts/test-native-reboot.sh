@@ -14,6 +14,10 @@ first="liveupdate=on kho=on"
 next="$first luo_stage=2"
 
 run_c_test "reboot commands and the loads' errno paths" "$NATIVE/reboot_cmds" errnos
+out=$(timeout -k 5 "$TEST_TIMEOUT" unshare -p -f --mount-proc env LD_PRELOAD="$SHIM" \
+	"$NATIVE/reboot_cmds" no-root 2>&1) && status=0 || status=$?
+check "without LUOFS_ROOT: EPERM for every reboot and load ($(tail -n 1 <<<"$out"))" \
+	test "$status" -eq 0
 check "nothing is left loaded" test "$(status_field 's["machine"]["next_kernel"]["loaded"]')" = False
 run_c_test "kexec_file_load with '$next'" "$NATIVE/reboot_cmds" load "$next"
 check "luofs status shows the next kernel loaded with it" \

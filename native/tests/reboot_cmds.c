@@ -12,6 +12,7 @@
  *                             return (prints its summary first)
  *   reboot_cmds refused       the same where the freeze refuses: -1 with the
  *                             kernel's errno (EBUSY), and the session still works
+ *   reboot_cmds no-root       without LUOFS_ROOT nothing reaches the host either
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -146,6 +147,19 @@ static int kexec(bool refused)
 	return check_summary();
 }
 
+static int no_root(void)
+{
+	int kernel = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+
+	EXPECT(EPERM, reboot(LINUX_REBOOT_CMD_KEXEC), "no LUOFS_ROOT: reboot(KEXEC)");
+	EXPECT(EPERM, reboot(RB_AUTOBOOT), "no LUOFS_ROOT: reboot(RB_AUTOBOOT)");
+	EXPECT(EPERM, file_load(kernel, -1, "", 1, KEXEC_FILE_NO_INITRAMFS),
+	       "no LUOFS_ROOT: kexec_file_load");
+	EXPECT(EPERM, syscall(SYS_kexec_load, 0UL, 0UL, NULL, 0UL), "no LUOFS_ROOT: kexec_load");
+	close(kernel);
+	return check_summary();
+}
+
 int main(int argc, char **argv)
 {
 	static char prefix[24];
@@ -157,10 +171,12 @@ int main(int argc, char **argv)
 		walk_load_errnos();
 		return check_summary();
 	}
+	if (argc == 2 && !strcmp(argv[1], "no-root"))
+		return no_root();
 	if (argc == 3 && !strcmp(argv[1], "load"))
 		return load(argv[2]);
 	if (argc == 2 && (!strcmp(argv[1], "kexec") || !strcmp(argv[1], "refused")))
 		return kexec(!strcmp(argv[1], "refused"));
-	fprintf(stderr, "usage: reboot_cmds errnos | load CMDLINE | kexec | refused\n");
+	fprintf(stderr, "usage: reboot_cmds errnos | load CMDLINE | kexec | refused | no-root\n");
 	return 64;
 }
