@@ -41,10 +41,6 @@ NATIVE_BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "native", "build")
 
 
-class UserspaceError(RuntimeError):
-    pass
-
-
 def native_file(name: str, env_var: str) -> str:
     """A file `make native` builds: $ENV_VAR if set, else the one in this checkout."""
     return os.environ.get(env_var) or os.path.join(NATIVE_BUILD, name)
@@ -88,7 +84,7 @@ class Userspace:
             argv += ["--setenv", f"{name}={value}"]
         argv += ["--", *self.init] if self.init else []
         with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=log_file)
         word = self._line(USERSPACE_START_TIMEOUT)
         if not word.startswith("pid "):
@@ -96,7 +92,8 @@ class Userspace:
             log.error("kernel #%d has no userspace: %s", kernel, self.ended)
             return
         self.pid1 = int(word.split()[1])
-        self._pidfd = os.pidfd_open(self.pid1)
+        self._pidfd = os.pidfd_open(self.pid1)  # a zombie at worst: its parent waits for...
+        self.proc.stdin.close()  # ...this, before it reaps PID 1
         log.info("kernel #%d's userspace: PID 1 is %d (%s)", kernel, self.pid1,
                  " ".join(self.init) if self.init else "reaper")
 
@@ -167,6 +164,8 @@ class Userspace:
             proc.kill()
         proc.wait()
         proc.stdout.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -213,9 +212,10 @@ def join(pid1: int) -> int:
     return pidfd
 
 
-def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int) -> int:
-    """Fork a child (it is born in the joined PID namespace), exec argv there, relay
-    signals, and return its status as a shell reports it (128 + signal)."""
+def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int, name: str) -> int:
+    """Fork a child (it is born in the joined PID namespace), exec argv (which runs
+    program `name`) there, relay signals, and return its status as a shell reports it
+    (128 + signal)."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -237,7 +237,7 @@ def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int) -> int:
         return os.WEXITSTATUS(status)
     # PID 1 waits for us to reap its namespace's last process before it ends itself.
     if os.WTERMSIG(status) == signal.SIGKILL and select.select([pid1_fd], [], [], 2.0)[0]:
-        print(f"luofs run: {argv[0]} ended with its userspace (a live update, a shutdown, "
+        print(f"luofs run: {name} ended with its userspace (a live update, a shutdown, "
               "or its init exiting)", file=sys.stderr)
     return 128 + os.WTERMSIG(status)
 

@@ -220,8 +220,7 @@ def test_luofs_run_says_when_it_cannot_join(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(cli, "_machine_answers", lambda root: {"machine": {"userspace": {
         "kernel": 3, "pid": 999999999, "running": True, "ended": None}}})  # above pid_max
-    (tmp_path / "dev").mkdir()
-    (tmp_path / "dev" / "liveupdate").touch()
+    (tmp_path / "sys" / "kernel" / "liveupdate").mkdir(parents=True)
     assert cli.main(["run", "--root", str(tmp_path), "--", "true"]) == 1
     assert capsys.readouterr().err == (
         "luofs run: cannot join the userspace of kernel #3: No such process\n")

@@ -9,7 +9,9 @@
  * mount namespace and forks PID 1 of the new PID namespace: INIT if given (with
  * the --setenv variables: the shim and LUOFS_ROOT), else a reaper that only
  * collects orphans. It prints "pid N" (PID 1 as the machine sees it) once PID 1
- * runs, then waits and prints how PID 1 ended: "exit STATUS" or "signal SIGNO".
+ * runs and, once its stdin is closed (the machine holds a pidfd of PID 1 by
+ * then: until this process reaps it, N cannot name another process), waits and
+ * prints how PID 1 ended: "exit STATUS" or "signal SIGNO".
  * Ending PID 1 (the machine's SIGKILL at a kexec, or INIT exiting) makes the
  * kernel kill every process of the namespace; this process exits after them.
  * `luofs run` joins a userspace with setns(2) on PID 1's pidfd.
@@ -341,6 +343,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("pid %d\n", (int)pid);
+	while (read(STDIN_FILENO, word, 1) < 0 && errno == EINTR)
+		;
 	while (waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR)
 			return 1;

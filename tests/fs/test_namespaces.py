@@ -29,7 +29,7 @@ with LiveUpdate(root) as lu:
         os.write(memfd, data)
         s.preserve_fd(memfd, 7)
         assert s.get_name() == b"ns", s.get_name()
-        subprocess.run([sys.executable, "-m", "luofs.cli", "kexec", "--root", real_root],
+        subprocess.run([sys.executable, "-m", "luofs", "kexec", "--root", real_root],
                        check=True, stdout=subprocess.DEVNULL)
         print("preserved", len(data))
     else:
