@@ -243,3 +243,15 @@ def test_rfc_v1_sysfs_control_at_its_real_path_from_the_userspace():
                               "cat /sys/kernel/liveupdate/state")
         assert (result.returncode, result.stdout) == (0, "no-device\nprepared\n"), result.stderr
         assert instance.read("sys", "kernel", "liveupdate", "state") == "prepared\n"
+
+
+def test_a_command_line_the_kernel_would_refuse_is_einval_and_nothing_changes(luofs_instance):
+    long = "x" * 3000
+    for extra in ([], ["--load"]):
+        result = luofs("kexec", "--root", luofs_instance.root, *extra, "--cmdline", long)
+        assert (result.returncode, result.stderr.splitlines()[0]) == (
+            22, "luofs kexec: a command line holds at most 2047 bytes")
+    status = luofs_instance.status()
+    assert status["kernel"]["liveupdate_number"] == 0
+    assert status["machine"]["next_kernel"] == {"loaded": False, "cmdline": None}
+    assert luofs_instance.read("proc", "cmdline") == "liveupdate=on kho=on\n"
