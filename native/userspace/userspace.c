@@ -33,7 +33,8 @@
  * back (symlinks copied), as sandboxes build /dev, plus the new entry.
  *
  * Unhappy paths: any failure before PID 1 runs prints "error: WHAT: REASON" and
- * exits 1 with no process left. Should the machine die, PR_SET_PDEATHSIG ends
+ * exits 1 with no process left; an original entry that cannot be put back is
+ * left out of the userspace, with a warning on stderr (the userspace log). Should the machine die, PR_SET_PDEATHSIG ends
  * this process, and with it PID 1 and its namespace.
  */
 #define _GNU_SOURCE
@@ -139,7 +140,6 @@ static bool add_entry(const char *dir, const char *name, const char *src)
 	struct dirent *e;
 	DIR *listing;
 	int dirfd;
-	bool ok = true;
 
 	snprintf(dst, sizeof(dst), "%s/%s", dir, name);
 	if (exists(dst))
@@ -157,14 +157,17 @@ static bool add_entry(const char *dir, const char *name, const char *src)
 		close(dirfd);
 		return failed("list %s", dir);
 	}
-	while (ok && (e = readdir(listing)) != NULL) {
-		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-			ok = restore_entry(dirfd, dir, e->d_name);
+	/* One entry that cannot be put back is missing from this userspace, no more. */
+	while ((e = readdir(listing)) != NULL) {
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+		    !restore_entry(dirfd, dir, e->d_name))
+			fprintf(stderr, "luofs-userspace: warning: %s\n", error);
 	}
 	closedir(listing);
 	close(dirfd);
-	stat(src, &st);
-	return ok && make_target(dst, S_ISDIR(st.st_mode)) && bind(src, dst);
+	if (stat(src, &st) != 0)
+		return failed("stat %s", src);
+	return make_target(dst, S_ISDIR(st.st_mode)) && bind(src, dst);
 }
 
 /* Everything but /proc, which only PID 1 can mount for its namespace. */
