@@ -36,6 +36,7 @@ log = logging.getLogger("luofs.userspace")
 USERSPACE_START_TIMEOUT = 10.0
 USERSPACE_STOP_TIMEOUT = 10.0
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 NATIVE_BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "native", "build")
@@ -194,14 +195,14 @@ def _rebind(pid1: int, root: str, debugfs: bool) -> None:
 # ---- `luofs run`: join the current userspace ----------------------------------------
 
 def join(pid1: int) -> int:
-    """Enter PID 1's mount namespace and, for our children, its PID namespace; returns
-    a pidfd of PID 1 (it tells run_joined whether the userspace ended)."""
+    """Enter PID 1's user and mount namespaces and, for our children, its PID namespace;
+    returns a pidfd of PID 1 (it tells run_joined whether the userspace ended)."""
     import ctypes  # here: the machine imports this module and never needs it
 
     cwd = os.getcwd()
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid1)
-    if libc.setns(pidfd, CLONE_NEWNS | CLONE_NEWPID) != 0:
+    if libc.setns(pidfd, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID) != 0:
         e = ctypes.get_errno()
         os.close(pidfd)
         raise OSError(e, os.strerror(e))

@@ -63,6 +63,19 @@ def current(instance) -> dict:
     return instance.status()["machine"]["userspace"]
 
 
+def test_the_userspace_is_root_only_for_files(luofs_instance):
+    """A user namespace that maps every id to itself: root for files, but what needs the
+    host's root (remounting its file systems: an init's shutdown path) is refused. Only
+    the namespace is checked here: a probe that worked would change the host."""
+    result = in_userspace(luofs_instance, "readlink /proc/self/ns/user; cat /proc/self/uid_map "
+                          "/proc/self/gid_map; id -u; cat /etc/shadow >/dev/null && echo files")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] != os.readlink("/proc/self/ns/user")
+    assert [line.split() for line in lines[1:3]] == [["0", "0", "4294967295"]] * 2
+    assert lines[3:] == ["0", "files"]
+
+
 def test_luofs_run_starts_programs_in_the_kernels_userspace(luofs_instance):
     result = in_userspace(luofs_instance, "echo $$; readlink /proc/self/ns/pid; cat /proc/cmdline;"
                           " test -c /dev/liveupdate && echo device; cat /sys/kernel/liveupdate/state;"

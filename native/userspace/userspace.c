@@ -1,7 +1,9 @@
 /*
  * luofs-userspace: one emulated kernel's userspace (DESIGN.md, "The machine has a
  * userspace"): a PID namespace, and a mount namespace in which the kernel's files
- * appear at their real paths while the host's files stay as they are.
+ * appear at their real paths while the host's files stay as they are, both owned
+ * by a user namespace that maps every id to itself (root there is root for files,
+ * but cannot remount the host's file systems or reboot it).
  *
  *   luofs-userspace ROOT [--debugfs] [--setenv NAME=VALUE]... [-- INIT [ARG]...]
  *
@@ -236,6 +238,70 @@ static int rebind(pid_t pid1, const char *root)
 	return 0;
 }
 
+/* 0 0 4294967295 into /proc/PID/{uid,gid}_map: every id maps to itself. */
+static bool write_map(pid_t pid, const char *which)
+{
+	static const char map[] = "0 0 4294967295";
+	char path[64];
+	int fd;
+	bool ok;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, which);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ok = fd >= 0 && write(fd, map, sizeof(map) - 1) == (ssize_t)(sizeof(map) - 1);
+	if (!ok)
+		failed("write %s", path);
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* Moves on in a user namespace that maps every uid and gid to itself: files behave
+ * as for root, but what only the host's root may do (remount or unmount the host's
+ * file systems, reboot, load modules) is refused, so an init's shutdown path never
+ * reaches the host (DESIGN.md, "Pitfalls"). Only a process outside the namespace
+ * may write such a map: this process forks, the child goes on, and the parent
+ * writes the maps, waits for the child and exits with its status. */
+static void enter_user_namespace(void)
+{
+	int to_child[2], to_parent[2], status;
+	char c = 0;
+	pid_t child;
+
+	if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(to_parent, O_CLOEXEC) != 0 ||
+	    (child = fork()) < 0) {
+		printf("error: fork: %s\n", strerror(errno));
+		exit(1);
+	}
+	if (child == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (unshare(CLONE_NEWUSER) != 0) {
+			printf("error: unshare(CLONE_NEWUSER): %s\n", strerror(errno));
+			_exit(1);
+		}
+		if (write(to_parent[1], "u", 1) != 1 || read(to_child[0], &c, 1) != 1)
+			_exit(1); /* the parent said why */
+		close(to_child[0]);
+		close(to_child[1]);
+		close(to_parent[0]);
+		close(to_parent[1]);
+		return;
+	}
+	close(to_parent[1]);
+	if (read(to_parent[0], &c, 1) == 1) {
+		if (write_map(child, "uid_map") && write_map(child, "gid_map")) {
+			if (write(to_child[1], "m", 1) != 1)
+				failed("resume the namespace child");
+		} else {
+			printf("error: %s\n", error);
+		}
+	}
+	close(to_child[1]);
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+}
+
 static void reap_forever(void)
 {
 	sigset_t set;
@@ -319,6 +385,7 @@ int main(int argc, char **argv)
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	enter_user_namespace();
 	if (unshare(CLONE_NEWNS | CLONE_NEWPID) != 0) {
 		printf("error: unshare(CLONE_NEWNS | CLONE_NEWPID): %s\n", strerror(errno));
 		return 1;
