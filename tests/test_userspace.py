@@ -165,6 +165,20 @@ def test_boot_refuses_an_init_that_cannot_run_or_arguments_without_one(tmp_path)
         1, "luofs boot: arguments 'x y' given without --init PROG\n")
 
 
+def test_boot_refuses_an_init_it_could_not_start(tmp_path, monkeypatch, capsys):
+    env = {**ENV, "LUOFS_USERSPACE": str(tmp_path / "missing")}
+    result = subprocess.run([sys.executable, "-m", "luofs", "boot", "--root", str(tmp_path),
+                             "--init", "/bin/true"], capture_output=True, text=True, env=env)
+    assert (result.returncode, result.stderr) == (
+        1, f"luofs boot: --init needs {tmp_path / 'missing'}: run `make native`\n")
+    from luofs import cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["boot", "--root", str(tmp_path), "--init", "/bin/true"]) == 1
+    assert capsys.readouterr().err == (
+        "luofs boot: --init needs root: a userspace is a set of namespaces\n")
+
+
 def test_a_launcher_that_fails_leaves_no_userspace_and_says_why(tmp_path):
     us = userspace.Userspace("/nonexistent", str(tmp_path))
     us.start(0)
