@@ -2,9 +2,11 @@
 
 After a kernel serves ROOT the machine starts native/build/luofs-userspace, which
 makes a PID namespace and a mount namespace where the kernel's files appear at their
-real paths (/dev/liveupdate, /proc/cmdline, /sys/kernel/liveupdate, the KHO debugfs)
-and runs PID 1: the `--init` program, or a reaper. `luofs run` joins that userspace
-(setns on PID 1's pidfd) and runs a program there with the shim. A kexec ends the
+real paths (/dev/liveupdate, /proc/cmdline, /sys/kernel/liveupdate, the KHO debugfs),
+both owned by a user namespace that maps every id to itself (root for files, but not
+for the host's file systems or its reboot), and runs PID 1: the `--init` program, or
+a reaper. `luofs run` joins that userspace (setns on PID 1's pidfd) and runs a
+program there with the shim. A kexec ends the
 old userspace right after the freeze, as a reboot does: the machine kills PID 1 and
 the kernel kills every process of the namespace; once the next kernel serves, the
 old userspace is waited for (no process of it is left) and the next one starts, with
@@ -17,7 +19,8 @@ keeps serving so its state can be inspected, `luofs status` shows how init ended
 and `luofs run` refuses with that reason until the next kexec starts a new one.
 
 Unhappy paths: without root, or without the launcher built, there is no userspace
-(status says why, `luofs run` refuses); a launcher that fails reports "error: ..."
+(status says why; `luofs run` warns and runs its program as a plain process, `luofs
+boot --init` refuses); a launcher that fails reports "error: ..."
 and nothing of it is left; one that does not end within USERSPACE_STOP_TIMEOUT of
 its PID 1's SIGKILL is killed itself (its death signal takes PID 1's namespace).
 """
