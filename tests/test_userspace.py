@@ -245,8 +245,11 @@ def test_without_root_there_is_no_userspace(tmp_path, monkeypatch):
 def test_luofs_run_says_when_it_cannot_join(monkeypatch, capsys, tmp_path):
     from luofs import cli
 
-    monkeypatch.setattr(cli, "_machine_answers", lambda root: {"machine": {"userspace": {
-        "kernel": 3, "pid": 999999999, "running": True, "ended": None}}})  # above pid_max
+    from luofs.protocol import MachineStatus
+
+    monkeypatch.setattr(cli, "_machine_answers", lambda root: MachineStatus(machine={
+        "userspace": {"kernel": 3, "pid": 999999999, "running": True, "ended": None}}))
+    # (a pid above pid_max: nobody has it)
     (tmp_path / "sys" / "kernel" / "liveupdate").mkdir(parents=True)
     assert cli.main(["run", "--root", str(tmp_path), "--", "true"]) == 1
     assert capsys.readouterr().err == (
