@@ -65,6 +65,10 @@ cleanup_luofs() {
 
 boot_luofs() {
 	root=$(mktemp -d "${TMPDIR:-/tmp}/luofs-native.XXXXXX")
+	# Here, not in under_shim: that often runs in a $(…) subshell, whose variables die.
+	if [ "${LUOFS_TEST_VIEW:-}" = bind ] && [ -z "$view_dir" ]; then
+		view_dir=$(mktemp -d "${TMPDIR:-/tmp}/luofs-view.XXXXXX")
+	fi
 	trap cleanup_luofs EXIT
 	trap 'exit 130' INT TERM
 	luofs boot --root "$root" "$@" >/dev/null
@@ -90,9 +94,7 @@ under_shim() {
 	case "${LUOFS_TEST_VIEW:-}" in
 	"") ;;
 	unshare) view=(unshare -m) ;;
-	bind)
-		[ -n "$view_dir" ] || view_dir=$(mktemp -d "${TMPDIR:-/tmp}/luofs-view.XXXXXX")
-		view=(unshare -m sh -c 'mount --rbind / "$0" && exec chroot "$0" "$@"' "$view_dir") ;;
+	bind) view=(unshare -m sh -c 'mount --rbind / "$0" && exec chroot "$0" "$@"' "$view_dir") ;;
 	*)
 		echo "FAIL LUOFS_TEST_VIEW=$LUOFS_TEST_VIEW: expected unshare or bind" >&2
 		return 2 ;;
