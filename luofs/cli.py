@@ -163,7 +163,10 @@ def _machine_config(root: str, args):
         raise CliError(str(e)) from None
     kernel = KernelConfig(abi=args.abi, cmdline=args.cmdline, debugfs=args.debugfs,
                           faults=tuple(armed.items()), log_level=args.log_level or "")
-    return MachineConfig(root=root, memory=args.memory, devices=args.devices, kernel=kernel)
+    from . import cli_userspace
+
+    return MachineConfig(root=root, memory=args.memory, devices=args.devices, kernel=kernel,
+                         **cli_userspace.init_config(root, args))  # --init
 
 
 def _start_machine(config, state: str) -> int:
@@ -209,10 +212,14 @@ def _ok(reply, what: str):
 
 
 def cmd_kexec(args) -> int:
-    from .protocol import Error, KexecDone, KexecRequest
+    from . import cli_userspace
+    from .protocol import Error, KexecDone, KexecLoad
 
     root = _root(args)
-    reply = _ask(root, KexecRequest(), timeout=600)
+    request = cli_userspace.kexec_request(args)  # --cmdline, --load, --keep-userspace
+    reply = _ask(root, request, timeout=600)
+    if isinstance(request, KexecLoad):
+        return cli_userspace.kexec_load_status(reply)
     if isinstance(reply, Error):
         print(f"luofs kexec: {reply.error}", file=sys.stderr)
         if reply.errno:  # the freeze refused: the old kernel keeps running, nothing changed
@@ -273,18 +280,17 @@ def cmd_run(args) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise CliError("nothing to run: luofs run --root DIR -- PROG ARGS…")
-    if not os.path.exists(os.path.join(root, "dev", "liveupdate")):
+    if not os.path.isdir(os.path.join(root, "sys", "kernel", "liveupdate")):  # every ABI's
         raise CliError(f"no luofs kernel serves {root} (luofs boot --root {root})")
     luofs_bin = os.path.abspath(sys.argv[0]) if os.path.basename(
         sys.argv[0]) == "luofs" else shutil.which("luofs") or "luofs"
     try:
-        argv, env = supervise.command(root, argv, dict(os.environ), luofs_bin)
+        command, env = supervise.command(root, argv, dict(os.environ), luofs_bin)
     except supervise.NotBuilt as e:
         raise CliError(str(e)) from None
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        raise CliError(f"{argv[0]}: {e.strerror}") from None
+    from . import cli_userspace
+
+    return cli_userspace.run(root, command, env, _machine_answers(root), argv[0])
 
 
 def cmd_status(args) -> int:
@@ -310,6 +316,10 @@ def cmd_status(args) -> int:
     print(f"root:            {m['root']}")
     print(f"machine:         pid {m['pid']}, up {m['uptime_s']} s, logs in {m['state_dir']}")
     print(f"live updates:    {m['kexecs']}, last blackout {m['last_blackout_ms']} ms")
+    from . import cli_userspace
+
+    for line in cli_userspace.status_lines(m):
+        print(line)
     if k is None:
         print(f"kernel:          none — {m.get('kernel_problem') or m['panic']}")
         return 0
@@ -452,13 +462,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
     if command in (None, "boot"):  # its options need the fault list, and little else does
         _add_boot_options(boot)
-    add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel process; "
-        "returns when it serves. On a freeze failure the running kernel keeps serving and "
-        "the exit status is the errno")
-    run = add("run", cmd_run, "run an unmodified program (dynamic or static) under the seccomp "
+    from . import cli_userspace
+
+    cli_userspace.add_boot_options(boot)
+    kexec = add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel "
+                "process; returns when it serves. On a freeze failure the running kernel keeps "
+                "serving and the exit status is the errno. The old kernel's userspace ends "
+                "after the freeze; the next kernel's starts (with --init) once it serves")
+    cli_userspace.add_kexec_options(kexec)
+    run = add("run", cmd_run, "run an unmodified program (dynamic or static) in the current "
+              "kernel's userspace (its PID and mount namespaces, where /dev/liveupdate, "
+              "/proc/cmdline and /sys/kernel/liveupdate are the emulator's) under the seccomp "
               "supervisor, with the LD_PRELOAD shim if it is dynamic, so its ioctl(), "
               "readlink/fstatfs of session fds and reboot(LINUX_REBOOT_CMD_KEXEC) reach this "
-              "emulator (and, through the shim, its open(\"/dev/liveupdate\"))")
+              "emulator; exits with its status")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROG ARGS…")
     khop = sub.add_parser("kho", help="inspect KHO hand-over blobs",
                           description="inspect KHO hand-over blobs")

@@ -58,22 +58,59 @@ def fdinfo(pid: int | str, fd: int) -> dict[str, str]:
 
 
 class MountTypes:
-    """mnt_id → file-system type, from /proc/self/mountinfo, cached."""
+    """What file system a mount holds (type and st_dev), by mount id, cached.
+
+    A mount id names one copy of a mount: a caller in another mount namespace holds
+    files through ids that are not in our /proc/self/mountinfo, so a miss there is
+    looked up in the caller's own mountinfo. Ids not found anywhere (memfds, sockets,
+    pipes: kernel-internal mounts) type as "". Mount ids are reused once a mount is
+    gone, so an entry is trusted only for the st_dev it was found with.
+    """
 
     def __init__(self):
-        self._types: dict[int, str] = {}
+        self._mounts: dict[int, tuple[str, int]] = {}  # our namespace: id → (type, st_dev)
+        self._seen: dict[tuple[int, int], str] = {}  # (id, st_dev) → type, any namespace
 
-    def fstype(self, mnt_id: int) -> str:
-        if mnt_id not in self._types:
-            self._refresh()
-        return self._types.get(mnt_id, "")
+    def fstype(self, mnt_id: int, dev: int | None = None, tid: int | None = None) -> str:
+        """The type of mount `mnt_id`; with `dev`, only if that mount is on that file
+        system; with `tid`, also looked up in that process's mount namespace."""
+        key = (mnt_id, dev)
+        if dev is not None and key in self._seen:
+            return self._seen[key]
+        found = self._ours(mnt_id)
+        if (found is None or (dev is not None and found[1] != dev)) and tid is not None:
+            found = _mountinfo(f"/proc/{tid}/mountinfo").get(mnt_id)
+        fstype = found[0] if found is not None and (dev is None or found[1] == dev) else ""
+        if dev is not None:
+            if len(self._seen) > 4096:  # namespaces come and go: never grow without bound
+                self._seen.clear()
+            self._seen[key] = fstype
+        return fstype
 
-    def _refresh(self) -> None:
-        with open("/proc/self/mountinfo") as f:
+    def dev(self, mnt_id: int) -> int | None:
+        """st_dev of the file system of a mount in our namespace (our own mount, say)."""
+        found = self._ours(mnt_id)
+        return found[1] if found is not None else None
+
+    def _ours(self, mnt_id: int) -> tuple[str, int] | None:
+        if mnt_id not in self._mounts:
+            self._mounts.update(_mountinfo("/proc/self/mountinfo"))
+        return self._mounts.get(mnt_id)
+
+
+def _mountinfo(path: str) -> dict[int, tuple[str, int]]:
+    """mount id → (type, st_dev) of every mount listed in a mountinfo file; {} if unreadable."""
+    mounts = {}
+    try:
+        with open(path) as f:
             for line in f:
                 fields = line.split()
+                major, _, minor = fields[2].partition(":")
                 sep = fields.index("-")
-                self._types[int(fields[0])] = fields[sep + 1]
+                mounts[int(fields[0])] = (fields[sep + 1], os.makedev(int(major), int(minor)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return mounts
 
 
 _closer_queue: queue.SimpleQueue[int] = queue.SimpleQueue()

@@ -29,13 +29,14 @@ from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
 
-from . import limits, protocol
+from . import limits, protocol, userspace
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
+from .kexec_image import LoadedImage
 from .mounts import detach_mount
-from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecRequest, KhoDumpReply,
-                       KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
+from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, KexecRequest,
+                       KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
 from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
                               Started, Unmounted)
 
@@ -72,8 +73,12 @@ class Machine:
         topology = parse_spec(config.devices)
         # Devices live here, so DMA and interrupts go on while no kernel runs.
         self.devices = DeviceHost(RamView(os.dup(self.ram)), topology) if topology.devices else None
+        self.image = LoadedImage()  # what kexec_file_load (`luofs kexec --load`) loaded
+        self.userspace = userspace.Userspace(self.root, state, config.init, dict(config.init_env))
         self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.kho_dump,
-                         KexecRequest: self.kexec, ColdBoot: self.restart, Shutdown: self.stop}
+                         KexecRequest: lambda r: userspace.kexec(self, r),
+                         KexecLoad: lambda r: userspace.kexec_load(self, r),
+                         ColdBoot: self.restart, Shutdown: self.stop}
 
     @property
     def kernel_log(self) -> str:
@@ -134,6 +139,7 @@ class Machine:
 
     def cold_boot(self) -> None:
         """Kernel #0 on fresh memory: nothing is carried."""
+        self.userspace.stop("cold boot")
         if self.devices is not None:
             self.devices.reset_all()  # before RAM is cleared under their DMA
         os.ftruncate(self.ram, 0)  # forget every page of a previous life
@@ -141,6 +147,7 @@ class Machine:
         self.kernel = self._load(0)
         self._start(self.kernel)
         self.panic = None
+        self.userspace.start(0, self.kernel_config.debugfs)
         self._prepare_standby()
 
     def kexec(self, _request=None):
@@ -159,6 +166,7 @@ class Machine:
         if not isinstance(handover, HandOver):
             return handover  # the refusal (the old kernel serves on) or the loss
         t_reply = time.perf_counter()
+        self.userspace.end()  # the old kernel's userspace ends with it, as at a reboot
         nxt.number = handover.next_number
         try:
             sent = self._hand_over(old, nxt, handover, fds)
@@ -308,6 +316,7 @@ class Machine:
         self.panic = (f"kernel #{self.kernel.number} died (status {code}); "
                       f"see {self.kernel_log}")
         log.error("%s", self.panic)
+        self.userspace.stop("kernel panic")
         self.kernel.sock.close()
         self.kernel = None
         detach_mount(self.root)
@@ -335,7 +344,8 @@ class Machine:
             "kernel_log": self.kernel_log, "memory": self.memory,
             "devices": self.devices.status() if self.devices else [],
             "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
-            "panic": self.panic, "kernel_problem": problem})
+            "panic": self.panic, "kernel_problem": problem,
+            "userspace": self.userspace.status(), "next_kernel": self.image.status()})
 
     def kho_dump(self, request: KhoDumpRequest):
         if self.kernel is None:
@@ -358,6 +368,7 @@ class Machine:
 
     def stop(self, _request=None) -> Ok:
         self.running = False
+        self.userspace.stop("shutdown")
         self._drop_standby()
         if self.kernel is not None:
             self.kernel.stop()
@@ -390,6 +401,7 @@ class Machine:
 
     def shutdown(self) -> None:
         self.control.close()  # from now on `luofs` sees no machine here
+        self.userspace.stop("shutdown")
         self._drop_standby()
         if self.kernel is not None:
             self.kernel.stop()

@@ -30,7 +30,7 @@ from .wire import ProtocolError
 __all__ = ["ProtocolError", "encode", "decode", "send", "recv", "close_fds", "Message",
            "FILES", "KEEPERS", "RAM", "MAX_MESSAGE", "MAX_REQUEST", "Ok", "Error", "HandOver",
            "ParkedRun", "StatusRequest", "MachineStatus", "KhoDumpRequest", "KhoDumpReply",
-           "KexecRequest", "KexecDone", "ColdBoot", "Shutdown"]
+           "KexecRequest", "KexecLoad", "KexecDone", "ColdBoot", "Shutdown"]
 
 # Names of the fd groups that travel with a HandOver.
 FILES = "files"  # preserved files held directly, in LUO image order (parked ones left out)
@@ -327,7 +327,19 @@ class KhoDumpReply(Message, tag="kho-dump-reply"):
 
 
 class KexecRequest(Message, tag="kexec"):
-    pass
+    """`cmdline`: the next kernel's (else the loaded image's, else the running one's);
+    `keep_userspace`: the userspace survives (a deviation, for a harness inside it)."""
+
+    cmdline: str | None = None
+    keep_userspace: bool = False
+
+
+class KexecLoad(Message, tag="kexec-load"):
+    """kexec_file_load (`luofs kexec --load`): the next kernel's command line (None: the
+    running one's); `unload`: forget what was loaded. Answered by Ok or Error."""
+
+    cmdline: str | None = None
+    unload: bool = False
 
 
 class KexecDone(Message, tag="kexec-done"):

@@ -34,6 +34,8 @@ class MachineConfig(Message, tag="machine-config"):
     memory: int
     devices: str
     kernel: KernelConfig
+    init: tuple[str, ...] = ()  # `boot --init PROG ARGS`: PID 1 of every kernel's userspace
+    init_env: tuple[tuple[str, str], ...] = ()  # what init needs on top of the machine's
 
 
 class Started(Message, tag="started"):

@@ -21,7 +21,8 @@ from .protocol import Error, Shutdown, StatusRequest
 
 EXIT_WAIT = 15.0  # for the machine to exit once it accepted Shutdown
 GRACE = 5.0  # between SIGTERM and SIGKILL
-STATE_FILES = {"control", "machine.lock", "machine.log", "kernel.log"}
+STATE_FILES = {"control", "machine.lock", "machine.log", "kernel.log",
+               "userspace.log"}  # luofs/userspace.py: what init and PID 1 print
 
 
 class TeardownError(Exception):

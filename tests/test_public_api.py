@@ -35,3 +35,17 @@ def test_testing_names():
     assert sorted(luofs.testing.__all__) == ["Instance", "booted", "luofs_instance"]
     for name in ("boot", "kexec", "shutdown", "status", "client", "path", "read"):
         assert callable(getattr(luofs.testing.Instance, name))
+
+
+def test_cli_userspace_options():
+    """Issue 13: boot --init PROG [-- ARGS]; kexec --cmdline/--load/--unload/--keep-userspace."""
+    from luofs.cli import build_parser
+
+    parser = build_parser()
+    boot = parser.parse_args(["boot", "--init", "/sbin/init", "--", "-x", "y"])
+    assert (boot.init, boot.init_args) == ("/sbin/init", ["-x", "y"])
+    kexec = parser.parse_args(["kexec", "--cmdline", "a=1", "--keep-userspace"])
+    assert (kexec.cmdline, kexec.load, kexec.unload, kexec.keep_userspace) == (
+        "a=1", False, False, True)
+    assert parser.parse_args(["kexec", "--load"]).load
+    assert parser.parse_args(["kexec", "--unload"]).unload

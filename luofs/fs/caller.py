@@ -4,6 +4,12 @@ pyfuse3 gives the calling *thread's* id on getxattr and create. A pidfd for that
 thread (PIDFD_THREAD) names it without a pid-reuse race from here on: the thread
 is blocked in our request, and pidfd_getfd(2) takes the caller's open file
 description itself, with its file position.
+
+Files are told apart by the file system they are on (st_dev) and their inode, read
+with statx(AT_STATX_DONT_SYNC) — never by mount id: a caller in another mount
+namespace (unshare -m, a container, a service with private mounts) or one that
+opened the device through a bind mount holds our files through another copy of the
+mount, with another id (DESIGN.md, "Pitfalls").
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 
+from .. import fileid
 from ..core.errors import LuoError
 from ..fdutil import MountTypes, OwnedFile, close_off_loop, fdinfo, pidfd_getfd, pidfd_open_thread
 from ..uapi import errnos
@@ -42,9 +49,10 @@ class FuseCaller:
         """
         try:
             info = fdinfo(self.tid, fd) if fd >= 0 else None
+            target = fileid.of_process_fd(self.tid, fd) if info is not None else None
         except OSError:
-            info = None
-        if info is None:
+            info = target = None
+        if info is None or target is None:
             raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}")
         try:
             flags, mnt_id = int(info["flags"], 8), int(info["mnt_id"])
@@ -52,7 +60,7 @@ class FuseCaller:
             raise LuoError(errnos.EBADF, f"cannot read fdinfo of fd {fd}") from None
         if flags & _O_PATH:
             raise LuoError(errnos.EBADF, f"fd {fd} is an O_PATH descriptor")
-        if mnt_id == self._own_mnt_id or self._mounts.fstype(mnt_id).startswith("fuse"):
+        if self._fstype(mnt_id, target.dev).startswith("fuse"):
             raise LuoError(errnos.ENOENT, f"fd {fd} is a FUSE file: no handler accepts it")
         file = self._take(fd)
         if file.is_fuse:  # the caller swapped the fd in between: refuse it the same way
@@ -81,11 +89,18 @@ class FuseCaller:
             raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}") from None
         try:
             mnt_id = int(fdinfo("self", newfd).get("mnt_id", "-1"))
-            fstype = self._mounts.fstype(mnt_id) if mnt_id > 0 else ""
+            fstype = self._fstype(mnt_id, fileid.of_fd(newfd).dev)
         except (OSError, ValueError):
             close_off_loop(newfd)  # unknown kind of file: never risk a blocking close here
             raise LuoError(errnos.EBADF, f"cannot classify fd {fd}") from None
         return OwnedFile(newfd, fstype)
+
+    def _fstype(self, mnt_id: int, dev: int) -> str:
+        """Our own file system by st_dev, whatever copy of the mount; others by mount id,
+        in our mount namespace or else the caller's."""
+        if dev == self._mounts.dev(self._own_mnt_id):
+            return self._mounts.fstype(self._own_mnt_id) or "fuse"
+        return self._mounts.fstype(mnt_id, dev, self.tid) if mnt_id > 0 else ""
 
     def close(self) -> None:
         if self._pidfd is not None:  # opened only if a file was taken
@@ -93,16 +108,19 @@ class FuseCaller:
             self._pidfd = None
 
 
-def inode_behind(tid: int, fd: int, mnt_id: int) -> int | None:
-    """The inode number of our mount that the caller's `fd` refers to, if any.
+def inode_behind(tid: int, fd: int, mnt_id: int, mounts: MountTypes) -> int | None:
+    """The inode number of our file system that the caller's `fd` refers to, if any.
 
-    Read from procfs, so the caller's word (the fd number) is checked against what
-    the kernel says the calling process really holds.
+    `mnt_id` is our own mount (in our namespace): its st_dev names our file system,
+    which the caller may reach through any copy of the mount. Read from procfs, so the
+    caller's word (the fd number) is checked against what the kernel says the calling
+    process really holds.
     """
+    own_dev = mounts.dev(mnt_id)
+    if own_dev is None or fd < 0:
+        return None
     try:
-        info = fdinfo(tid, fd)
-        if int(info["mnt_id"]) == mnt_id:
-            return int(info["ino"])
-    except (OSError, KeyError, ValueError):
-        pass
-    return None
+        target = fileid.of_process_fd(tid, fd)
+    except OSError:
+        return None
+    return target.ino if target.dev == own_dev else None

@@ -117,7 +117,7 @@ class IoctlTransport:
 
     def _node_held(self, tid: int, fd: int) -> Node:
         """Our node behind the caller's fd; EBADF unless the caller really holds one."""
-        ino = inode_behind(tid, fd, self.mnt_id)
+        ino = inode_behind(tid, fd, self.mnt_id, self.mounts)
         node = self.table.get(ino) if ino is not None else None
         if node is None:
             log.debug("tid %d: fd %d is not a file of this mount", tid, fd)

@@ -72,6 +72,18 @@ bool luofs_proc_fd_dir(const char *link, pid_t pid)
 	return strncmp(link, own, n) == 0 && len >= 3 && strcmp(link + len - 3, "/fd") == 0;
 }
 
+/* A session file's link seen from outside the mount namespace (or chroot) it
+ * was opened in: the kernel shows the path from that namespace's root, so only
+ * its end is known — the request directory and one name. */
+static bool foreign_session_link(const char *link)
+{
+	const char *p = link, *last = NULL;
+
+	while ((p = strstr(p, SESSION_FILE_PREFIX)) != NULL)
+		last = p++;
+	return last && !strchr(last + strlen(SESSION_FILE_PREFIX), '/');
+}
+
 /* An emulated fd's place in the real tree: "/dev/liveupdate", "/sys/...", or
  * "" for a session fd. NULL for any other fd. `link` receives the real link. */
 static const char *tree_path(int fd, struct luofs_fd *file, char *link, size_t size)
@@ -89,8 +101,12 @@ static const char *tree_path(int fd, struct luofs_fd *file, char *link, size_t s
 		return NULL;
 	link[n] = '\0';
 	root_len = strlen(root_real);
-	if (strncmp(link, root_real, root_len) != 0)
-		return NULL;
+	if (strncmp(link, root_real, root_len) != 0) {
+		/* Ours by st_dev, opened through another namespace's copy of the mount. */
+		if (file->kind == LUOFS_FD_DEVICE)
+			return LUOFS_DEVICE_PATH;
+		return foreign_session_link(link) ? "" : NULL;
+	}
 	if (strncmp(link + root_len, SESSION_FILE_PREFIX, strlen(SESSION_FILE_PREFIX)) == 0)
 		return "";
 	return link[root_len] == '/' ? link + root_len : NULL;

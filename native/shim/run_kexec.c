@@ -45,12 +45,22 @@ static int status_to_errno(int status)
 
 int luofs_run_kexec(const char *root, int out_fd)
 {
+	return luofs_run_kexec_args(root, NULL, out_fd);
+}
+
+int luofs_run_kexec_args(const char *root, const char *const extra[], int out_fd)
+{
 	const char *bin = getenv("LUOFS_BIN");
-	char *argv[] = { "luofs", "kexec", "--root", (char *)root, NULL };
+	char *argv[8] = { "luofs", "kexec", "--root", (char *)root };
 	posix_spawn_file_actions_t actions;
 	pid_t pid;
 	int status, err;
 
+	for (size_t i = 0; extra && extra[i]; i++) {
+		if (4 + i >= sizeof(argv) / sizeof(argv[0]) - 1)
+			return E2BIG;
+		argv[4 + i] = (char *)extra[i];
+	}
 	if (!bin || !*bin)
 		bin = "luofs";
 	/* luofs reports on stdout; a reboot() must not write into the caller's

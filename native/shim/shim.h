@@ -233,5 +233,8 @@ long luofs_emulated_fs_type(int fd);
 /* Runs `luofs kexec --root root` with its output on out_fd (the caller's stderr)
  * and waits: 0, or the errno reboot() reports. */
 int luofs_run_kexec(const char *root, int out_fd);
+/* The same with more arguments (NULL-terminated), e.g. `--load --cmdline C` for
+ * kexec_file_load (kexec.c). */
+int luofs_run_kexec_args(const char *root, const char *const extra[], int out_fd);
 
 #endif /* LUOFS_SHIM_H */

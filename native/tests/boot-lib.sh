@@ -57,11 +57,18 @@ cleanup_luofs() {
 		fi
 		rmdir "$root" 2>/dev/null || true
 	fi
+	if [ -n "$view_dir" ]; then # its mounts lived and died with each program's namespace
+		rmdir "$view_dir" 2>/dev/null || true
+	fi
 	exit "$status"
 }
 
 boot_luofs() {
 	root=$(mktemp -d "${TMPDIR:-/tmp}/luofs-native.XXXXXX")
+	# Here, not in under_shim: that often runs in a $(…) subshell, whose variables die.
+	if [ "${LUOFS_TEST_VIEW:-}" = bind ] && [ -z "$view_dir" ]; then
+		view_dir=$(mktemp -d "${TMPDIR:-/tmp}/luofs-view.XXXXXX")
+	fi
 	trap cleanup_luofs EXIT
 	trap 'exit 130' INT TERM
 	luofs boot --root "$root" "$@" >/dev/null
@@ -70,9 +77,36 @@ boot_luofs() {
 # A hung daemon must fail the test, not hang `make test`: every program run
 # under the shim gets a deadline (SIGKILL too, since a task waiting on a FUSE
 # request ignores other signals).
+#
+# LUOFS_TEST_VIEW runs each such program where the mount has another mount id
+# but is the same file system (scripts/run-tests.sh runs some scripts so):
+#   unshare  in a mount namespace of its own (a container, PrivateTmp=, ...);
+#   bind     also chrooted into a bind mount of / (a bind-mounted root).
+# Each program gets a fresh namespace: a private copy of the mounts does not
+# follow the next kernel's mount after a kexec, a new one does.
+# shim_prefix: a command under_shim runs the program with, inside any view (for
+# example unshare -p -f --mount-proc, a PID namespace of its own).
 TEST_TIMEOUT=${LUOFS_TEST_TIMEOUT:-120}
+view_dir=""
+shim_prefix=()
 under_shim() {
-	timeout -k 5 "$TEST_TIMEOUT" env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+	local view=()
+	case "${LUOFS_TEST_VIEW:-}" in
+	"") ;;
+	unshare) view=(unshare -m) ;;
+	bind) view=(unshare -m sh -c 'mount --rbind / "$0" && exec chroot "$0" "$@"' "$view_dir") ;;
+	*)
+		echo "FAIL LUOFS_TEST_VIEW=$LUOFS_TEST_VIEW: expected unshare or bind" >&2
+		return 2 ;;
+	esac
+	timeout -k 5 "$TEST_TIMEOUT" "${view[@]}" "${shim_prefix[@]}" \
+		env LD_PRELOAD="$SHIM" LUOFS_ROOT="$root" "$@"
+}
+
+# status_field EXPR: a field of `luofs status --json`, EXPR on `s` (Python).
+status_field() {
+	luofs status --root "$root" --json | "$VENV_PY" -c \
+		'import json, sys; s = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"
 }
 
 # under_supervisor runs a program in the transparent mode: the seccomp supervisor

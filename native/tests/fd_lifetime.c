@@ -15,6 +15,7 @@
 #include <grp.h>
 #include <linux/liveupdate.h>
 #include <sys/ioctl.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -244,6 +245,71 @@ static void walk_scm_rights(void)
 	check_gone(name, "after the receiver exited");
 }
 
+/* Across mount namespaces, as between an init system's fd store and a service
+ * with private mounts: a process in a mount namespace of its own opens the device
+ * through its copy of the mount (another mount id, the same file system), creates
+ * a session, preserves a memfd in it and passes it over SCM_RIGHTS to a process
+ * in ours, which recognises it and preserves into it too. */
+static void walk_scm_rights_across_namespaces(void)
+{
+	const char *name = name_of("scm-ns");
+	struct liveupdate_session_preserve_fd pf = { .size = sizeof(pf), .token = 2 };
+	int sv[2], status, r, memfd;
+	pid_t pid;
+
+	if (geteuid() != 0) {
+		printf("skip SCM_RIGHTS across mount namespaces: unshare(CLONE_NEWNS) needs root\n");
+		return;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+		return;
+	close(dev); /* the device opens once at a time: the creator needs it */
+	pid = fork();
+	if (pid == 0) {
+		struct liveupdate_session_preserve_fd own = { .size = sizeof(own), .token = 1 };
+		int s;
+		char done;
+
+		close(sv[0]);
+		if (unshare(CLONE_NEWNS) != 0)
+			_exit(7);
+		dev = open("/dev/liveupdate", O_RDWR | O_CLOEXEC); /* through this namespace's copy */
+		s = create(name);
+		own.fd = memfd_create("scm-ns", MFD_CLOEXEC);
+		if (dev < 0 || s < 0 || ioctl(s, LIVEUPDATE_SESSION_PRESERVE_FD, &own) != 0)
+			_exit(8);
+		if (send_fd(sv[1], s) != 0)
+			_exit(9);
+		close(s);
+		close(dev);
+		if (read(sv[1], &done, 1) < 0) /* until the receiver has looked */
+			_exit(10);
+		_exit(0);
+	}
+	close(sv[1]);
+	r = recv_fd(sv[0]);
+	check(r >= 0 && names(r, name) && looks_like_session(r, name),
+	      "a session created in another mount namespace arrives over SCM_RIGHTS and is "
+	      "recognised: GET_NAME, readlink, fstatfs");
+	memfd = memfd_create("scm-ns", MFD_CLOEXEC);
+	pf.fd = memfd;
+	check(r >= 0 && ioctl(r, LIVEUPDATE_SESSION_PRESERVE_FD, &pf) == 0,
+	      "PRESERVE_FD into it from this namespace");
+	if (send(sv[0], "x", 1, MSG_NOSIGNAL) != 1)
+		perror("send"); /* the creator is gone: its status tells why */
+	close(sv[0]);
+	waitpid(pid, &status, 0);
+	dev = open("/dev/liveupdate", O_RDWR | O_CLOEXEC); /* the creator's copy is closed */
+	check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "the creator in another mount namespace exited cleanly (status %d)",
+	      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	check_alive(name, "SCM_RIGHTS across namespaces: the creator exited");
+	close(memfd);
+	if (r >= 0)
+		close(r);
+	check_gone(name, "SCM_RIGHTS across namespaces: the receiver closed it");
+}
+
 /* A session fd inherited across exec (FD_CLOEXEC cleared) is still recognised. */
 static void walk_exec(const char *self)
 {
@@ -376,6 +442,7 @@ int main(int argc, char **argv)
 	walk_dup();
 	walk_fork();
 	walk_scm_rights();
+	walk_scm_rights_across_namespaces();
 	walk_exec("/proc/self/exe");
 	walk_unprivileged_holder();
 	walk_preserve_leaves_no_reference();
