@@ -112,8 +112,16 @@ check "the supervisor exits 0 when its program ended in a live update (exit $sta
 out=$(timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --pid-ns -- \
 	"$NATIVE/static_update_gcc" "$device" refused - 2>&1) && status=0 || status=$?
 printf '%s\n' "$out" | sed 's/^/    /'
-check "reboot calls other than a kexec are refused, kexec_file_load succeeds (exit $status)" \
+check "reboot calls other than a kexec are refused, kexec_file_load is checked (exit $status)" \
 	test "$status" -eq 0
+out=$(timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" --pid-ns -- \
+	"$NATIVE/static_update_gcc" "$device" load "liveupdate=on kho=on luo_stage=2" 2>&1) &&
+	status=0 || status=$?
+printf '%s\n' "$out" | sed 's/^/    /'
+check "a static program's kexec_file_load is served (exit $status)" test "$status" -eq 0
+timeout -k 5 "$TEST_TIMEOUT" luofs kexec --root "$root" >/dev/null 2>&1
+check "...and its command line is the next kernel's proc/cmdline ($(cat "$root/proc/cmdline"))" \
+	grep -qx "liveupdate=on kho=on luo_stage=2" "$root/proc/cmdline"
 fake=$(mktemp -d)
 printf '#!/bin/sh\nexit 16\n' >"$fake/busy"
 chmod +x "$fake/busy"

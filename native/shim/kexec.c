@@ -19,9 +19,8 @@
  * kernels (KEXEC_FILE_ON_CRASH, KEXEC_ON_CRASH) load and are never run;
  * kexec_load's command line lives in arch-specific segments, so it loads the
  * running kernel's command line again. Without LUOFS_ROOT every load fails
- * with EPERM: nothing is ever loaded into the host's kernel. Under the seccomp
- * supervisor too the shim answers the loads itself, so the command line is
- * kept (the supervisor, for static programs, loads without one).
+ * with EPERM: nothing is ever loaded into the host's kernel. The checks are in
+ * kexec_rules.c, shared with the seccomp supervisor (for static programs).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,32 +35,6 @@
 
 #include "shim.h"
 
-#define KEXEC_FILE_UNLOAD 0x1
-#define KEXEC_FILE_ON_CRASH 0x2
-#define KEXEC_FILE_NO_INITRAMFS 0x4
-#define KEXEC_FILE_DEBUG 0x8
-#define KEXEC_FILE_FLAGS \
-	(KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS | KEXEC_FILE_DEBUG)
-
-#define KEXEC_ON_CRASH 0x1
-#define KEXEC_PRESERVE_CONTEXT 0x2
-#define KEXEC_UPDATE_ELFCOREHDR 0x4
-#define KEXEC_CRASH_HOTPLUG_SUPPORT 0x8
-#define KEXEC_FLAGS \
-	(KEXEC_ON_CRASH | KEXEC_PRESERVE_CONTEXT | KEXEC_UPDATE_ELFCOREHDR | \
-	 KEXEC_CRASH_HOTPLUG_SUPPORT)
-#define KEXEC_ARCH_MASK 0xffff0000UL
-#define KEXEC_ARCH_DEFAULT 0UL
-#if defined(__x86_64__)
-#define KEXEC_ARCH (62UL << 16)
-#elif defined(__aarch64__)
-#define KEXEC_ARCH (183UL << 16)
-#else
-#define KEXEC_ARCH KEXEC_ARCH_DEFAULT
-#endif
-#define KEXEC_SEGMENT_MAX 16
-#define COMMAND_LINE_SIZE 2048
-
 SHIM_SLOT(syscall);
 
 static long fail(int err)
@@ -71,11 +44,12 @@ static long fail(int err)
 }
 
 /* 0 if fd is a regular file open for reading, else the kernel's errno. */
-static int readable_file(int fd)
+static int readable_file(void *ctx, int fd)
 {
 	struct stat st;
 	int flags = fcntl(fd, F_GETFL);
 
+	(void)ctx;
 	if (flags < 0 || (flags & O_ACCMODE) == O_WRONLY || (flags & O_PATH))
 		return EBADF;
 	if (fstat(fd, &st) != 0)
@@ -83,60 +57,39 @@ static int readable_file(int fd)
 	return S_ISREG(st.st_mode) ? 0 : EINVAL;
 }
 
-static long load(const char *const extra[])
+static long load(const char *const args[])
 {
 	const char *root = luofs_root_env();
 	int err;
 
 	if (!root)
 		return fail(EPERM);
-	err = luofs_run_kexec_args(root, extra, STDERR_FILENO);
+	if (!args[0])
+		return 0; /* a crash kernel: loaded, never run */
+	err = luofs_run_kexec_args(root, args, STDERR_FILENO);
 	return err ? fail(err) : 0;
 }
 
 static long kexec_file_load(int kernel_fd, int initrd_fd, unsigned long cmdline_len,
 			    const char *cmdline, unsigned long flags)
 {
-	static const char *const unload[] = { "--unload", NULL };
-	char buf[COMMAND_LINE_SIZE];
-	const char *extra[] = { "--load", "--cmdline", buf, NULL };
-	int err;
+	char buf[LUOFS_COMMAND_LINE_SIZE];
+	const char *args[4];
+	int err = luofs_kexec_file_load_args(getpid(), readable_file, NULL, kernel_fd, initrd_fd,
+					     cmdline_len, shim_path(cmdline), flags, buf, args);
 
-	if (flags & ~(unsigned long)KEXEC_FILE_FLAGS)
-		return fail(EINVAL);
-	if (flags & KEXEC_FILE_UNLOAD)
-		return (flags & KEXEC_FILE_ON_CRASH) ? 0 : load(unload);
-	err = readable_file(kernel_fd);
-	if (!err && !(flags & KEXEC_FILE_NO_INITRAMFS))
-		err = readable_file(initrd_fd);
-	if (err)
-		return fail(err);
-	if (cmdline_len > sizeof(buf))
-		return fail(EINVAL);
-	if (luofs_peek(getpid(), buf, shim_path(cmdline), cmdline_len) != cmdline_len)
-		return fail(EFAULT);
-	if (cmdline_len == 0)
-		buf[0] = '\0';
-	else if (buf[cmdline_len - 1] != '\0')
-		return fail(EINVAL);
-	return (flags & KEXEC_FILE_ON_CRASH) ? 0 : load(extra);
+	return err ? fail(err) : load(args);
 }
 
 static long kexec_load(unsigned long entry, unsigned long nr_segments, const void *segments,
 		       unsigned long flags)
 {
-	static const char *const unload[] = { "--unload", NULL };
-	static const char *const same_cmdline[] = { "--load", NULL };
-	unsigned long arch = flags & KEXEC_ARCH_MASK;
+	const char *args[2];
+	int err = luofs_kexec_load_args(nr_segments, flags, args);
 
 	(void)entry;
 	(void)segments;
-	if ((flags & ~KEXEC_ARCH_MASK & ~(unsigned long)KEXEC_FLAGS) ||
-	    (arch != KEXEC_ARCH && arch != KEXEC_ARCH_DEFAULT) || nr_segments > KEXEC_SEGMENT_MAX)
-		return fail(EINVAL);
-	if (flags & KEXEC_ON_CRASH)
-		return 0;
-	return load(nr_segments ? same_cmdline : unload);
+	return err ? fail(err) : load(args);
 }
 
 static long raw_reboot(unsigned long magic1, unsigned long magic2, unsigned long cmd)

@@ -237,4 +237,14 @@ int luofs_run_kexec(const char *root, int out_fd);
  * kexec_file_load (kexec.c). */
 int luofs_run_kexec_args(const char *root, const char *const extra[], int out_fd);
 
+/* kexec_file_load(2)/kexec_load(2) checked as the kernel does (kexec_rules.c): 0
+ * and the `luofs kexec` arguments (args[0] == NULL: nothing to do), or an errno.
+ * `fd_errno(ctx, fd)`: 0 for a regular file open for reading, else its errno. */
+#define LUOFS_COMMAND_LINE_SIZE 2048
+int luofs_kexec_file_load_args(pid_t pid, int (*fd_errno)(void *ctx, int fd), void *ctx,
+			       int kernel_fd, int initrd_fd, unsigned long cmdline_len,
+			       const void *cmdline, unsigned long flags,
+			       char buf[LUOFS_COMMAND_LINE_SIZE], const char *args[4]);
+int luofs_kexec_load_args(unsigned long nr_segments, unsigned long flags, const char *args[2]);
+
 #endif /* LUOFS_SHIM_H */

@@ -9,8 +9,8 @@
  *                       reaches the host: RESTART(2), HALT, POWER_OFF and
  *                       SW_SUSPEND fail with EPERM, CAD_ON/OFF do nothing,
  *                       unknown commands are EINVAL (the shim's rules).
- *   kexec_load,         0: the next kernel is always loaded in luofs (it is
- *   kexec_file_load     started ahead of time); image and command line unused
+ *   kexec_load,         the kernel's checks (shim/kexec_rules.c), then `luofs
+ *   kexec_file_load     kexec --load [--cmdline C]`: the next kernel's command line
  *   readlink(at)        of /proc/{self,thread-self,PID}/fd/N for an emulated fd:
  *                       its link as on a real system; any other path: continue
  *   fstatfs, statfs     of an emulated fd (statfs: of /proc/self/fd/N): the real
@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -142,9 +143,63 @@ static int serve_reboot(struct supervisor *sv, struct target *t, const struct se
 	return 0;
 }
 
-static int serve_kexec_load(struct target *t, struct answer *a)
+/* kexec_file_load's fds are the caller's: a regular file open for reading, as the
+ * kernel wants it, judged through /proc without taking the file. */
+static int caller_fd_errno(void *ctx, int fd)
 {
-	a->error = has_cap_sys_boot(t) ? 0 : -EPERM;
+	struct target *t = ctx;
+	char path[64], info[256];
+	struct stat st;
+	unsigned int flags = 0;
+	ssize_t n;
+	int f;
+
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", (int)t->tid, fd);
+	f = fd >= 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	if (f < 0)
+		return EBADF;
+	n = read(f, info, sizeof(info) - 1);
+	close(f);
+	info[n > 0 ? n : 0] = '\0';
+	char *at = strstr(info, "flags:");
+	if (!at || sscanf(at, "flags: %o", &flags) != 1 ||
+	    (flags & O_ACCMODE) == O_WRONLY || (flags & O_PATH))
+		return EBADF;
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)t->tid, fd);
+	if (stat(path, &st) != 0)
+		return EBADF;
+	return S_ISREG(st.st_mode) ? 0 : EINVAL;
+}
+
+/* A load records the next kernel's command line (`luofs kexec --load`), as the shim's. */
+static int serve_kexec_load(struct target *t, const struct seccomp_data *d, struct answer *a)
+{
+	char buf[LUOFS_COMMAND_LINE_SIZE];
+	const char *args[4];
+	int err, out;
+
+	if (!has_cap_sys_boot(t)) {
+		a->error = -EPERM;
+		return 0;
+	}
+	if (d->nr == __NR_kexec_file_load)
+		err = luofs_kexec_file_load_args(t->tid, caller_fd_errno, t, (int)d->args[0],
+						 (int)d->args[1], d->args[2],
+						 (const void *)(uintptr_t)d->args[3], d->args[4],
+						 buf, args);
+	else
+		err = luofs_kexec_load_args(d->args[1], d->args[3], args);
+	if (!err && args[0]) {
+		if (!luofs_root_env()) {
+			a->error = -EPERM; /* nothing is ever loaded into the host's kernel */
+			return 0;
+		}
+		out = target_getfd(t, STDERR_FILENO);
+		err = luofs_run_kexec_args(luofs_root_env(), args, out >= 0 ? out : STDERR_FILENO);
+		if (out >= 0)
+			close(out);
+	}
+	a->error = -err;
 	return 0;
 }
 
@@ -238,7 +293,7 @@ static int dispatch(struct supervisor *sv, struct target *t, const struct seccom
 		return serve_reboot(sv, t, d, a);
 	case __NR_kexec_load:
 	case __NR_kexec_file_load:
-		return serve_kexec_load(t, a);
+		return serve_kexec_load(t, d, a);
 #ifdef __NR_readlink
 	case __NR_readlink:
 		return serve_readlink(t, d, false, a);

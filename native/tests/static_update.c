@@ -19,7 +19,9 @@
  *   static_update DEVICE refused NAME  reboot calls that must not reboot anything:
  *                                      bad magic EINVAL, POWER_OFF EPERM, CAD_ON 0,
  *                                      an unknown command EINVAL; and
- *                                      kexec_file_load succeeds (always loaded)
+ *                                      kexec_file_load without a kernel file EBADF
+ *   static_update DEVICE load CMDLINE  kexec_file_load(/proc/self/exe, CMDLINE): the
+ *                                      next kernel's proc/cmdline
  *
  * DEVICE is "/dev/liveupdate" inside the kernel's userspace, or ROOT/dev/liveupdate.
  * Prints one line per check; exits 0 iff all passed.
@@ -202,8 +204,22 @@ static void refused(void)
 	check(syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, 0x12345678, NULL) < 0 &&
 		      errno == EINVAL, "reboot with an unknown command -> EINVAL");
 	errno = 0;
-	check(syscall(SYS_kexec_file_load, -1, -1, 1, "", 0x4 /* KEXEC_FILE_NO_INITRAMFS */) == 0,
-	      "kexec_file_load -> 0 (the next kernel is always loaded)");
+	check(syscall(SYS_kexec_file_load, -1, -1, 1, "", 0x4 /* KEXEC_FILE_NO_INITRAMFS */) < 0 &&
+		      errno == EBADF, "kexec_file_load of no kernel file -> EBADF");
+	errno = 0;
+	check(syscall(SYS_kexec_file_load, 0, -1, 1, "", 0x100) < 0 && errno == EINVAL,
+	      "kexec_file_load with an unknown flag -> EINVAL");
+}
+
+/* kexec_file_load records the next kernel's command line (then stage 2 reads it). */
+static void load(const char *cmdline)
+{
+	int image = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+
+	check(image >= 0 && syscall(SYS_kexec_file_load, image, -1, strlen(cmdline) + 1, cmdline,
+				    0x4 /* KEXEC_FILE_NO_INITRAMFS */) == 0,
+	      "kexec_file_load of a file with a command line -> 0");
+	close(image);
 }
 
 int main(int argc, char **argv)
@@ -230,6 +246,8 @@ int main(int argc, char **argv)
 		signals(argv[1], argv[3]);
 	} else if (strcmp(argv[2], "refused") == 0) {
 		refused();
+	} else if (strcmp(argv[2], "load") == 0) {
+		load(argv[3]);
 	} else {
 		return 2;
 	}
