@@ -436,7 +436,8 @@ def _add_boot_options(boot: argparse.ArgumentParser) -> None:
                       help="accepted for clarity: after a kernel panic or crash, `boot` always "
                            "starts kernel #0 fresh and says what was lost")
     boot.add_argument("--memory", type=_size, default=DEFAULT_MEMORY,
-                      help="emulated physical memory, e.g. 256M or 4G (sparse; default 1G)")
+                      help="emulated physical memory, e.g. 256M or 4G (sparse; default 1G); preserved "
+                           "memfds pin their pages in it: what does not fit fails with ENOMEM")
     boot.add_argument("--fault", action="append", default=[], metavar="POINT[:ERRNO]",
                       help="make a named callback fail in every kernel of this instance "
                            f"(default errno EIO); points: {', '.join(POINTS)}")
@@ -509,6 +510,9 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"luofs {args.command}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `luofs status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except Exception as e:  # never a traceback for a user: say what failed, and how to see more
         if os.environ.get("LUOFS_DEBUG"):
             raise

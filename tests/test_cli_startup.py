@@ -66,3 +66,20 @@ def test_luofs_package_itself_is_import_free():
                              "import luofs; print(sorted(set(sys.modules) - before))"],
                             capture_output=True, text=True)
     assert result.stdout.strip() == "['luofs']"
+
+
+def test_a_reader_that_stops_early_gets_no_error_message(tmp_path):
+    """`luofs status | head -1`: a reader gone before the output is written is no error."""
+    import os
+    import subprocess
+    import sys
+
+    from luofs.testing import booted
+
+    with booted() as inst:
+        r, w = os.pipe()
+        os.close(r)  # the reader has gone already: every write is EPIPE
+        out = subprocess.run([sys.executable, "-m", "luofs", "status", "--root", inst.root],
+                             stdout=w, stderr=subprocess.PIPE, text=True)
+        os.close(w)
+    assert (out.returncode, out.stderr) == (141, "")
