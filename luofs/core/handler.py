@@ -49,12 +49,14 @@ class FileHandler(Protocol):
 
     def unfreeze(self, file: Any, data: int) -> None: ...
 
-    def retrieve(self, data: int, handover: Any) -> Any:
-        """New kernel: rebuild the file from its handle (and what the machine handed over)."""
+    def retrieve(self, data: int, private: Any) -> Any:
+        """New kernel: rebuild the file from its handle and `private`, the file's runtime
+        slot (what the previous kernel handed over for it)."""
 
     def can_finish(self, file: Any, data: int) -> bool: ...
 
-    def finish(self, file: Any, data: int, retrieved: bool) -> None: ...
+    def finish(self, file: Any, data: int, retrieved: bool, private: Any) -> None:
+        """The session is finished: a file never retrieved lets go of `private`."""
 
 
 class HandlerRegistry:

@@ -210,7 +210,7 @@ class Luo:
             raise LuoError(pf.retrieve_errno, f"token {arg.token:#x} failed to retrieve before")
         if pf.file is None:
             try:
-                pf.file = pf.handler.retrieve(pf.data)
+                pf.file = pf.handler.retrieve(pf.data, pf.private)
             except LuoError as e:
                 pf.retrieve_errno = e.errno
                 raise
@@ -236,7 +236,7 @@ class Luo:
             if not pf.handler.can_finish(pf.file, pf.data):
                 raise LuoError(errnos.EBUSY, f"token {pf.token:#x} cannot finish yet")
         for pf in reversed(files):
-            pf.handler.finish(pf.file, pf.data, pf.retrieved)
+            pf.handler.finish(pf.file, pf.data, pf.retrieved, pf.private)
             self._drop(pf)
         session.files.clear()
 

@@ -146,6 +146,7 @@ class V2File:
     prepared: bool = False  # outgoing: preserve() ran (PREPARE)
     frozen: bool = False  # outgoing: freeze() ran
     reclaimed: bool = False  # incoming: FD_RESTORE was tried (set before retrieve, as the RFC does)
+    private: Any = None  # the handler's runtime state (PreservedFile.private)
 
 
 _PRESERVE_STATES = frozenset({State.NORMAL, State.UPDATED})
@@ -158,22 +159,22 @@ class RfcV2Files:
     name = "files"
 
     def __init__(self, handlers: HandlerRegistry, state: Callable[[], State], *,
-                 incoming: Iterable[tuple[int, str, int]] = ()):
-        """`incoming`: (token, compatible, data) of each file the previous kernel handed
-        over, in its order. An unknown compatible or a repeated token raises
+                 incoming: Iterable[tuple[int, str, int, Any]] = ()):
+        """`incoming`: (token, compatible, data, private) of each file the previous kernel
+        handed over, in its order (`private`: what was handed over for it). An unknown compatible or a repeated token raises
         LuoError(EIO); the RFC kernel panics on both, so the boot path should too."""
         self._handlers = handlers
         self._state = state
         self._next_token = 0
         self.outgoing: dict[int, V2File] = {}
         self.incoming: dict[int, V2File] = {}
-        for token, compatible, data in incoming:
+        for token, compatible, data, private in incoming:
             handler = handlers.by_compatible(compatible)
             if handler is None:
                 raise LuoError(errnos.EIO, f"token {token:#x}: no handler for {compatible!r}")
             if token in self.incoming:
                 raise LuoError(errnos.EIO, f"token {token:#x} is handed over twice")
-            self.incoming[token] = V2File(token, handler, data=data)
+            self.incoming[token] = V2File(token, handler, data=data, private=private)
 
     def _require(self, allowed: frozenset[State], what: str) -> None:
         state = self._state()
@@ -216,7 +217,7 @@ class RfcV2Files:
         if entry.reclaimed:
             raise LuoError(errnos.EINVAL, f"token {token:#x} was restored before")
         entry.reclaimed = True
-        entry.file = entry.handler.retrieve(entry.data)
+        entry.file = entry.handler.retrieve(entry.data, entry.private)
         return entry.file
 
     # ---- the participant ----------------------------------------------------------------
@@ -246,7 +247,8 @@ class RfcV2Files:
 
         def finish_one(entry: V2File) -> None:
             try:
-                entry.handler.finish(entry.file, entry.data, entry.file is not None)
+                entry.handler.finish(entry.file, entry.data, entry.file is not None,
+                                     entry.private)
             finally:
                 if entry.file is not None:
                     entry.file.close()  # LUO's reference; the restored fd stays valid

@@ -8,6 +8,8 @@ themselves are kho's; this is only the mapping.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from kho import LuoImage, SessionImage
 
 from ..uapi import errnos
@@ -29,8 +31,12 @@ def luo_image(number: int, carried: list[CarriedSession],
     )
 
 
-def incoming_sessions(image: LuoImage, handlers: HandlerRegistry) -> list[Session]:
-    """Rebuild incoming sessions; a file no handler knows makes the whole set fail (EIO)."""
+def incoming_sessions(image: LuoImage, handlers: HandlerRegistry,
+                      handed: Mapping[str, Mapping[int, Any]] | None = None) -> list[Session]:
+    """Rebuild incoming sessions; a file no handler knows makes the whole set fail (EIO).
+    `handed`: what the previous kernel handed over for each file, by compatible and data
+    handle; it becomes the file's private slot."""
+    handed = handed or {}
     sessions = []
     for si in image.sessions:
         session = Session(si.name, Direction.INCOMING)
@@ -41,6 +47,7 @@ def incoming_sessions(image: LuoImage, handlers: HandlerRegistry) -> list[Sessio
                                            f"no handler for {fi.compatible!r}")
             if fi.token in session.files:
                 raise LuoError(errnos.EIO, f"session {si.name!r}: token {fi.token:#x} twice")
-            session.files[fi.token] = PreservedFile(fi.token, handler, fi.data)
+            session.files[fi.token] = PreservedFile(
+                fi.token, handler, fi.data, private=handed.get(fi.compatible, {}).get(fi.data))
         sessions.append(session)
     return sessions

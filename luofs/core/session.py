@@ -22,6 +22,9 @@ class PreservedFile:
     file: Any = None  # outgoing: LUO's own reference; incoming: the retrieved file
     retrieve_errno: int | None = None  # a failed retrieve is sticky (§10)
     identity: Any = None  # key in the global double-preservation table, while registered
+    # The handler's own runtime state for this file, as the kernel's file op args carry
+    # private_data: for an incoming file, what the previous kernel handed over for it.
+    private: Any = None
     compatible: str = field(init=False, repr=False)  # the handler's, never changing
 
     @property

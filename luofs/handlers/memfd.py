@@ -60,8 +60,7 @@ class MemfdHandler:
 
     compatible = COMPATIBLE
 
-    def __init__(self, kho=None, handed_over: dict[int, OwnedFile] | None = None,
-                 faults: Faults = NONE, store=None, memory: int | None = None):
+    def __init__(self, kho=None, faults: Faults = NONE, store=None, memory: int | None = None):
         self._kho = kho
         self._faults = faults
         self._store = store  # where preserved files live (luofs/filestore.py)
@@ -69,12 +68,6 @@ class MemfdHandler:
         # no machine pins more than it has. None: no limit (unit tests).
         self._memory = memory
         self.pinned = 0
-        # New kernel: data handle (the record's address) → the file handed over.
-        self._handed_over = dict(handed_over or {})
-
-    def adopt(self, handed_over: dict[int, OwnedFile]) -> None:
-        """New kernel: the files handed over for this handler, by data handle."""
-        self._handed_over.update(handed_over)
 
     def can_preserve(self, file: OwnedFile) -> bool:
         if file.is_fuse:  # never stat a FUSE file from the daemon (it may be our own mount)
@@ -206,8 +199,9 @@ class MemfdHandler:
         if self._kho is not None and data:
             self._kho.drop(data)
 
-    def retrieve(self, data: int) -> OwnedFile:
-        file = self._handed_over.pop(data, None)
+    def retrieve(self, data: int, private: OwnedFile | None) -> OwnedFile:
+        """`private`: the file the previous kernel handed over for this record."""
+        file = private
         if file is None:
             raise LuoError(errnos.ENOENT, f"no handed-over memfd for handle {data:#x}")
         if file.parked is not None:
@@ -232,8 +226,6 @@ class MemfdHandler:
     def can_finish(self, file, data: int) -> bool:
         return True
 
-    def finish(self, file, data: int, retrieved: bool) -> None:
-        if not retrieved:  # never retrieved: its memory is freed now
-            stale = self._handed_over.pop(data, None)
-            if stale is not None:
-                stale.close()
+    def finish(self, file, data: int, retrieved: bool, private: OwnedFile | None) -> None:
+        if not retrieved and private is not None:  # never retrieved: freed now
+            private.close()

@@ -60,7 +60,7 @@ class KernelParts:
         slabs = RecordSlabs(memory, handover)
         store = store or FileStore()
         handlers = HandlerRegistry()
-        handlers.register(MemfdHandler(slabs, None, faults, store, memory.size),
+        handlers.register(MemfdHandler(slabs, faults, store, memory.size),
                           sessions_exist=False)
         return cls(memory, handover, slabs, faults, store, handlers, number, incoming)
 

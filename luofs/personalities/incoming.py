@@ -68,27 +68,29 @@ def match(image: LuoImage, files: list[OwnedFile]) -> dict[str, dict[int, OwnedF
     return handed
 
 
-def adopt(handlers: HandlerRegistry, handed: dict[str, dict[int, OwnedFile]]) -> None:
-    """Give each handler the files handed over for it (by data handle)."""
+def known(handlers: HandlerRegistry, handed: dict[str, dict[int, OwnedFile]]
+          ) -> dict[str, dict[int, OwnedFile]]:
+    """The handed-over files some handler here knows; the others are let go (their
+    sessions fail at the first open, EIO)."""
+    kept = {}
     for compatible, files in handed.items():
-        handler = handlers.by_compatible(compatible)
-        if handler is not None and hasattr(handler, "adopt"):
-            handler.adopt(files)
+        if handlers.by_compatible(compatible) is not None:
+            kept[compatible] = files
             continue
         log.warning("handed-over %s files have no handler here", compatible)
-        for f in files.values():  # their sessions fail at first open (EIO)
+        for f in files.values():
             f.close()
+    return kept
 
 
 @gc_paused()
-def decode_and_adopt(memory, blob: bytes, store: FileStore, sources: list,
-                     handlers: HandlerRegistry) -> LuoImage:
-    """LUO's image decoded, and its files given to their handlers; on a Panic every
-    handed-over file goes back to the store."""
+def decode(memory, blob: bytes, store: FileStore, sources: list,
+           handlers: HandlerRegistry) -> tuple[LuoImage, dict[str, dict[int, OwnedFile]]]:
+    """LUO's image decoded, and the handed-over files its handlers will find in their
+    files' private slots; on a Panic every handed-over file goes back to the store."""
     try:
         image = read_image(memory, blob)
-        adopt(handlers, match(image, store.owned(sources)))
-        return image
+        return image, known(handlers, match(image, store.owned(sources)))
     except Panic:
         store.release(sources)
         raise

@@ -87,11 +87,11 @@ class Mainline(Personality):
 
         def load_incoming():  # at the first open of the device
             try:
-                image = inc.decode_and_adopt(parts.memory, blob, parts.store, sources,
-                                             parts.handlers)
+                image, handed = inc.decode(parts.memory, blob, parts.store, sources,
+                                           parts.handlers)
             except Panic as e:  # every open of the device fails with EIO from now on
                 raise LuoError(errnos.EIO, str(e)) from None
-            return incoming_sessions(image, parts.handlers)
+            return incoming_sessions(image, parts.handlers, handed)
 
         return cls(parts, Luo(parts.handlers, liveupdate_number=parts.liveupdate_number,
                               load_incoming=load_incoming, updated=header.sessions > 0,

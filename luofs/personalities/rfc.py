@@ -31,7 +31,9 @@ class RfcPersonality(Personality):
 
     profile: ClassVar[str]
 
-    def __init__(self, parts: KernelParts, image=None):
+    def __init__(self, parts: KernelParts, image=None, handed: dict | None = None):
+        """`handed`: the files the previous kernel handed over, by compatible and data
+        handle (RFC v2 gives each to its file's private slot)."""
         state = GlobalState(self.profile, self._participants, updated=image is not None,
                             faults=parts.faults)
         super().__init__(parts, state)
@@ -71,8 +73,8 @@ class RfcPersonality(Personality):
         image = inc.read_image(parts.memory, blob)
         inc.check_number(image.liveupdate_number, parts.liveupdate_number)
         inc.check_count(sum(len(s.files) for s in image.sessions), sources)
-        inc.adopt(parts.handlers, inc.match(image, parts.store.owned(sources)))
-        return cls(parts, image)
+        return cls(parts, image, inc.known(parts.handlers,
+                                           inc.match(image, parts.store.owned(sources))))
 
     # ---- what the file system serves -----------------------------------------------
 

@@ -43,9 +43,10 @@ class RfcV2(RfcPersonality):
     name = "rfc-v2"
     profile = "rfc-v2"
 
-    def __init__(self, parts, image=None):
-        super().__init__(parts, image)
-        carried = [(f.token, f.compatible, f.data)
+    def __init__(self, parts, image=None, handed: dict | None = None):
+        super().__init__(parts, image, handed)
+        handed = handed or {}
+        carried = [(f.token, f.compatible, f.data, handed.get(f.compatible, {}).get(f.data))
                    for s in (image.sessions if image else []) for f in s.files]
         try:
             self.files = RfcV2Files(parts.handlers, lambda: self.state.state, incoming=carried)

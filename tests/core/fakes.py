@@ -133,7 +133,7 @@ class FakeHandler:
     def unfreeze(self, file, data: int) -> None:
         self.ops.append(("unfreeze", file.identity))
 
-    def retrieve(self, data: int) -> FakeFile:
+    def retrieve(self, data: int, private=None) -> FakeFile:
         self.ops.append(("retrieve", data))
         if data in self.fail_retrieve:
             raise LuoError(self.fail_retrieve[data], "fake retrieve fails")
@@ -145,7 +145,7 @@ class FakeHandler:
         self.ops.append(("can_finish", data))
         return data not in self.cannot_finish
 
-    def finish(self, file, data: int, retrieved: bool) -> None:
+    def finish(self, file, data: int, retrieved: bool, private=None) -> None:
         self.ops.append(("finish", data, retrieved))
 
 

@@ -159,14 +159,14 @@ class Handler:
     def unfreeze(self, file, data):
         self._do("unfreeze", file.ident)
 
-    def retrieve(self, data):
+    def retrieve(self, data, private=None):
         self._do("retrieve", data)
         return File(self.handed_over[data])
 
     def can_finish(self, file, data):
         return True
 
-    def finish(self, file, data, retrieved):
+    def finish(self, file, data, retrieved, private=None):
         self.ops.append(("finish", data, retrieved))
 
 
@@ -206,7 +206,7 @@ def test_preserve_errno_order():
 
 
 def test_preserve_works_in_updated_beside_the_incoming_tokens():
-    files, _, _ = table(U, incoming=[(0, "fake-v1", 0x55)])
+    files, _, _ = table(U, incoming=[(0, "fake-v1", 0x55, None)])
     assert files.preserve(Caller(fd3=File("A")), 3) == 0
     assert list(files.outgoing) == [0] and list(files.incoming) == [0]
 
@@ -229,7 +229,8 @@ def test_unpreserve():
 
 def test_restore_errno_order_and_once_only():
     handler = Handler(handed_over={0x55: "old-A"})
-    files, _, box = table(N, incoming=[(4, "fake-v1", 0x55), (9, "fake-v1", 0x66)], handler=handler)
+    files, _, box = table(N, incoming=[(4, "fake-v1", 0x55, None), (9, "fake-v1", 0x66, None)],
+                          handler=handler)
     caller = Caller()
     caller.full = True
     with raises_errno(errnos.EMFILE):  # the fd is allocated first
@@ -255,9 +256,9 @@ def test_restore_errno_order_and_once_only():
 
 def test_incoming_files_need_a_handler_and_unique_tokens():
     with raises_errno(errnos.EIO):
-        table(U, incoming=[(0, "other-v1", 1)])
+        table(U, incoming=[(0, "other-v1", 1, None)])
     with raises_errno(errnos.EIO):
-        table(U, incoming=[(0, "fake-v1", 1), (0, "fake-v1", 2)])
+        table(U, incoming=[(0, "fake-v1", 1, None), (0, "fake-v1", 2, None)])
 
 
 def preserved(*idents):
@@ -318,7 +319,8 @@ def test_cancel_keeps_going_past_a_failure_and_reports_it():
 
 def test_finish_finishes_every_incoming_file_and_drops_luos_references():
     handler = Handler(handed_over={0x55: "old-A"})
-    files, _, _ = table(U, incoming=[(4, "fake-v1", 0x55), (9, "fake-v1", 0x66)], handler=handler)
+    files, _, _ = table(U, incoming=[(4, "fake-v1", 0x55, None), (9, "fake-v1", 0x66, None)],
+                        handler=handler)
     restored = files.restore(Caller(), 4)
     files.finish()
     assert handler.ops[-2:] == [("finish", 0x55, True), ("finish", 0x66, False)]
@@ -363,8 +365,8 @@ def test_a_live_update_through_the_ioctls():
         old.ioctl(rfc_v2.LIVEUPDATE_IOCTL_FD_PRESERVE, fd_arg(fd=3), caller)
     old.ioctl(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FREEZE, None, caller)
     assert get_state(old) == LiveupdateState.FROZEN
-    carried = [(c.token, c.compatible, c.data) for c in old.files.carried()]
-    assert carried == [(0, "fake-v1", 0x1101)]
+    carried = [(c.token, c.compatible, c.data, None) for c in old.files.carried()]
+    assert carried == [(0, "fake-v1", 0x1101, None)]
 
     new, handler = boot(incoming=carried)
     assert get_state(new) == LiveupdateState.UPDATED
@@ -416,10 +418,9 @@ def test_the_memfd_handler_works_unchanged():
         assert (carried.token, carried.compatible) == (token, "memfd-v2")
 
         handlers = HandlerRegistry()  # the next kernel's; the machine handed the memfd over
-        handlers.register(MemfdHandler(handed_over={carried.data: OwnedFile(os.dup(fd))}),
-                          sessions_exist=False)
-        new = RfcV2Files(handlers, lambda: U,
-                         incoming=[(carried.token, carried.compatible, carried.data)])
+        handlers.register(MemfdHandler(), sessions_exist=False)
+        new = RfcV2Files(handlers, lambda: U, incoming=[
+            (carried.token, carried.compatible, carried.data, OwnedFile(os.dup(fd)))])
         restored = new.restore(Caller(), token)
         assert os.pread(restored.fd, 5, 0) == b"hello"
         new.finish()

@@ -59,7 +59,7 @@ def test_hand_over_within_one_process(ram):
     new.luo.open_device()
     assert [(s.name, list(s.files)) for s in new.luo.sessions] == [(b"a", [1, 0]), (b"b", [7])]
     pf = new.luo.sessions[1].files[7]
-    assert os.pread(pf.handler.retrieve(pf.data).fd, 10, 0) == b"seven"
+    assert os.pread(pf.handler.retrieve(pf.data, pf.private).fd, 10, 0) == b"seven"
 
 
 def _handed(ram):
@@ -109,7 +109,7 @@ def test_memfd_size_changed_behind_the_record_fails_retrieve_with_eio(ram):
     new.luo.open_device()
     pf = new.luo.sessions[0].files[1]
     with pytest.raises(LuoError) as e:
-        pf.handler.retrieve(pf.data)
+        pf.handler.retrieve(pf.data, pf.private)
     assert e.value.errno == 5 and "record says 9" in e.value.reason
 
 
