@@ -29,7 +29,7 @@ from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
 
-from . import limits, protocol, userspace
+from . import limits, participants, protocol, userspace
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
@@ -160,10 +160,16 @@ class Machine:
             return Error(f"kernel #{old.number} (pid {old.proc.pid}) cannot freeze{stopped}; "
                          "nothing was changed")
         nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
+        try:  # user-space participants (a VMM) get ready first: luofs/participants.py
+            update = participants.prepare(self.state)
+        except participants.Refused as e:
+            self.standby = nxt  # nothing reached it: still the next kernel
+            return Error(str(e), e.errno)
         written_before = self._records_written()
         t_freeze = time.perf_counter()
         handover, fds = self._freeze(old, nxt)
         if not isinstance(handover, HandOver):
+            update.cancel()
             return handover  # the refusal (the old kernel serves on) or the loss
         t_reply = time.perf_counter()
         self.userspace.end()  # the old kernel's userspace ends with it, as at a reboot
@@ -183,6 +189,7 @@ class Machine:
         self.kernel = nxt
         t_ready = time.perf_counter()
         written_after = self._records_written()
+        update.resume()  # before the standby kernel's start competes for the CPU
         self._prepare_standby()
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
@@ -401,6 +408,7 @@ class Machine:
 
     def shutdown(self) -> None:
         self.control.close()  # from now on `luofs` sees no machine here
+        participants.shutdown(self.state)  # (they live outside the userspaces)
         self.userspace.stop("shutdown")
         self._drop_standby()
         if self.kernel is not None:
