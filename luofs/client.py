@@ -17,6 +17,7 @@ call: the same rules (and the same struct bytes) as the C shim.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 import socket
@@ -222,6 +223,7 @@ def _name_bytes(name: str | bytes) -> bytes:
     return raw.ljust(nums.LIVEUPDATE_SESSION_NAME_LENGTH, b"\0")[: nums.LIVEUPDATE_SESSION_NAME_LENGTH]
 
 
+_BYTES_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _GET_NAME_ARG = structs.GetName.build(dict(size=72, reserved=0, name=bytes(64)))
 
 
@@ -293,6 +295,35 @@ class Session(_File):
     def preserve_fd(self, fd: int, token: int) -> None:
         arg = structs.codec(structs.PreserveFd).build(dict(size=16, fd=fd, token=token))
         self._call(nums.LIVEUPDATE_SESSION_PRESERVE_FD, f"PRESERVE_FD fd {fd} token {token:#x}", arg)
+
+    def preserve_bytes(self, token: int, data: bytes) -> None:
+        """Preserve small state (a VMM's device state, a config) as `token`: a memfd
+        holding `data`, sealed against any change, that only LUO keeps."""
+        fd = os.memfd_create(f"luofs-bytes-{token:#x}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.lseek(fd, 0, os.SEEK_SET)  # the position is carried: the reader starts at 0
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _BYTES_SEALS)
+            self.preserve_fd(fd, token)
+        finally:
+            os.close(fd)
+
+    def retrieve_bytes(self, token: int) -> bytes:
+        """What preserve_bytes() kept as `token` (the whole file, whatever its position)."""
+        fd = self.retrieve_fd(token)
+        try:
+            size, chunks = os.fstat(fd).st_size, []
+            while size > 0:
+                chunk = os.pread(fd, size, sum(map(len, chunks)))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def retrieve_fd(self, token: int) -> int:
         arg = structs.codec(structs.RetrieveFd).build(dict(size=16, fd=-1, token=token))
