@@ -1,0 +1,116 @@
+"""luofs vm: a QEMU virtual machine that lives through every live update.
+
+    from luofs import vm
+    info = vm.start(root, ram=64 << 20)        # guest RAM: a preserved memfd
+    ...                                         # luofs kexec: the guest pauses, then goes on
+    vm.check(root)                              # the guest re-checks all its RAM
+    vm.stop(root)
+
+Map: agent.py is the VMM (an update participant, and its successor in the next
+kernel); qemu.py the QEMU command line; qmp.py the monitor; accel.py KVM or TCG;
+guest.py what the test guest (native/guest) prints and writes. Unhappy paths:
+start() raises VmError with the agent's reason (QEMU missing, the name taken, no
+luofs kernel at root); check() raises VmError when the guest does not answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from .. import participants, wire
+from .guest import SerialLog
+
+__all__ = ["start", "status", "stop", "check", "serial", "VmError", "vm_dir"]
+
+START_TIMEOUT = 120.0
+
+
+class VmError(RuntimeError):
+    pass
+
+
+def vm_dir(root: str, name: str) -> str:
+    """Where VM `name` keeps its status, serial log and VMM log."""
+    return os.path.join(wire.state_dir(root), "vm", name)
+
+
+def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | None = None) -> dict:
+    """Start VM `name` with `ram` bytes of guest RAM; returns its status once it runs."""
+    from . import accel as _accel, qemu  # (agent.py imports this package: not at the top)
+
+    root = os.path.realpath(root)
+    qemu.check_ram(ram)
+    try:
+        accel = accel or _accel.choose(qemu.binary())
+    except qemu.QemuMissing as e:
+        raise VmError(str(e)) from None
+    read_end, write_end = os.pipe()
+    log_path = os.path.join(wire.state_dir(root), f"vm-{name}.log")
+    with open(log_path, "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "luofs.vm.agent", "--root", root, "--name", name,
+                          "--ram", str(ram), "--accel", accel, "--ready-fd", str(write_end),
+                          "--", *qemu_args],
+                         pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)  # it outlives this command, as the machine does
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        line = ready.readline().strip()
+    if not line.startswith("ready"):
+        raise VmError(line.removeprefix("error: ") or f"the VMM exited; see {log_path}")
+    return status(root, name)
+
+
+def status(root: str, name: str = "vm0") -> dict:
+    path = os.path.join(vm_dir(os.path.realpath(root), name), "status.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise VmError(f"no VM {name!r} on {root}") from None
+
+
+def serial(root: str, name: str = "vm0") -> SerialLog:
+    return SerialLog.read(status(root, name)["serial_log"])
+
+
+def check(root: str, name: str = "vm0", timeout: float = 60.0) -> dict:
+    """Ask the guest to re-check every RAM word; its answer (errors, words)."""
+    info = status(root, name)
+    before = len(SerialLog.read(info["serial_log"]).checks)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(info["serial_socket"])
+        s.sendall(b"c")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        checks = SerialLog.read(info["serial_log"]).checks
+        if len(checks) > before:
+            return checks[-1]
+        time.sleep(0.05)
+    raise VmError(f"VM {name}: the guest did not answer a check within {timeout:.0f} s")
+
+
+def stop(root: str, name: str = "vm0") -> None:
+    """End the VM: its QEMU, its next VMM, its session; returns once its agent is gone."""
+    info = status(root, name)
+    path = participants.socket_path(wire.state_dir(os.path.realpath(root)), name)
+    try:
+        pidfd = os.pidfd_open(info["agent_pid"])
+    except ProcessLookupError:
+        return
+    try:
+        participants.ask(path, {"op": "shutdown"}, 30.0)
+        if not _wait_fd(pidfd, 30.0):
+            raise VmError(f"VM {name}: its agent (pid {info['agent_pid']}) did not end")
+    finally:
+        os.close(pidfd)
+
+
+def _wait_fd(fd: int, timeout: float) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], timeout)[0])

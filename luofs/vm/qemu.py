@@ -1,0 +1,98 @@
+"""Starting QEMU for luofs vm: the command line, and a QMP monitor on a socket pair.
+
+Guest RAM is the caller's memfd, mapped shared through /proc/self/fd/N (QEMU's
+memory-backend-memfd cannot adopt an existing memfd, and with share=off guest
+writes would never reach it). The serial port is a socket a host may write
+commands to, logged to a file that every generation of the VM appends to.
+Unhappy paths: no QEMU binary (QemuMissing, saying how to install it); QEMU exits
+or stays silent during start-up (QmpError; its stderr is in the VMM's log).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from . import guest
+from .qmp import Qmp
+
+QEMU_ENV = "LUOFS_QEMU"
+MIN_RAM = 8 << 20  # the guest's pattern starts at 4 MiB
+
+
+class QemuMissing(RuntimeError):
+    pass
+
+
+def binary() -> str:
+    path = os.environ.get(QEMU_ENV) or shutil.which("qemu-system-x86_64")
+    if not path:
+        raise QemuMissing("QEMU is missing: install Debian's qemu-system-x86 "
+                          "(`make test` does), or set $LUOFS_QEMU")
+    return path
+
+
+def check_ram(size: int) -> None:
+    if size < MIN_RAM or size % (1 << 20):
+        raise ValueError(f"guest RAM must be a multiple of 1 MiB, at least {MIN_RAM >> 20} MiB")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a VM is, identically on both sides of a migration."""
+
+    name: str
+    ram: int
+    accel: str
+    directory: str
+    extra: tuple[str, ...] = ()
+
+    @property
+    def serial_log(self) -> str:
+        return os.path.join(self.directory, "serial.log")
+
+    @property
+    def serial_socket(self) -> str:
+        return os.path.join(self.directory, "serial.sock")
+
+    def command(self, qemu: str, ram_fd: int, qmp_fd: int, incoming: bool) -> list[str]:
+        mib = f"{self.ram >> 20}M"
+        return [qemu, "-name", f"luofs-vm:{self.name}", "-nodefaults", "-no-user-config",
+                "-display", "none", "-machine", f"pc,accel={self.accel},memory-backend=mem",
+                "-m", mib, "-object", f"memory-backend-file,id=mem,size={mib},"
+                f"mem-path=/proc/self/fd/{ram_fd},share=on",
+                "-kernel", guest.image(),
+                "-chardev", f"socket,id=ser,path={self.serial_socket},server=on,wait=off,"
+                f"logfile={self.serial_log},logappend=on", "-serial", "chardev:ser",
+                "-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control",
+                *(["-incoming", "defer"] if incoming else []), *self.extra]
+
+
+def start(machine: Machine, ram_fd: int, incoming: bool = False, pass_fds=(),
+          log=None) -> tuple[subprocess.Popen, Qmp]:
+    """QEMU running (or waiting for its incoming state), its monitor ready for migration."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(machine.command(binary(), ram_fd, theirs.fileno(), incoming),
+                                pass_fds=[ram_fd, theirs.fileno(), *pass_fds],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    finally:
+        theirs.close()
+    qmp = Qmp(ours)
+    try:
+        qmp.greet()
+        qmp.enable_migration()
+    except BaseException:
+        stop(proc)
+        ours.close()
+        raise
+    return proc, qmp
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

@@ -1,0 +1,102 @@
+"""A small QMP client: commands, events, and the migration steps luofs vm needs.
+
+QEMU gets one end of a connected socket pair on its command line (`-chardev
+socket,fd=N`), so there is no socket path to poll for while it starts: the greeting
+arrives as soon as its monitor runs. Unhappy paths: QEMU exits or closes the
+socket (QmpError "QEMU closed its monitor"), a command fails (QmpError with
+QEMU's class and description), a migration ends "failed" or "cancelled", or
+nothing arrives within the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+
+class QmpError(RuntimeError):
+    pass
+
+
+class Qmp:
+    def __init__(self, sock: socket.socket, timeout: float = 30.0):
+        self.sock = sock
+        self.timeout = timeout
+        self.events: list[dict] = []
+        self._buf = b""
+
+    def _read(self, deadline: float) -> dict:
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QmpError("QEMU did not answer on its monitor in time")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError as e:
+                raise QmpError(f"QEMU's monitor failed: {e}") from None
+            if not chunk:
+                raise QmpError("QEMU closed its monitor")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def greet(self) -> None:
+        """Read the greeting and leave capabilities negotiation."""
+        deadline = time.monotonic() + self.timeout
+        while "QMP" not in self._read(deadline):
+            pass
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str, fds=(), **arguments):
+        """Run one command; its fds (for getfd) ride on the same send."""
+        message = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        data = json.dumps(message).encode() + b"\n"
+        if fds:
+            socket.send_fds(self.sock, [data], list(fds))
+        else:
+            self.sock.sendall(data)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._read(deadline)
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                error = reply["error"]
+                raise QmpError(f"{command}: {error.get('class')}: {error.get('desc')}")
+            elif "return" in reply:
+                return reply["return"]
+
+    def migrate(self, command: str, timeout: float, **arguments) -> None:
+        """Run `migrate` or `migrate-incoming` and wait until it completes. Events seen
+        before it are dropped, and a "completed" counts only after this migration's
+        "setup" or "active": a QEMU that was itself a migration target has already
+        reported "completed" once."""
+        self.events = []
+        self.execute(command, **arguments)
+        deadline = time.monotonic() + timeout
+        started = False
+        while True:
+            event = self.events.pop(0) if self.events else self._read(deadline)
+            if event.get("event") != "MIGRATION":
+                continue
+            status = event["data"]["status"]
+            if status in ("setup", "active"):
+                started = True
+            elif status in ("failed", "cancelled"):
+                raise QmpError(f"{command}: migration {status}")
+            elif status == "completed" and started:
+                return
+
+    def enable_migration(self, downtime_ms: int = 1) -> None:
+        """The capabilities both sides need: RAM in shared memory is not sent."""
+        self.execute("migrate-set-capabilities", capabilities=[
+            {"capability": "x-ignore-shared", "state": True},
+            {"capability": "events", "state": True}])
+        self.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40,
+                                                  "downtime-limit": downtime_ms})
