@@ -375,6 +375,15 @@ def _print_devices(machine: list[dict], kernel: list[dict]) -> None:
               f"{dev['irq_pending']} pending, resets {dev['resets']}")
 
 
+def cmd_vm(args) -> int:
+    from .vm import VmError, cli as vm_cli  # QEMU's driver: only this subcommand needs it
+
+    try:
+        return vm_cli.run(args, _root(args))
+    except (VmError, ValueError) as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_shutdown(args) -> int:
     from . import control, teardown
     from .mounts import detach_mount
@@ -494,6 +503,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     dump.set_defaults(func=cmd_kho_dump)
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    vm = add("vm", cmd_vm, "a QEMU virtual machine whose guest RAM is a preserved memfd: it "
+             "pauses at each live update and goes on in the next kernel")
+    vm.add_argument("action", choices=["start", "status", "check", "stop"],
+                    help="start a VM; show it and its last update's pause; make the guest "
+                         "re-check all its RAM; stop it")
+    vm.add_argument("--name", default="vm0", help="the VM's name (default: %(default)s)")
+    vm.add_argument("--ram", type=_size, help="start: guest RAM, e.g. 64M or 4G")
+    vm.add_argument("--json", action="store_true", help="status: machine-readable output")
+    vm.set_defaults(qemu_args=[])  # start: extra QEMU arguments after `--` (see main)
+    vm.epilog = "luofs vm start --ram SIZE [--name NAME] [-- EXTRA QEMU ARGUMENTS]"
     shutdown = add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT; "
                    "remove the instance's logs unless a kernel panicked or died")
     shutdown.add_argument("--keep-logs", action="store_true",
@@ -504,7 +523,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
+    qemu_args = []
+    if command == "vm" and "--" in argv:  # QEMU's arguments, whatever they look like
+        argv, qemu_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser(command).parse_args(argv)
+    if qemu_args:
+        args.qemu_args = qemu_args
     try:
         return args.func(args)
     except CliError as e:

@@ -12,7 +12,8 @@ def test_client_names():
         ["LiveUpdate", "Session", "LiveUpdateV2", "ioctl", "DEVICE_PATH", "kexec", "status"])
     methods = {
         "LiveUpdate": {"create_session", "retrieve_session", "close", "fileno"},
-        "Session": {"preserve_fd", "retrieve_fd", "finish", "get_name", "close", "fileno",
+        "Session": {"preserve_fd", "retrieve_fd", "preserve_bytes", "retrieve_bytes", "finish",
+                    "get_name", "close", "fileno",
                     "name"},
         "LiveUpdateV2": {"preserve", "unpreserve", "restore", "state", "prepare", "freeze",
                          "cancel", "finish", "close", "fileno"},

@@ -1,0 +1,101 @@
+"""Update participants (luofs/participants.py) through a real machine, with fake
+participants in threads: no QEMU needed."""
+
+import errno
+import os
+import socket
+import threading
+
+from luofs import cli, participants
+from luofs.testing import booted
+
+
+class Fake:
+    """A participant that records what it is asked and answers `answers.get(op, ok)`."""
+
+    def __init__(self, state_dir, name, answers=None):
+        self.listener = participants.Listener(state_dir, name)
+        self.answers = answers or {}
+        self.ops = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                op = self.listener.serve_one(self._answer)
+            except OSError:
+                return
+            if op == "shutdown":
+                return
+
+    def _answer(self, op):
+        self.ops.append(op)
+        return self.answers.get(op, {"ok": True})
+
+    def close(self):
+        self.listener.close()
+
+
+def kexec(root, capsys):
+    code = cli.main(["kexec", "--root", root])
+    return code, capsys.readouterr().err
+
+
+def test_participants_prepare_before_and_resume_after_an_update(capsys):
+    with booted() as inst:
+        a, b = Fake(inst.state_dir, "a"), Fake(inst.state_dir, "b")
+        assert kexec(inst.root, capsys)[0] == 0
+        assert a.ops == b.ops == ["prepare", "resume"]
+    a.thread.join(5)  # the machine powered off: every participant was told
+    assert a.ops[-1] == "shutdown" and b.ops[-1] == "shutdown"
+
+
+def test_a_refusal_cancels_the_prepared_and_refuses_the_update(capsys):
+    with booted() as inst:
+        a = Fake(inst.state_dir, "a")
+        b = Fake(inst.state_dir, "b", {"prepare": {"ok": False, "errno": errno.EAGAIN,
+                                                   "error": "guest busy"}})
+        code, err = kexec(inst.root, capsys)
+        assert code == errno.EAGAIN
+        assert "luofs kexec: update participant 'b' refused: guest busy\n" in err
+        assert a.ops == ["prepare", "cancel"] and b.ops == ["prepare"]
+        assert inst.status()["kernel"]["liveupdate_number"] == 0  # nothing changed
+        b.answers.clear()
+        assert kexec(inst.root, capsys)[0] == 0
+        assert inst.status()["kernel"]["liveupdate_number"] == 1
+        assert b.ops == ["prepare", "prepare", "resume"]
+        a.close()
+        b.close()
+
+
+def test_a_refusal_without_an_errno_is_eio(capsys):
+    with booted() as inst:
+        Fake(inst.state_dir, "a", {"prepare": {"ok": False, "error": "no"}})
+        code, err = kexec(inst.root, capsys)
+        assert code == errno.EIO
+        assert "update participant 'a' refused: no" in err
+
+
+def test_a_refused_freeze_cancels_every_participant(capsys):
+    with booted(["--fault", "memfd.freeze:ENOSPC"]) as inst:
+        a = Fake(inst.state_dir, "a")
+        with inst.client() as lu:
+            s = lu.create_session("held")
+        fd = os.memfd_create("x")
+        s.preserve_fd(fd, 1)  # the kernel's freeze now runs the failing handler
+        code, _err = kexec(inst.root, capsys)
+        assert code == errno.ENOSPC
+        assert a.ops == ["prepare", "cancel"]
+        s.close()
+        os.close(fd)
+
+
+def test_a_dead_participants_socket_is_removed_and_skipped(capsys):
+    with booted() as inst:
+        os.makedirs(participants.directory(inst.state_dir), exist_ok=True)
+        path = participants.socket_path(inst.state_dir, "dead")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.bind(path)  # bound, never listening, then gone: as a killed participant's
+        assert kexec(inst.root, capsys)[0] == 0
+        assert not os.path.exists(path)
