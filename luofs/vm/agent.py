@@ -1,6 +1,6 @@
 """The VMM of one luofs VM: it keeps a guest running through every live update.
 
-Fresh start: guest RAM is a memfd preserved as TOKEN_RAM of session "vm:NAME" (with the
+Fresh start: guest RAM is a memfd preserved as TOKEN_RAM of session "vm-NAME" (with the
 VM's description as TOKEN_CONFIG), QEMU maps it shared, the agent registers as an
 update participant (luofs/participants.py) and starts its successor — the next VMM,
 imported and waiting, as the next kernel is.
@@ -46,7 +46,7 @@ DEVICE_BUSY_WAIT = 10.0  # /dev/liveupdate has one opener at a time
 
 
 def session_name(name: str) -> str:
-    return f"vm:{name}"
+    return f"vm-{name}"
 
 
 def _ms(seconds: float) -> float:
