@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # for the seccomp supervisor's tests.
 SYS_PACKAGES := fuse3 libfuse3-dev pkg-config gcc make device-tree-compiler musl-tools golang-go
 SYS_STAMP := .stamp-sys
+VM_PACKAGES := qemu-system-x86
+VM_STAMP := .stamp-vm
 VENV_STAMP := $(VENV)/.stamp
 NATIVE := native/build
 PYTEST_ARGS ?=
@@ -17,8 +19,8 @@ all: deps native
 deps: $(SYS_STAMP) $(VENV_STAMP)
 
 # System packages: install only what is missing (apt-get update once, only if needed).
-$(SYS_STAMP):
-	@missing=""; for p in $(SYS_PACKAGES); do \
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -27,7 +29,16 @@ $(SYS_STAMP):
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+$(SYS_STAMP):
+	$(call install_missing,$(SYS_PACKAGES))
 	@test -e /dev/fuse || modprobe fuse 2>/dev/null || { echo "/dev/fuse is missing"; exit 1; }
+	@touch $@
+
+# QEMU, for `luofs vm` (its tests, the demo's VM scene, the VM benchmark) only.
+$(VM_STAMP): $(SYS_STAMP)
+	$(call install_missing,$(VM_PACKAGES))
 	@touch $@
 
 $(VENV_STAMP): pyproject.toml $(SYS_STAMP)
@@ -39,11 +50,11 @@ $(VENV_STAMP): pyproject.toml $(SYS_STAMP)
 native: $(SYS_STAMP)
 	@if [ -f native/Makefile ]; then $(MAKE) -s -C native; fi
 
-test: deps native
+test: deps native $(VM_STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 	@if [ -x scripts/run-tests.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run-tests.sh; fi
 
-demo: deps native
+demo: deps native $(VM_STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo.sh
 
 BENCH_STAMP := $(VENV)/.stamp-bench
@@ -51,7 +62,7 @@ $(BENCH_STAMP): $(VENV_STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
 	@touch $@
 
-bench: deps native $(BENCH_STAMP)
+bench: deps native $(VM_STAMP) $(BENCH_STAMP)
 	$(PY) -m bench
 
 # The long runs (opt-in, hours): ≥ 1,000,000 fuzzed frames, ≥ 10,000 whole-system
@@ -60,5 +71,5 @@ fuzz: deps native
 	$(PY) -m pytest -q -s -p no:xdist -m slow tests
 
 clean:
-	rm -rf $(VENV) $(NATIVE) $(SYS_STAMP) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NATIVE) $(SYS_STAMP) $(VM_STAMP) .pytest_cache .hypothesis
 	@if [ -f native/Makefile ]; then $(MAKE) -s -C native clean; fi
