@@ -280,9 +280,8 @@ def incoming(root: str, name: str, go: socket.socket) -> int:
 
 
 def _take_over(root: str, name: str) -> tuple[Agent, dict]:
-    with _device(root) as lu:
-        session = lu.retrieve_session(session_name(name))
-    with session:
+    # /dev/liveupdate closes once the guest runs: closing a FUSE file waits for its flush
+    with _device(root) as lu, lu.retrieve_session(session_name(name)) as session:
         ram = session.retrieve_fd(TOKEN_RAM)
         state = session.retrieve_fd(TOKEN_STATE)
         config = json.loads(session.retrieve_bytes(TOKEN_CONFIG))
@@ -291,11 +290,10 @@ def _take_over(root: str, name: str) -> tuple[Agent, dict]:
                                tuple(config["extra"]))
         agent = Agent(root, machine, ram, config["generation"] + 1)
         os.lseek(state, 0, os.SEEK_SET)
-        agent.proc, agent.qmp = qemu.start(machine, ram, incoming=True, pass_fds=[state],
-                                           log=agent.log_file)
-        t["started"] = time.monotonic()
+        agent.proc, agent.qmp = qemu.start(machine, ram, incoming_fd=state, log=agent.log_file)
+        t["started"] = time.monotonic()  # (its monitor has answered: loading has begun)
         try:
-            agent.qmp.migrate("migrate-incoming", SAVE_TIMEOUT, uri=f"fd:{state}")
+            agent.qmp.wait_migration("migrate-incoming", SAVE_TIMEOUT)
             t["loaded"] = time.monotonic()
             agent.qmp.execute("cont")
             t["cont"] = time.monotonic()

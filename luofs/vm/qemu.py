@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 
 from . import guest
-from .qmp import Qmp
+from .qmp import Qmp, setup_commands
 
 QEMU_ENV = "LUOFS_QEMU"
 MIN_RAM = 8 << 20  # the guest's pattern starts at 4 MiB
@@ -71,20 +71,25 @@ class Machine:
                 *(["-incoming", "defer"] if incoming else []), *self.extra]
 
 
-def start(machine: Machine, ram_fd: int, incoming: bool = False, pass_fds=(),
-          log=None) -> tuple[subprocess.Popen, Qmp]:
-    """QEMU running (or waiting for its incoming state), its monitor ready for migration."""
+def start(machine: Machine, ram_fd: int, incoming_fd: int | None = None, log=None,
+          ignore_shared: bool = True) -> tuple[subprocess.Popen, Qmp]:
+    """QEMU running, its monitor ready for migration; with `incoming_fd`, loading the
+    state from it instead (wait with qmp.wait_migration, then `cont`)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    extra_fds = [] if incoming_fd is None else [incoming_fd]
     try:
-        proc = subprocess.Popen(machine.command(binary(), ram_fd, theirs.fileno(), incoming),
-                                pass_fds=[ram_fd, theirs.fileno(), *pass_fds],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            machine.command(binary(), ram_fd, theirs.fileno(), incoming_fd is not None),
+            pass_fds=[ram_fd, theirs.fileno(), *extra_fds], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log)
     finally:
         theirs.close()
     qmp = Qmp(ours)
+    commands = setup_commands(ignore_shared, source=incoming_fd is None)
+    if incoming_fd is not None:
+        commands.append(("migrate-incoming", {"uri": f"fd:{incoming_fd}"}))
     try:
-        qmp.greet()
-        qmp.enable_migration()
+        qmp.pipeline(commands)
     except BaseException:
         stop(proc)
         ours.close()

@@ -44,26 +44,19 @@ class Qmp:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def greet(self) -> None:
-        """Read the greeting and leave capabilities negotiation."""
-        deadline = time.monotonic() + self.timeout
-        while "QMP" not in self._read(deadline):
-            pass
-        self.execute("qmp_capabilities")
-
-    def execute(self, command: str, fds=(), **arguments):
-        """Run one command; its fds (for getfd) ride on the same send."""
-        message = {"execute": command}
-        if arguments:
-            message["arguments"] = arguments
-        data = json.dumps(message).encode() + b"\n"
+    def _send(self, commands, fds=()) -> None:
+        data = b"".join(json.dumps({"execute": c, **({"arguments": a} if a else {})}).encode()
+                        + b"\n" for c, a in commands)
         if fds:
             socket.send_fds(self.sock, [data], list(fds))
         else:
             self.sock.sendall(data)
-        deadline = time.monotonic() + self.timeout
+
+    def _reply(self, command: str, deadline: float):
         while True:
             reply = self._read(deadline)
+            if "QMP" in reply:  # the greeting (commands sent before it wait their turn)
+                continue
             if "event" in reply:
                 self.events.append(reply)
             elif "error" in reply:
@@ -72,13 +65,30 @@ class Qmp:
             elif "return" in reply:
                 return reply["return"]
 
+    def pipeline(self, commands: list[tuple[str, dict]]) -> list:
+        """Send every command at once, then read their replies in order: one wake-up
+        of QEMU's monitor instead of one per command (each costs milliseconds when the
+        host is busy). Sent before QEMU even runs, they wait in the socket."""
+        self._send(commands)
+        deadline = time.monotonic() + self.timeout
+        return [self._reply(command, deadline) for command, _ in commands]
+
+    def execute(self, command: str, fds=(), **arguments):
+        """Run one command; its fds (for getfd) ride on the same send."""
+        self._send([(command, arguments)], fds)
+        return self._reply(command, time.monotonic() + self.timeout)
+
     def migrate(self, command: str, timeout: float, **arguments) -> None:
         """Run `migrate` or `migrate-incoming` and wait until it completes. Events seen
-        before it are dropped, and a "completed" counts only after this migration's
-        "setup" or "active": a QEMU that was itself a migration target has already
+        before it are dropped: a QEMU that was itself a migration target has already
         reported "completed" once."""
         self.events = []
         self.execute(command, **arguments)
+        self.wait_migration(command, timeout)
+
+    def wait_migration(self, command: str, timeout: float) -> None:
+        """Until the migration started last completes: a "completed" counts only after
+        its "setup" or "active"."""
         deadline = time.monotonic() + timeout
         started = False
         while True:
@@ -93,10 +103,16 @@ class Qmp:
             elif status == "completed" and started:
                 return
 
-    def enable_migration(self, downtime_ms: int = 1) -> None:
-        """The capabilities both sides need: RAM in shared memory is not sent."""
-        self.execute("migrate-set-capabilities", capabilities=[
-            {"capability": "x-ignore-shared", "state": True},
-            {"capability": "events", "state": True}])
-        self.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40,
-                                                  "downtime-limit": downtime_ms})
+
+def setup_commands(ignore_shared: bool = True, source: bool = True) -> list[tuple[str, dict]]:
+    """Leave negotiation, and the migration settings: RAM in shared memory is not sent
+    (unless `ignore_shared` is False: the naive migration a benchmark compares with);
+    a source sends the rest as fast as it can."""
+    commands = [("qmp_capabilities", {}),
+                ("migrate-set-capabilities", {"capabilities": [
+                    {"capability": "x-ignore-shared", "state": ignore_shared},
+                    {"capability": "events", "state": True}]})]
+    if source:
+        commands.append(("migrate-set-parameters", {"max-bandwidth": 1 << 40,
+                                                    "downtime-limit": 1}))
+    return commands

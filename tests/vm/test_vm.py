@@ -141,13 +141,13 @@ def test_the_saved_state_loads_only_over_the_guests_own_ram(tmp_path):
         mon.migrate("migrate", 30, uri="fd:s")
         for target, loads in ((fresh, False), (ram, True)):
             os.lseek(state, 0, os.SEEK_SET)
-            proc, mon = qemu.start(machine, target, incoming=True, pass_fds=[state])
+            proc, mon = qemu.start(machine, target, incoming_fd=state)
             procs.append(proc)
             if not loads:
-                with pytest.raises(QmpError, match="migrate-incoming: migration failed"):
-                    mon.migrate("migrate-incoming", 30, uri=f"fd:{state}")
+                with pytest.raises(QmpError, match="^migrate-incoming: migration failed$"):
+                    mon.wait_migration("migrate-incoming", 30)
                 continue
-            mon.migrate("migrate-incoming", 30, uri=f"fd:{state}")
+            mon.wait_migration("migrate-incoming", 30)
             mon.execute("cont")
             last = guest.SerialLog.read(machine.serial_log).last_tick
             wait_for(lambda: guest.SerialLog.read(machine.serial_log).last_tick >= last + 20)
