@@ -16,7 +16,8 @@ import sys
 
 from luofs.testing import booted
 
-from . import device_soak, ioctl_roundtrip, kexec_blackout, plot, shim, startup, supervisor
+from . import (device_soak, ioctl_roundtrip, kexec_blackout, plot, shim, startup, supervisor,
+               vm_pause)
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -54,6 +55,13 @@ def main(argv=None) -> int:
     rows += kexec_blackout.many_sessions(progress, 10_000, 10, samples=1 if args.quick else 3)
     print("devices through 100 live updates …", file=sys.stderr, flush=True)
     rows += device_soak.soak(progress, kexecs=20 if args.quick else 100)
+    print("a QEMU VM's pause through live updates, 256 MiB to 4 GiB (in a memory cgroup) …",
+          file=sys.stderr, flush=True)
+    try:
+        rows += vm_pause.run(progress, rounds=3 if args.quick else 5,
+                             naive_rounds=2 if args.quick else 3)
+    except (vm_pause.qemu.QemuMissing, vm_pause.memcg.CgroupUnavailable) as e:
+        print(f"  skipped: {e}", file=sys.stderr, flush=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"luofs bench — {when} — {machine()}")
     print(table(rows))
