@@ -43,7 +43,7 @@ def _wait_ticks(log_path: str, at_least: int, timeout: float = 600.0) -> None:
 def preserved(size: int, rounds: int) -> tuple[list[float], dict[str, list[float]], list[float]]:
     """Pauses, their parts, and the machine's blackouts, over `rounds` updates."""
     pauses, parts, blackouts = [], {p: [] for p in PARTS}, []
-    with booted() as inst:
+    with booted(["--memory", str(size + 256 * MiB)]) as inst:  # the RAM is pinned in it
         info = vm.start(inst.root, size)
         try:
             _wait_ticks(info["serial_log"], 20)

@@ -355,7 +355,8 @@ def main(argv=None) -> int:
                                tuple(args.extra))
         agent = fresh(args.root, machine)
     except (OSError, QmpError, qemu.QemuMissing) as e:
-        ready.write(f"error: {e}\n")
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        ready.write(f"error: {reason}\n")  # (the client's strerror names the call)
         return 1
     ready.write(f"ready {os.getpid()}\n")
     ready.close()

@@ -177,6 +177,17 @@ def test_a_refused_update_leaves_the_guest_running(capsys):
             vm.start(inst.root, 64 * MiB)
 
 
+def test_guest_ram_must_fit_in_the_machines_memory():
+    with booted(["--memory", "32M"]) as inst:
+        with pytest.raises(vm.VmError, match=r"^PRESERVE_FD fd \d+ token 0x1 on session 'vm-vm0': "
+                                             r"Cannot allocate memory$"):
+            vm.start(inst.root, 64 * MiB)
+        assert vm.status(inst.root)["state"] == "stopped"  # and nothing of it runs
+        info = vm.status(inst.root)
+        assert info["qemu_pid"] is None  # QEMU never started
+        wait_for(lambda: not alive(info["agent_pid"]), 10, "the VMM's end")
+
+
 def test_start_refuses_bad_sizes_and_a_missing_qemu(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="guest RAM must be a multiple of 1 MiB, at least 8 MiB"):
         vm.start(str(tmp_path), 4 * MiB)
