@@ -101,7 +101,7 @@ def test_a_guest_lives_through_two_chained_updates():
     with running_vm() as (inst, t):
         [(seed, lo, hi)] = t.serial().boots
         inode = sample_guest_ram(t.status()["qemu_pid"], seed, lo, hi)[0]
-        assert (lo, hi) == (guest.PATTERN_BASE, 64 * MiB - 128 * 1024)  # low RAM per multiboot
+        assert lo == guest.PATTERN_BASE and 63 * MiB < hi <= 64 * MiB  # RAM per multiboot
         for number in (1, 2):
             before = t.serial().last_tick
             inst.kexec()
