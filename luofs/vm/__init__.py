@@ -9,8 +9,8 @@
 Map: agent.py is the VMM (an update participant, and its successor in the next
 kernel); qemu.py the QEMU command line; qmp.py the monitor; accel.py KVM or TCG;
 guest.py what the test guest (native/guest) prints and writes. Unhappy paths:
-start() raises VmError with the agent's reason (QEMU missing, the name taken, no
-luofs kernel at root); check() raises VmError when the guest does not answer.
+start() raises VmError with the agent's reason (QEMU missing, no mainline luofs
+kernel at root, the name taken, RAM that does not fit in the machine's memory); check() raises VmError when the guest does not answer.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | Non
         accel = accel or _accel.choose(qemu.binary())
     except qemu.QemuMissing as e:
         raise VmError(str(e)) from None
+    _mainline(root)
     read_end, write_end = os.pipe()
     log_path = os.path.join(wire.state_dir(root), f"vm-{name}.log")
     with open(log_path, "ab") as log:
@@ -63,6 +64,18 @@ def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | Non
     if not line.startswith("ready"):
         raise VmError(line.removeprefix("error: ") or f"the VMM exited; see {log_path}")
     return status(root, name)
+
+
+def _mainline(root: str) -> None:
+    try:
+        kernel = wire.request(root, {"op": "status"}, timeout=10).get("kernel")
+    except (ConnectionError, FileNotFoundError):
+        kernel = None
+    if not kernel:
+        raise VmError(f"no luofs kernel serves {root} (luofs boot --root {root})")
+    if kernel["abi"] != "mainline":
+        raise VmError(f"luofs vm needs the mainline ABI; {root} runs {kernel['abi']} "
+                      "(a VMM as an RFC subsystem is not written yet)")
 
 
 def status(root: str, name: str = "vm0") -> dict:

@@ -78,6 +78,7 @@ class Agent:
         self.listener: participants.Listener | None = None
         self.prepared: dict | None = None  # timestamps of a prepared update
         self.last_update: dict | None = None
+        self.error: str | None = None  # why it stopped, when it was not asked to
         self.log_file = open(os.path.join(machine.directory, "agent.log"), "ab")
 
     # -- life in this kernel --------------------------------------------------------------
@@ -214,9 +215,8 @@ class Agent:
             while self.running:
                 ready = select.select([self.listener, qemu_exit], [], [], 5.0)[0]
                 if qemu_exit in ready:
-                    log.error("QEMU of VM %s exited (status %s)", self.machine.name,
-                              self.proc.wait())
-                    self.write_status("stopped", f"QEMU exited with status {self.proc.returncode}")
+                    self.error = f"QEMU exited with status {self.proc.wait()}"
+                    log.error("VM %s: %s", self.machine.name, self.error)
                     return
                 if self.listener in ready:
                     self.listener.serve_one(self.handle)
@@ -239,8 +239,8 @@ class Agent:
                 self.session.close()
             except OSError:
                 pass
-        if self.prepared is None and self.last_update is None:
-            self.write_status("stopped")
+        if self.prepared is None:  # (after a resume the status is the successor's)
+            self.write_status("stopped", self.error)
         log.info("VM %s: this VMM ends; its QEMU's teardown took %.1f ms", self.machine.name,
                  teardown)
 

@@ -195,3 +195,65 @@ def test_start_refuses_bad_sizes_and_a_missing_qemu(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(vm.VmError, match="QEMU is missing: install Debian's qemu-system-x86"):
         vm.start(str(tmp_path), 64 * MiB)
+
+
+def test_start_needs_a_mainline_kernel(tmp_path):
+    with pytest.raises(vm.VmError, match=f"^no luofs kernel serves {tmp_path} "):
+        vm.start(str(tmp_path), 64 * MiB)
+    with booted(["--abi", "rfc-v1"]) as inst:
+        with pytest.raises(vm.VmError, match=f"^luofs vm needs the mainline ABI; {inst.root} "
+                                             "runs rfc-v1 "):
+            vm.start(inst.root, 64 * MiB)
+
+
+def test_the_command(capsys):
+    def luofs(*args):
+        code = cli.main(list(args))
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    with booted() as inst:
+        capsys.readouterr()  # what the boot said
+        t = Tracked(inst.root)
+        try:
+            assert luofs("vm", "start", "--root", inst.root) == (
+                1, "luofs vm: --ram SIZE is required (e.g. --ram 256M)\n")
+            code, out = luofs("vm", "start", "--root", inst.root, "--ram", "16M", "--name", "c",
+                              "--", "-rtc", "base=utc")
+            assert code == 0 and re.match(r"luofs vm: c runs: 16 MiB of guest RAM in a preserved "
+                                          r"memfd, (TCG|KVM); QEMU pid \d+", out)
+            info = vm.status(inst.root, "c")
+            t.pids |= {info["agent_pid"], info["qemu_pid"], info["successor_pid"]}
+            with open(f"/proc/{info['qemu_pid']}/cmdline", "rb") as f:
+                assert f.read().endswith(b"-rtc\0base=utc\0")  # the extra arguments
+            wait_for(lambda: vm.serial(inst.root, "c").last_tick >= 20)
+            assert luofs("kexec", "--root", inst.root)[0] == 0
+            code, out = luofs("vm", "status", "--root", inst.root, "--name", "c")
+            assert code == 0 and "live updates lived through 1" in out
+            assert re.search(r"last update: guest-visible pause [\d.]+ ms \((TCG|KVM), 16 MiB, "
+                             r"state \d+ KiB\): stop and save [\d.]+, .* cont [\d.]+\n", out)
+            t.pids.add(vm.status(inst.root, "c")["qemu_pid"])
+            code, out = luofs("vm", "check", "--root", inst.root, "--name", "c")
+            assert code == 0 and re.fullmatch(r"luofs vm: the guest re-checked \d+ RAM words: "
+                                              r"0 wrong\n", out)
+            assert luofs("vm", "status", "--root", inst.root, "--name", "nope") == (
+                1, f"luofs vm: no VM 'nope' on {inst.root}\n")
+            assert luofs("vm", "stop", "--root", inst.root, "--name", "c") == (
+                0, "luofs vm: c stopped\n")
+            assert vm.status(inst.root, "c")["state"] == "stopped"
+        finally:
+            for pid in t.pids:
+                if pid and alive(pid):
+                    os.kill(pid, 9)
+    wait_for(lambda: not any(alive(p) for p in t.pids if p), 10, "the VM's processes' end")
+
+
+def test_a_vm_whose_qemu_dies_stops_and_leaves_the_updates(capsys):
+    with running_vm(ram=16 * MiB) as (inst, t):
+        info = t.status()
+        os.kill(info["qemu_pid"], 9)
+        wait_for(lambda: vm.status(inst.root)["state"] == "stopped", 10, "the VMM")
+        assert vm.status(inst.root)["error"] == "QEMU exited with status -9"
+        wait_for(lambda: not alive(info["agent_pid"]) and not alive(info["successor_pid"]), 10,
+                 "the VMM and its successor's end")
+        assert cli.main(["kexec", "--root", inst.root]) == 0  # no participant left to ask
