@@ -79,6 +79,7 @@ class Agent:
         self.prepared: dict | None = None  # timestamps of a prepared update
         self.last_update: dict | None = None
         self.error: str | None = None  # why it stopped, when it was not asked to
+        self.handed_over = False  # the successor was told to go: the VM is its now
         self.log_file = open(os.path.join(machine.directory, "agent.log"), "ab")
 
     # -- life in this kernel --------------------------------------------------------------
@@ -189,14 +190,16 @@ class Agent:
             return {"ok": False, "errno": errno.EINVAL, "error": "resume without prepare"}
         self.listener.close()  # the successor registers under the same name
         self.listener = None
-        wire.send(self.successor_sock, {"op": "go", "times": self.prepared,
-                                        "t_go": time.monotonic()})
+        wire.send(self.successor_sock, {"op": "go", "times": self.prepared})
+        self.handed_over = True
         self.successor_sock.settimeout(participants.RESUME_TIMEOUT)
         try:
             reply, _fds = wire.recv(self.successor_sock)
         except OSError as e:
             reply = {"ok": False, "error": f"the next VMM did not answer: {e}"}
         reply = reply or {"ok": False, "error": "the next VMM died"}
+        if not reply.get("ok"):  # the guest is lost: its RAM is the next kernel's now
+            self.write_status("lost", reply.get("error"))
         self.running = False  # this agent's life ends with this kernel's userspace
         return reply
 
@@ -228,7 +231,7 @@ class Agent:
         """Everything this agent started, by pid; its session fd (dead after a kexec)."""
         if self.listener is not None:
             self.listener.close()
-        if self.successor is not None and self.prepared is None:
+        if self.successor is not None and not self.handed_over:
             qemu.stop(self.successor)  # it was never told to go
         t = time.monotonic()
         if self.proc is not None:
@@ -239,7 +242,7 @@ class Agent:
                 self.session.close()
             except OSError:
                 pass
-        if self.prepared is None:  # (after a resume the status is the successor's)
+        if not self.handed_over:  # (after that, the status is the successor's)
             self.write_status("stopped", self.error)
         log.info("VM %s: this VMM ends; its QEMU's teardown took %.1f ms", self.machine.name,
                  teardown)

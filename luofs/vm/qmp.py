@@ -47,10 +47,15 @@ class Qmp:
     def _send(self, commands, fds=()) -> None:
         data = b"".join(json.dumps({"execute": c, **({"arguments": a} if a else {})}).encode()
                         + b"\n" for c, a in commands)
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.sendall(data)
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], list(fds))
+            else:
+                self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            raise QmpError("QEMU closed its monitor") from None
+        except OSError as e:
+            raise QmpError(f"QEMU's monitor failed: {e}") from None
 
     def _reply(self, command: str, deadline: float):
         while True:

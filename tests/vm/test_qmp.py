@@ -61,3 +61,11 @@ def test_the_destination_sets_no_bandwidth_and_naive_keeps_ram():
     assert names == ["qmp_capabilities", "migrate-set-capabilities"]
     caps = dict(setup_commands(ignore_shared=False))["migrate-set-capabilities"]["capabilities"]
     assert {"capability": "x-ignore-shared", "state": False} in caps
+
+
+def test_a_monitor_that_is_gone_before_a_command():
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with pytest.raises(QmpError, match="^QEMU closed its monitor$"):
+        Qmp(ours, timeout=1).execute("stop")
+    ours.close()

@@ -257,3 +257,20 @@ def test_a_vm_whose_qemu_dies_stops_and_leaves_the_updates(capsys):
         wait_for(lambda: not alive(info["agent_pid"]) and not alive(info["successor_pid"]), 10,
                  "the VMM and its successor's end")
         assert cli.main(["kexec", "--root", inst.root]) == 0  # no participant left to ask
+
+
+def test_a_guest_that_cannot_resume_is_reported_lost(tmp_path, monkeypatch):
+    """The next kernel's QEMU does not start: the update itself happened, the guest is
+    lost, and the status says why; nothing is left running."""
+    mark = tmp_path / "fail"
+    wrapper = tmp_path / "qemu"
+    wrapper.write_text(f"#!/bin/sh\n[ -e {mark} ] && exit 3\nexec {QEMU} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("LUOFS_QEMU", str(wrapper))  # the VMMs inherit it
+    with running_vm(ram=16 * MiB) as (inst, t):
+        mark.touch()
+        inst.kexec()
+        info = t.status()
+        assert (info["state"], info["generation"]) == ("lost", 0)
+        assert info["error"] == "VM vm0 did not resume: QEMU closed its monitor"
+        wait_for(lambda: not any(alive(p) for p in t.pids), 10, "the VM's processes' end")
