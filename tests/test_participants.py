@@ -11,7 +11,8 @@ from luofs.testing import booted
 
 
 class Fake:
-    """A participant that records what it is asked and answers `answers.get(op, ok)`."""
+    """A participant that records what it is asked and answers `answers.get(op, ok)`
+    (or what calling it returns)."""
 
     def __init__(self, state_dir, name, answers=None):
         self.listener = participants.Listener(state_dir, name)
@@ -31,7 +32,8 @@ class Fake:
 
     def _answer(self, op):
         self.ops.append(op)
-        return self.answers.get(op, {"ok": True})
+        answer = self.answers.get(op, {"ok": True})
+        return answer(op) if callable(answer) else answer
 
     def close(self):
         self.listener.close()
@@ -99,3 +101,15 @@ def test_a_dead_participants_socket_is_removed_and_skipped(capsys):
             s.bind(path)  # bound, never listening, then gone: as a killed participant's
         assert kexec(inst.root, capsys)[0] == 0
         assert not os.path.exists(path)
+
+
+def test_a_participant_that_fails_answers_with_its_errno(capsys):
+    with booted() as inst:
+        def broken(op):
+            raise OSError(errno.ENOSPC, "no room for the state")
+
+        fake = Fake(inst.state_dir, "a", {"prepare": broken})
+        code, err = kexec(inst.root, capsys)
+        assert code == errno.ENOSPC
+        assert "update participant 'a' refused: [Errno 28] no room for the state" in err
+        fake.close()
