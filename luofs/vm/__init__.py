@@ -67,9 +67,11 @@ def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | Non
 
 
 def _mainline(root: str) -> None:
+    from ..client import status as machine_status
+
     try:
-        kernel = wire.request(root, {"op": "status"}, timeout=10).get("kernel")
-    except (ConnectionError, FileNotFoundError):
+        kernel = machine_status(root, timeout=10).get("kernel")
+    except OSError:  # (no machine is a ConnectionError)
         kernel = None
     if not kernel:
         raise VmError(f"no luofs kernel serves {root} (luofs boot --root {root})")
