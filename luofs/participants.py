@@ -13,11 +13,13 @@ machine, with the next kernel loaded and before it asks the kernel to freeze:
               in the new kernel's userspace and answers when that one runs
     shutdown  the machine powers off: participants end
 
-One JSON request and one reply per connection (luofs/wire.py). Unhappy paths: a
-socket nobody listens on (its participant died) is removed and skipped; a
-participant that does not answer in time refuses; a failed cancel or resume is
-logged and reported, the update itself has happened. Machine side: prepare(),
-Update, shutdown(); participant side: Listener.
+One typed request (luofs/protocol_participant.py) and one Ok or Error per connection.
+Unhappy paths: a socket nobody listens on (its participant died) is removed and
+skipped; a participant that does not answer in time, or answers what is not a reply,
+refuses; a failed cancel or resume is logged and reported, the update itself has
+happened; a participant that gets a request it cannot decode answers Error. Machine
+side: prepare(), Update, shutdown(); participant side: Listener, whose handler gets
+the request's name and answers {"ok": bool, "errno": int, "error": str}.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import logging
 import os
 import socket
 
-from . import wire
+from . import protocol
+from .protocol import Error, Ok
+from .protocol_participant import Cancel, PowerOff, Prepare, Resume
 
 log = logging.getLogger("luofs.participants")
 
@@ -46,8 +50,8 @@ def directory(state_dir: str) -> str:
     return os.path.join(state_dir, DIRECTORY)
 
 
-def ask(path: str, message: dict, timeout: float) -> dict | None:
-    """The reply, or None if nobody listens there (the socket is removed)."""
+def ask(path: str, message, timeout: float):
+    """Ok or Error, or None if nobody listens there (the socket is removed)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         sock.settimeout(timeout)
         try:
@@ -58,11 +62,17 @@ def ask(path: str, message: dict, timeout: float) -> dict | None:
             except FileNotFoundError:
                 pass
             return None
-        wire.send(sock, message)
-        reply, fds = wire.recv(sock)
-    for fd in fds:
-        os.close(fd)
-    return reply if reply is not None else {"ok": False, "error": "closed the connection"}
+        protocol.send(sock, message)
+        try:
+            reply, fds = protocol.recv(sock, protocol.MAX_REQUEST)
+        except protocol.ProtocolError as e:
+            return Error(f"sent a malformed reply ({e})", errno.EPROTO)
+    protocol.close_fds(fds)
+    if reply is None:
+        return Error("closed the connection")
+    if not isinstance(reply, (Ok, Error)):
+        return Error(f"answered {reply.TAG}", errno.EPROTO)
+    return reply
 
 
 def socket_path(state_dir: str, name: str) -> str:
@@ -84,24 +94,23 @@ class Update:
     def __init__(self, prepared: list[tuple[str, str]]):
         self.prepared = prepared
 
-    def _tell(self, op: str, timeout: float) -> dict[str, dict]:
+    def _tell(self, request, timeout: float) -> dict:
         replies = {}
         for name, path in self.prepared:
             try:
-                reply = ask(path, {"op": op}, timeout)
+                reply = ask(path, request, timeout) or Error("gone")
             except OSError as e:
-                reply = {"ok": False, "error": str(e)}
-            reply = reply or {"ok": False, "error": "gone"}
-            if not reply.get("ok"):
-                log.error("participant %s: %s failed: %s", name, op, reply.get("error"))
+                reply = Error(str(e))
+            if isinstance(reply, Error):
+                log.error("participant %s: %s failed: %s", name, request.TAG, reply.error)
             replies[name] = reply
         return replies
 
-    def cancel(self) -> dict[str, dict]:
-        return self._tell("cancel", PREPARE_TIMEOUT)
+    def cancel(self) -> dict:
+        return self._tell(Cancel(), PREPARE_TIMEOUT)
 
-    def resume(self) -> dict[str, dict]:
-        return self._tell("resume", RESUME_TIMEOUT)
+    def resume(self) -> dict:
+        return self._tell(Resume(), RESUME_TIMEOUT)
 
 
 def prepare(state_dir: str) -> Update:
@@ -109,22 +118,25 @@ def prepare(state_dir: str) -> Update:
     update = Update([])
     for name, path in _registered(state_dir):
         try:
-            reply = ask(path, {"op": "prepare"}, PREPARE_TIMEOUT)
+            reply = ask(path, Prepare(), PREPARE_TIMEOUT)
         except OSError as e:  # (a timeout too): it cannot be counted on
-            reply = {"ok": False, "errno": errno.ETIMEDOUT if isinstance(e, socket.timeout)
-                     else errno.EIO, "error": str(e) or "no answer"}
+            reply = Error(str(e) or "no answer",
+                          errno.ETIMEDOUT if isinstance(e, socket.timeout) else errno.EIO)
         if reply is None:
             log.warning("participant %s is gone; its socket is removed", name)
             continue
-        if not reply.get("ok"):
+        if isinstance(reply, Error):
             update.cancel()
-            raise Refused(name, reply.get("errno") or errno.EIO, reply.get("error", "refused"))
+            raise Refused(name, reply.errno or errno.EIO, reply.error)
         update.prepared.append((name, path))
     return update
 
 
 def shutdown(state_dir: str) -> None:
-    Update(_registered(state_dir))._tell("shutdown", PREPARE_TIMEOUT)
+    Update(_registered(state_dir))._tell(PowerOff(), PREPARE_TIMEOUT)
+
+
+_OPS = {Prepare: "prepare", Cancel: "cancel", Resume: "resume", PowerOff: "shutdown"}
 
 
 class Listener:
@@ -145,27 +157,36 @@ class Listener:
         return self.sock.fileno()
 
     def serve_one(self, handle) -> str | None:
-        """Accept one request and answer it with handle(op) -> reply dict."""
+        """Accept one request and answer it: handle(name) -> {"ok", "errno", "error"}."""
         conn, _ = self.sock.accept()
         with conn:
             conn.settimeout(RESUME_TIMEOUT)
-            message, fds = wire.recv(conn)
-            for fd in fds:
-                os.close(fd)
-            op = (message or {}).get("op")
-            if not isinstance(op, str):
+            try:
+                message, fds = protocol.recv(conn, protocol.MAX_REQUEST)
+                protocol.close_fds(fds)
+                op = _OPS.get(type(message))
+                if op is None:
+                    raise protocol.ProtocolError(f"not a participant's request: {message!r}")
+            except protocol.ProtocolError as e:
+                log.error("participant request: %s", e)
+                self._answer(conn, Error(str(e), errno.EPROTO))
                 return None
             try:
                 reply = handle(op)
+                reply = Ok() if reply.get("ok") else Error(
+                    str(reply.get("error") or "refused"), int(reply.get("errno") or 0))
             except Exception as e:  # the machine must get an answer, whatever went wrong
                 log.exception("participant request %s", op)
-                reply = {"ok": False, "errno": getattr(e, "errno", None) or errno.EIO,
-                         "error": str(e)}
-            try:
-                wire.send(conn, reply)
-            except OSError:
-                pass
+                reply = Error(str(e), getattr(e, "errno", None) or errno.EIO)
+            self._answer(conn, reply)
             return op
+
+    @staticmethod
+    def _answer(conn: socket.socket, reply) -> None:
+        try:
+            protocol.send(conn, reply)
+        except OSError:
+            pass
 
     def close(self) -> None:
         try:

@@ -6,7 +6,7 @@ import os
 import socket
 import threading
 
-from luofs import cli, participants
+from luofs import cli, participants, protocol
 from luofs.testing import booted
 
 
@@ -112,4 +112,39 @@ def test_a_participant_that_fails_answers_with_its_errno(capsys):
         code, err = kexec(inst.root, capsys)
         assert code == errno.ENOSPC
         assert "update participant 'a' refused: [Errno 28] no room for the state" in err
+        fake.close()
+
+
+def test_a_reply_that_is_not_a_reply_refuses_the_update(capsys):
+    with booted() as inst:
+        os.makedirs(participants.directory(inst.state_dir), exist_ok=True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server.bind(participants.socket_path(inst.state_dir, "odd"))
+        server.listen(1)
+
+        def babble():
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.send(b"not json")
+
+        thread = threading.Thread(target=babble, daemon=True)
+        thread.start()
+        code, err = kexec(inst.root, capsys)
+        assert code == errno.EPROTO
+        assert "update participant 'odd' refused: sent a malformed reply (message is not JSON)" in err
+        thread.join(5)
+        server.close()
+
+
+def test_a_request_that_is_not_one_is_answered_with_an_error():
+    with booted() as inst:
+        fake = Fake(inst.state_dir, "a")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.connect(fake.listener.path)
+            s.send(b'{"type": "ok"}')
+            reply, _fds = protocol.recv(s)
+        assert isinstance(reply, protocol.Error) and reply.errno == errno.EPROTO
+        assert reply.error == "not a participant's request: Ok()"
+        assert fake.ops == []
         fake.close()

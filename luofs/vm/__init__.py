@@ -23,6 +23,7 @@ import sys
 import time
 
 from .. import participants, wire
+from ..protocol_participant import PowerOff
 from .guest import SerialLog
 
 __all__ = ["start", "status", "stop", "check", "serial", "VmError", "vm_dir"]
@@ -118,7 +119,7 @@ def stop(root: str, name: str = "vm0") -> None:
     except ProcessLookupError:
         return
     try:
-        participants.ask(path, {"op": "shutdown"}, 30.0)
+        participants.ask(path, PowerOff(), 30.0)
         if not _wait_fd(pidfd, 30.0):
             raise VmError(f"VM {name}: its agent (pid {info['agent_pid']}) did not end")
     finally:

@@ -36,6 +36,8 @@ class Qmp:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
                 continue
+            except ConnectionResetError:  # it exited with our commands unread
+                raise QmpError("QEMU closed its monitor") from None
             except OSError as e:
                 raise QmpError(f"QEMU's monitor failed: {e}") from None
             if not chunk:

@@ -1,0 +1,24 @@
+"""The messages between the machine and its update participants (luofs/participants.py),
+registered with luofs.protocol's one encoder and decoder. Each is answered by
+protocol.Ok or protocol.Error (with the participant's errno, or 0).
+"""
+
+from .protocol import Message
+
+__all__ = ["Prepare", "Cancel", "Resume", "PowerOff"]
+
+
+class Prepare(Message, tag="participant-prepare"):
+    """A live update is coming: get ready (a VMM stops its guests and saves them)."""
+
+
+class Cancel(Message, tag="participant-cancel"):
+    """The update was refused: go on as before."""
+
+
+class Resume(Message, tag="participant-resume"):
+    """The next kernel serves: hand over to your successor there."""
+
+
+class PowerOff(Message, tag="participant-power-off"):
+    """The machine shuts down: end."""
