@@ -90,116 +90,15 @@ def _machine_answers(root: str):
 
 
 def cmd_boot(args) -> int:
-    root = _root(args)
-    _check_boot_root(root)
-    running = _machine_answers(root)
-    if running is not None:
-        return _cold_boot_after_panic(root, running)
-    _clean_stale_mount(root)
-    if os.listdir(root):
-        raise CliError(f"{root} is not empty: luofs mounts over it and would hide its files")
-    config = _machine_config(root, args)
-    from . import wire
+    from . import cli_boot  # its checks and the machine's start: only boot needs them
 
-    try:  # only once everything is known to be valid
-        state = wire.state_dir(root, create=True)
-    except PermissionError as e:
-        raise CliError(e.strerror) from None
-    pid = _start_machine(config, state)
-    served = f"{root}/dev/liveupdate" if args.abi != "rfc-v1" else f"{root}/sys (rfc-v1)"
-    print(f"luofs: kernel #0 serves {served} (machine pid {pid})")
-    return 0
+    return cli_boot.cmd_boot(args)
 
 
-def _check_boot_root(root: str) -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise CliError("FUSE is missing: /dev/fuse does not exist (modprobe fuse, or install fuse3)")
-    if not os.path.isdir(root):
-        raise CliError(f"{root} is not a directory")
+def cmd_status(args) -> int:
+    from . import cli_status
 
-
-def _cold_boot_after_panic(root: str, running) -> int:
-    """`boot` where a machine runs: a fresh kernel #0 if its kernel died, else busy."""
-    from .protocol import ColdBoot
-
-    panic = running.machine.get("panic")
-    if not panic:
-        raise CliError(f"{root} is busy: a luofs kernel already serves it "
-                       f"(luofs shutdown --root {root})")
-    # The kernel died or refused its hand-over: what it held cannot be had back.
-    print(f"luofs: {panic}; starting kernel #0 cold: preserved state is lost", file=sys.stderr)
-    _ok(_ask(root, ColdBoot(), timeout=MACHINE_START_TIMEOUT), "cold boot")
-    print(f"luofs: kernel #0 serves {root}/dev/liveupdate")
-    return 0
-
-
-def _clean_stale_mount(root: str) -> None:
-    from .mounts import detach_mount, is_luofs, is_stale, mount_entry
-
-    entry = mount_entry(root)
-    if entry is None and not is_stale(root):
-        return
-    if not is_luofs(entry):
-        what = f"a {entry[0]} file system is" if entry else "something unreachable is"
-        raise CliError(f"{root} is busy: {what} mounted there (luofs cleans only its own)")
-    detach_mount(root)
-    print(f"luofs: cleaned a stale luofs mount at {root}", file=sys.stderr)
-
-
-def _machine_config(root: str, args):
-    """The options of `boot`, checked, as the MachineConfig the machine starts with."""
-    from devices import parse_spec
-
-    from .core import faults
-    from .protocol_kernel import KernelConfig, MachineConfig
-
-    try:
-        parse_spec(args.devices)
-    except ValueError as e:
-        raise CliError(f"--devices: {e}") from None
-    try:  # $LUOFS_FAULT arms points too, as --fault does
-        armed = faults.parse(",".join([os.environ.get("LUOFS_FAULT", ""), *args.fault]))
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    kernel = KernelConfig(abi=args.abi, cmdline=args.cmdline, debugfs=args.debugfs,
-                          faults=tuple(armed.items()), log_level=args.log_level or "")
-    from . import cli_userspace
-
-    return MachineConfig(root=root, memory=args.memory, devices=args.devices, kernel=kernel,
-                         **cli_userspace.init_config(root, args))  # --init
-
-
-def _start_machine(config, state: str) -> int:
-    """Start the machine in its own session; its pid once kernel #0 serves."""
-    import socket
-    import subprocess
-
-    from . import protocol, wire
-    from .protocol_kernel import Started
-
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    log_path = os.path.join(state, "machine.log")
-    with ours, theirs, wire.open_log(log_path) as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "luofs.machine", "--config-fd", str(theirs.fileno()),
-             "--state-dir", state],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=log_file, start_new_session=True)
-        theirs.close()
-        ours.settimeout(MACHINE_START_TIMEOUT)
-        try:
-            protocol.send(ours, config)
-            reply, fds = protocol.recv(ours)
-            protocol.close_fds(fds)
-        except (OSError, protocol.ProtocolError) as e:
-            reply = protocol.Error(str(e))
-    if isinstance(reply, Started):
-        return reply.pid
-    if proc.poll() is None and reply is not None:
-        proc.kill()
-    proc.wait(10)
-    raise CliError(getattr(reply, "error", None) or
-                   f"the machine exited (status {proc.returncode}); see {log_path}")
+    return cli_status.cmd_status(args)
 
 
 def _ok(reply, what: str):
@@ -293,88 +192,6 @@ def cmd_run(args) -> int:
     return cli_userspace.run(root, command, env, _machine_answers(root), argv[0])
 
 
-def cmd_status(args) -> int:
-    root = _root(args)
-    reply = _machine_answers(root)
-    if reply is None:
-        from .mounts import is_luofs, mount_entry
-
-        entry = mount_entry(root)
-        if is_luofs(entry):
-            raise CliError(f"{root} has a stale luofs mount and no machine; "
-                           f"`luofs boot --root {root}` cleans it")
-        other = f" (a {entry[0]} file system is mounted there)" if entry else ""
-        raise CliError(f"no luofs kernel serves {root}{other}")
-    if args.json:
-        import json
-
-        from .client import status_dict
-
-        print(json.dumps(status_dict(reply), indent=2))
-        return 0
-    k, m = reply.kernel, reply.machine
-    print(f"root:            {m['root']}")
-    print(f"machine:         pid {m['pid']}, up {m['uptime_s']} s, logs in {m['state_dir']}")
-    print(f"live updates:    {m['kexecs']}, last blackout {m['last_blackout_ms']} ms")
-    from . import cli_userspace
-
-    for line in cli_userspace.status_lines(m):
-        print(line)
-    if k is None:
-        print(f"kernel:          none — {m.get('kernel_problem') or m['panic']}")
-        return 0
-    _print_kernel(k, m)
-    return 0
-
-
-def _print_kernel(k: dict, m: dict) -> None:
-    print(f"kernel:          pid {k['pid']}, {k['abi']}, liveupdate number "
-          f"{k['liveupdate_number']}, state {k['state']}")
-    for keeper in k.get("keepers", []):
-        if not keeper["alive"]:
-            print(f"file keeper:     pid {keeper['pid']} died holding {keeper['files']} file(s)")
-    if k.get("lost"):
-        print("lost files:      " + ", ".join(f"{owner} ({n})" for owner, n in k["lost"].items())
-              + " — a live update is refused until they are closed")
-    if k.get("lost_at_boot"):
-        lost = k["lost_at_boot"]
-        print(f"lost at boot:    {lost['files']} file(s) of "
-              + (", ".join(f"'{name}' ({n})" for name, n in lost["sessions"].items())
-                 or "the hand-over") + " died with a file keeper during the update")
-    if k["device_open"] is not None:
-        print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
-    for name, data in k.get("subsystems", {}).items():
-        print(f"subsystem:       {name} data {data:#x}")
-    if "files" in k:
-        print(f"files:           outgoing tokens {k['files']['outgoing']}, "
-              f"incoming {k['files']['incoming']}")
-    _print_devices(m.get("devices", []), k.get("devices", []))
-    if k["abi"] == "mainline":
-        print(f"sessions:        {len(k['sessions'])}")
-    shown = 20
-    for s in k["sessions"][:shown]:
-        extra = " (retrieved)" if s["retrieved"] else ""
-        print(f"  {s['direction']:8} {s['name']}: {s['files']} file(s){extra}")
-    if len(k["sessions"]) > shown:
-        print(f"  … and {len(k['sessions']) - shown} more (luofs status --json lists all)")
-
-
-def _print_devices(machine: list[dict], kernel: list[dict]) -> None:
-    """One line per DMA engine: what the hardware did beside what its driver saw."""
-    drivers = {d["path"]: d for d in kernel}
-    for dev in machine:
-        if dev.get("kind") != "dma":
-            continue
-        drv = drivers.get(dev["path"], {})
-        flags = "/".join("1" if drv.get(name) else "0"
-                         for name in ("requested", "preserved", "reclaimed"))
-        print(f"device:          {dev['label']} requested/preserved/reclaimed {flags}: written {dev['records_written']}, "
-              f"received {drv.get('records_received', 0)} (this kernel "
-              f"{drv.get('records_received_this_kernel', 0)}), gaps {drv.get('seq_gaps', 0)}, "
-              f"irq {dev['irq_raised']} raised / {dev['irq_delivered']} delivered / "
-              f"{dev['irq_pending']} pending, resets {dev['resets']}")
-
-
 def cmd_vm(args) -> int:
     from .vm import VmError, cli as vm_cli  # QEMU's driver: only this subcommand needs it
 
@@ -413,7 +230,8 @@ def cmd_shutdown(args) -> int:
     return 0
 
 
-def _size(text: str) -> int:
+def size(text: str) -> int:
+    """A size argument: 4096, 64M, 4G (a positive multiple of 4096)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
@@ -423,35 +241,6 @@ def _size(text: str) -> int:
     if value <= 0 or value % 4096:
         raise argparse.ArgumentTypeError("memory must be a positive multiple of 4096")
     return value
-
-
-def _add_boot_options(boot: argparse.ArgumentParser) -> None:
-    from .core.faults import POINTS
-
-    boot.add_argument("--log-level", help="kernel log level (DEBUG shows why requests fail)")
-    boot.add_argument("--abi", choices=["mainline", "rfc-v1", "rfc-v2"], default="mainline",
-                      help="which LUO to emulate: mainline (sessions, the default); rfc-v1 "
-                           "(sysfs state/prepare/finish, no device); rfc-v2 (ioctl events "
-                           "and kernel-generated tokens)")
-    boot.add_argument("--devices", nargs="?", const="default", default="none", metavar="SPEC",
-                      help="emulated devices that keep running through live updates: "
-                           "`--devices` alone gives the default set (a PCI bridge with two "
-                           "DMA engines); SPEC is LABEL[@PARENT][:k=v,…];… with labels "
-                           "bridgeN or dmaN and options rate=RECORDS_PER_S, ring=ENTRIES, "
-                           "lu=0 (no liveupdate callbacks); default: none")
-    boot.add_argument("--debugfs", action="store_true",
-                      help="serve KHO's debugfs under sys/kernel/debug/kho/{out,in}")
-    boot.add_argument("--cold", action="store_true",
-                      help="accepted for clarity: after a kernel panic or crash, `boot` always "
-                           "starts kernel #0 fresh and says what was lost")
-    boot.add_argument("--memory", type=_size, default=DEFAULT_MEMORY,
-                      help="emulated physical memory, e.g. 256M or 4G (sparse; default 1G); preserved "
-                           "memfds pin their pages in it: what does not fit fails with ENOMEM")
-    boot.add_argument("--fault", action="append", default=[], metavar="POINT[:ERRNO]",
-                      help="make a named callback fail in every kernel of this instance "
-                           f"(default errno EIO); points: {', '.join(POINTS)}")
-    boot.add_argument("--cmdline", default="liveupdate=on kho=on",
-                      help="what proc/cmdline shows (default: %(default)s)")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -471,7 +260,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     boot = add("boot", cmd_boot, "start the machine and kernel #0 in the background; return "
                "once ROOT/dev/liveupdate is served (cleans a stale mount left at ROOT)")
     if command in (None, "boot"):  # its options need the fault list, and little else does
-        _add_boot_options(boot)
+        from . import cli_boot
+
+        cli_boot.add_boot_options(boot)
     from . import cli_userspace
 
     cli_userspace.add_boot_options(boot)
@@ -509,7 +300,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     help="start a VM; show it and its last update's pause; make the guest "
                          "re-check all its RAM; stop it")
     vm.add_argument("--name", default="vm0", help="the VM's name (default: %(default)s)")
-    vm.add_argument("--ram", type=_size, help="start: guest RAM, e.g. 64M or 4G")
+    vm.add_argument("--ram", type=size, help="start: guest RAM, e.g. 64M or 4G")
     vm.add_argument("--json", action="store_true", help="status: machine-readable output")
     vm.set_defaults(qemu_args=[])  # start: extra QEMU arguments after `--` (see main)
     vm.epilog = "luofs vm start --ram SIZE [--name NAME] [-- EXTRA QEMU ARGUMENTS]"
