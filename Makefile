@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 # musl-tools and golang-go build programs no LD_PRELOAD shim reaches (static musl, Go)
 # for the seccomp supervisor's tests.
 SYS_PACKAGES := fuse3 libfuse3-dev pkg-config gcc make device-tree-compiler musl-tools golang-go
-SYS_STAMP := .stamp-sys
+# The stamp names the package list: adding a package makes every checkout check again.
+SYS_STAMP := .stamp-sys-$(shell echo $(SYS_PACKAGES) | cksum | cut -d' ' -f1)
 VM_PACKAGES := qemu-system-x86
 VM_STAMP := .stamp-vm
 VENV_STAMP := $(VENV)/.stamp
@@ -41,7 +42,7 @@ $(VM_STAMP): $(SYS_STAMP)
 	$(call install_missing,$(VM_PACKAGES))
 	@touch $@
 
-$(VENV_STAMP): pyproject.toml $(SYS_STAMP)
+$(VENV_STAMP): pyproject.toml | $(SYS_STAMP)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
@@ -71,5 +72,5 @@ fuzz: deps native
 	$(PY) -m pytest -q -s -p no:xdist -m slow tests
 
 clean:
-	rm -rf $(VENV) $(NATIVE) $(SYS_STAMP) $(VM_STAMP) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NATIVE) .stamp-sys* $(VM_STAMP) .pytest_cache .hypothesis
 	@if [ -f native/Makefile ]; then $(MAKE) -s -C native clean; fi
