@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
+import stat
 
 from . import control, wire
 from .protocol import Error, Shutdown, StatusRequest
@@ -23,6 +25,14 @@ EXIT_WAIT = 15.0  # for the machine to exit once it accepted Shutdown
 GRACE = 5.0  # between SIGTERM and SIGKILL
 STATE_FILES = {"control", "machine.lock", "machine.log", "kernel.log",
                "userspace.log"}  # luofs/userspace.py: what init and PID 1 print
+# Directories luofs makes there: update participants' sockets (luofs/participants.py),
+# each VM's files (luofs/vm); and each VM's log, vm-NAME.log.
+STATE_DIRS = {"participants", "vm"}
+
+
+def _ours(name: str) -> bool:
+    return name in STATE_FILES or name in STATE_DIRS or (
+        name.startswith("vm-") and name.endswith(".log"))
 
 
 class TeardownError(Exception):
@@ -112,11 +122,14 @@ def remove_state(root: str) -> str | None:
         except PermissionError as e:
             return e.strerror
         names = set(os.listdir(fd))
-        if names - STATE_FILES:
-            strays = ", ".join(sorted(names - STATE_FILES))
-            return f"{path} holds files luofs did not put there: {strays}"
+        strays = sorted(name for name in names if not _ours(name))
+        if strays:
+            return f"{path} holds files luofs did not put there: {', '.join(strays)}"
         for name in names:
-            os.unlink(name, dir_fd=fd)
+            if name in STATE_DIRS and stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                shutil.rmtree(name, dir_fd=fd)  # fd-relative, never following a link
+            else:
+                os.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
     os.rmdir(path)

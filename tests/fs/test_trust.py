@@ -210,3 +210,21 @@ def test_an_idle_or_slow_client_blocks_nobody(luofs_instance):
     assert isinstance(reply, Error) and "no request within" in reply.error
     for sock in idle + [slow]:
         sock.close()
+
+
+def test_shutdown_removes_what_vms_and_participants_left_in_the_state_dir(tmp_path):
+    from luofs import teardown
+
+    root = tmp_path / "root"
+    root.mkdir()
+    state = wire.state_dir(str(root), create=True)
+    os.makedirs(os.path.join(state, "vm", "vm0"))
+    os.mkdir(os.path.join(state, "participants"))
+    for name in ("machine.log", "vm-vm0.log", "vm/vm0/serial.log", "participants/vm0.sock"):
+        open(os.path.join(state, name), "w").close()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep-me").write_text("x")
+    os.symlink(victim, os.path.join(state, "vm", "link"))  # never followed
+    assert teardown.remove_state(str(root)) is None and not os.path.exists(state)
+    assert (victim / "keep-me").read_text() == "x"
