@@ -12,10 +12,12 @@ shutdown; a message it cannot read is answered with Error and logged.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import socket
 import sys
+import threading
 import time
 
 import pyfuse3
@@ -23,7 +25,7 @@ import trio
 
 import kho
 
-from . import device_adapter, limits, protocol
+from . import device_adapter, limits, personalities, protocol
 from .core import LuoError
 from .core.faults import Faults
 from .fs.debugfs import kho_debugfs
@@ -41,6 +43,37 @@ from .protocol_kernel import (Crashing, Failed, KernelBoot, KernelConfig, Kernel
 log = logging.getLogger("luofs.kernel")
 
 BARRIER_XATTR = "user.luofs-barrier"  # not a request name: answered ENODATA
+
+
+class ReleaseBarrier:
+    """A thread of this kernel's own that makes one request to the mount when asked:
+    it comes back only once every request FUSE queued before it was read. The thread
+    is started while the kernel serves, so a live update does not pay for starting one
+    (it must not be the loop's own request: the loop has to answer it)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._ask_r, self._ask_w = os.pipe2(os.O_CLOEXEC)
+        self._done_r, self._done_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        threading.Thread(target=self._run, name="release-barrier", daemon=True).start()
+
+    def _run(self) -> None:
+        while os.read(self._ask_r, 1):
+            try:
+                os.getxattr(self.root, BARRIER_XATTR)
+            except OSError:  # ENODATA, as every non-request name answers
+                pass
+            os.write(self._done_w, b".")
+
+    async def wait(self) -> None:
+        os.write(self._ask_w, b".")
+        while True:
+            await trio.lowlevel.wait_readable(self._done_r)
+            try:
+                os.read(self._done_r, 1)
+                return
+            except BlockingIOError:
+                continue
 
 
 def build_fs(personality: Personality, cmdline: str, debugfs: bool) -> KernelFS:
@@ -73,6 +106,7 @@ class Kernel:
         self.personality: Personality | None = None
         self.fs: KernelFS | None = None
         self.handed_over = False
+        self.barrier: ReleaseBarrier | None = None  # once serving
 
     def receive_boot(self) -> bool:
         """Block until the machine says boot; False after a panic (reported, not served)."""
@@ -124,6 +158,7 @@ class Kernel:
     async def serve(self) -> None:
         self.sock.setblocking(False)
         with Mount(self.fs, self.root, self.root_fd) as mount:
+            self.barrier = ReleaseBarrier(self.root)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send(Ready(pid=os.getpid(), mnt_id=self.fs.mnt_id,
@@ -186,11 +221,9 @@ class Kernel:
         """Let every close(2) that returned before the live update was asked for take
         effect first. FUSE sends RELEASE in the background after close returns; a request
         of our own to the mount, queued behind them, comes back only once they are read
-        and (their handlers never wait) done. From a thread: the loop must answer it."""
-        try:
-            await trio.to_thread.run_sync(os.getxattr, self.root, BARRIER_XATTR)
-        except OSError:  # ENODATA, as every non-request name answers
-            pass
+        and (their handlers never wait) done."""
+        if self.barrier is not None:
+            await self.barrier.wait()
 
     def obey(self, message, cancel: trio.CancelScope) -> bool:
         """Carry out one command of the machine; True when the kernel is done serving."""
@@ -240,6 +273,15 @@ class Kernel:
         return True
 
 
+def preload() -> None:
+    """Import now what the boot would import lazily: a next kernel is loaded ahead of
+    time so that nothing is imported in the blackout (its ABI comes with the boot)."""
+    for name in personalities.names():
+        personalities.load(name)
+    gc.collect()
+    gc.freeze()  # what was imported stays out of the collector's sight
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="luofs-kernel", description=__doc__)
     p.add_argument("--root", required=True)
@@ -250,6 +292,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
+    preload()
     kernel = Kernel(socket.socket(fileno=args.control_fd), args.root, args.device_fd,
                     args.root_fd)
     if not kernel.receive_boot():
