@@ -52,6 +52,36 @@ class Mount:
         self.unmount()
 
     def unmount(self) -> None:
-        if self._mounted:
-            self._mounted = False
-            pyfuse3.close(unmount=True)
+        if not self._mounted:
+            return
+        self._mounted = False
+        # Through the held descriptor an unmount costs ~3.5 ms more than by path (in the
+        # blackout): by path, then, when the mount table says our mount is what the path
+        # names, the last component no link; else through the descriptor.
+        if self.target != self.root and self._ours_at_root():
+            try:
+                _umount2(self.root, MNT_DETACH | UMOUNT_NOFOLLOW)
+            except OSError:
+                pass
+            else:
+                pyfuse3.close(unmount=False)
+                return
+        pyfuse3.close(unmount=True)
+
+    def _ours_at_root(self) -> bool:
+        """Read from the mount table, never by a stat: the loop that would answer one has
+        stopped."""
+        entry = topmost(self.root)
+        return entry is not None and entry.mount_id == self.fs.mnt_id != -1
+
+
+MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
+
+
+def _umount2(path: str, flags: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
