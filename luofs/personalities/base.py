@@ -30,8 +30,8 @@ from ..core.state import GlobalState
 from ..filestore import FileStore
 from ..fs.nodes import Node
 from ..handlers import MemfdHandler
-from ..record_slabs import RecordSlabs
 from ..protocol import FILES, KEEPERS, HandOver
+from ..record_slabs import RecordSlabs
 from ..uapi import errnos
 
 log = logging.getLogger("luofs.personality")

@@ -3,8 +3,6 @@ bridges upstream."""
 
 import os
 
-import pytest
-
 from devices.registers import STATUS_BLOCKED, STATUS_FULL, STATUS_RUNNING
 from devices.ring import RECORD_SIZE, unpack_records
 from devices.testing import wait_until

@@ -5,7 +5,6 @@ import errno
 import os
 import select
 import subprocess
-import sys
 import threading
 
 import pytest
