@@ -3,6 +3,7 @@ its main loop between the two)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -76,12 +77,10 @@ class Mount:
 
 
 MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded with the kernel, not in the blackout
 
 
 def _umount2(path: str, flags: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(os.fsencode(path), flags) != 0:
+    if _LIBC.umount2(os.fsencode(path), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
