@@ -122,6 +122,13 @@ check "a static program's kexec_file_load is served (exit $status)" test "$statu
 timeout -k 5 "$TEST_TIMEOUT" luofs kexec --root "$root" >/dev/null 2>&1
 check "...and its command line is the next kernel's proc/cmdline ($(cat "$root/proc/cmdline"))" \
 	grep -qx "liveupdate=on kho=on luo_stage=2" "$root/proc/cmdline"
+if [ -x "$NATIVE/frozen_memfd_static" ]; then
+	out=$(timeout -k 5 "$TEST_TIMEOUT" "$SUPERVISOR" --root "$root" -- \
+		"$NATIVE/frozen_memfd_static" "$device" raw 2>&1) && status=0 || status=$?
+	printf '%s\n' "$out" | sed 's/^/    /'
+	check "the frozen-memfd rule for a static program's raw ftruncate/fallocate (exit $status)" \
+		test "$status" -eq 0
+fi
 fake=$(mktemp -d)
 printf '#!/bin/sh\nexit 16\n' >"$fake/busy"
 chmod +x "$fake/busy"

@@ -42,6 +42,25 @@ def _seals(fd: int) -> int:
         return 0  # O_TMPFILE files do not support sealing
 
 
+# Marks a memfd LUO holds preserved, for the shim and the seccomp supervisor: while it
+# is there, ftruncate to another size and fallocate fail with EPERM (§15), which only a
+# kernel hook could enforce for every caller. Files parked in keepers are not marked (the
+# kernel holds no fd of theirs to clear it with): the rule is not enforced for them.
+FROZEN_XATTR = "user.luo.frozen"
+
+
+def mark_frozen(file: OwnedFile, frozen: bool) -> None:
+    if file.parked is not None or file.fd < 0 or file._closed:
+        return  # (a closed file's number may name another file by now)
+    try:
+        if frozen:
+            os.setxattr(file.fd, FROZEN_XATTR, b"1")
+        else:
+            os.removexattr(file.fd, FROZEN_XATTR)
+    except OSError:
+        pass  # no user xattrs here, or no mark: the rule is then not enforced
+
+
 def _read_write(file: OwnedFile) -> None:
     """The kernel hands back a new O_RDWR file whatever the preserved one's access mode:
     a file preserved read-only or write-only is reopened read-write (a new open file
@@ -109,6 +128,7 @@ class MemfdHandler:
         except BaseException:
             self.unpreserve(file, 0)
             raise
+        mark_frozen(file, True)
         return 0
 
     def _pin(self, file: OwnedFile, nbytes: int) -> None:
@@ -145,6 +165,7 @@ class MemfdHandler:
     def unpreserve(self, file: OwnedFile, data: int) -> None:
         self.pinned -= file.pinned  # LUO's reference itself the core drops
         file.pinned = 0
+        mark_frozen(file, False)
 
     def freeze(self, file: OwnedFile, data: int) -> int:
         """Record position, size and seals as of now; the record's address is the handle."""
@@ -230,6 +251,7 @@ class MemfdHandler:
                 raise LuoError(errnos.EIO, f"memfd at {data:#x} is {size} bytes, "
                                            f"its record says {record.size}")
         _read_write(file)
+        mark_frozen(file, False)  # the kernel's retrieved file is a new, unfrozen one
         return file
 
     def can_finish(self, file, data: int) -> bool:
@@ -237,4 +259,6 @@ class MemfdHandler:
 
     def finish(self, file, data: int, retrieved: bool, private: OwnedFile | None) -> None:
         if not retrieved and private is not None:  # never retrieved: freed now
+            if private.parked is None:
+                mark_frozen(private, False)
             private.close()

@@ -247,4 +247,9 @@ int luofs_kexec_file_load_args(pid_t pid, int (*fd_errno)(void *ctx, int fd), vo
 			       char buf[LUOFS_COMMAND_LINE_SIZE], const char *args[4]);
 int luofs_kexec_load_args(unsigned long nr_segments, unsigned long flags, const char *args[2]);
 
+/* A memfd LUO holds preserved (frozen.c): its xattr mark, set and cleared by the
+ * emulator's memfd handler. */
+#define LUOFS_FROZEN_XATTR "user.luo.frozen"
+bool luofs_frozen(int fd);
+
 #endif /* LUOFS_SHIM_H */

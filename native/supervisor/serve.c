@@ -15,6 +15,8 @@
  *                       its link as on a real system; any other path: continue
  *   fstatfs, statfs     of an emulated fd (statfs: of /proc/self/fd/N): the real
  *                       tree's type; anything else: continue
+ *   ftruncate,          on a memfd LUO holds preserved (its user.luo.frozen mark):
+ *   fallocate           EPERM, but ftruncate to its own size; anything else: continue
  *
  * "Continue" (SECCOMP_USER_NOTIF_FLAG_CONTINUE) lets the kernel run the call as
  * if it had never been trapped, so a trapped readlink of /proc/self/exe (static
@@ -36,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "../shim/shim.h"
@@ -283,6 +286,22 @@ static int serve_statfs(struct target *t, const struct seccomp_data *d, bool by_
 	return 0;
 }
 
+/* The frozen-memfd rule (shim/frozen.c): on a memfd the emulator marks preserved,
+ * ftruncate to another size and fallocate are EPERM; anything else continues. */
+static int serve_frozen(struct target *t, const struct seccomp_data *d, struct answer *a)
+{
+	char path[64];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)t->tid, (int)d->args[0]);
+	if (getxattr(path, LUOFS_FROZEN_XATTR, NULL, 0) < 0)
+		return CONTINUE;
+	if (d->nr == __NR_ftruncate && stat(path, &st) == 0 && st.st_size == (off_t)d->args[1])
+		return CONTINUE;
+	a->error = -EPERM;
+	return 0;
+}
+
 static int dispatch(struct supervisor *sv, struct target *t, const struct seccomp_data *d,
 		    struct answer *a)
 {
@@ -300,6 +319,9 @@ static int dispatch(struct supervisor *sv, struct target *t, const struct seccom
 #endif
 	case __NR_readlinkat:
 		return serve_readlink(t, d, true, a);
+	case __NR_ftruncate:
+	case __NR_fallocate:
+		return serve_frozen(t, d, a);
 	case __NR_fstatfs:
 		return serve_statfs(t, d, false, a);
 	case __NR_statfs:

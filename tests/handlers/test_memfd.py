@@ -114,3 +114,19 @@ def test_a_memfd_preserved_read_only_or_write_only_comes_back_read_write(mode):
             os.write(got, b"!")
             assert os.pread(got, 10, 0) == b"0123456!89"
             os.close(got)
+
+
+def test_a_preserved_memfd_is_marked_frozen_until_unpreserved():
+    """The shim and the supervisor refuse ftruncate/fallocate on what carries the mark
+    (spec/uapi.md §15); it goes with the preservation."""
+    from luofs.handlers.memfd import FROZEN_XATTR
+
+    handler = MemfdHandler(memory=8 * MiB)
+    f = memfd(4096)
+    handler.preserve(f)
+    assert os.getxattr(f.fd, FROZEN_XATTR) == b"1"
+    handler.unpreserve(f, 0)
+    with pytest.raises(OSError) as e:
+        os.getxattr(f.fd, FROZEN_XATTR)
+    assert e.value.errno == errno.ENODATA
+    f.close()
