@@ -153,6 +153,10 @@ class OwnedFile:
         self.pinned = 0  # bytes of the machine's memory this file's preservation holds
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def is_fuse(self) -> bool:
         return self.fstype.startswith("fuse")
 

@@ -31,9 +31,6 @@ from .fdutil import OwnedFile
 from .protocol import ParkedRun
 from .vault import Keeper, Vault
 
-# A handed-over file before it is owned again: an fd held here, or (keeper, slot).
-Source = "int | tuple[int, int]"
-
 
 class FileStore(Vault):
     # ---- this kernel ---------------------------------------------------------------
@@ -123,9 +120,6 @@ class FileStore(Vault):
                 os.close(src)
         self.drop_many([src for src in sources if src.__class__ is not int])
         self.direct = 0
-
-    def keeper_sockets(self) -> list[int]:
-        return self.sockets()
 
     # ---- keepers that died -----------------------------------------------------------
 

@@ -366,22 +366,26 @@ class Machine:
 
     def restart(self, _request=None) -> Ok:
         """Cold boot: a fresh kernel #0 on fresh memory (after a panic)."""
-        if self.kernel is not None:
-            self.kernel.stop()
-            self.kernel = None
-        detach_mount(self.root)
+        self._stop_kernel()
         self.cold_boot()
         return Ok()
 
     def stop(self, _request=None) -> Ok:
         self.running = False
-        self.userspace.stop("shutdown")
-        self._drop_standby()
+        self._stop_all()
+        return Ok()
+
+    def _stop_kernel(self) -> None:
         if self.kernel is not None:
             self.kernel.stop()
             self.kernel = None
         detach_mount(self.root)
-        return Ok()
+
+    def _stop_all(self) -> None:
+        """The userspace, the standby kernel, the running one and its mount."""
+        self.userspace.stop("shutdown")
+        self._drop_standby()
+        self._stop_kernel()
 
     def respond(self, request):
         """The reply to one client request: an Error for anything that fails; nothing a
@@ -409,12 +413,7 @@ class Machine:
     def shutdown(self) -> None:
         self.control.close()  # from now on `luofs` sees no machine here
         participants.shutdown(self.state)  # (they live outside the userspaces)
-        self.userspace.stop("shutdown")
-        self._drop_standby()
-        if self.kernel is not None:
-            self.kernel.stop()
-            self.kernel = None
-        detach_mount(self.root)
+        self._stop_all()
         if self.devices is not None:
             self.devices.close()
 

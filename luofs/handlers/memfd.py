@@ -50,7 +50,7 @@ FROZEN_XATTR = "user.luo.frozen"
 
 
 def mark_frozen(file: OwnedFile, frozen: bool) -> None:
-    if file.parked is not None or file.fd < 0 or file._closed:
+    if file.parked is not None or file.fd < 0 or file.closed:
         return  # (a closed file's number may name another file by now)
     try:
         if frozen:

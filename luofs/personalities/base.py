@@ -102,7 +102,7 @@ class KernelParts:
                            parked=tuple(parked), devices=devices,
                            keeper_pids=tuple(self.store.keeper_pids()) if parked else (),
                            dropped=dropped)
-        return message, {FILES: fds, KEEPERS: self.store.keeper_sockets() if parked else []}
+        return message, {FILES: fds, KEEPERS: self.store.sockets() if parked else []}
 
 
 def describe_lost(lost: dict) -> str:

@@ -16,14 +16,6 @@ def echo():
     personalities.unregister("test-echo")
 
 
-@pytest.fixture
-def ram():
-    fd = os.memfd_create("ram")
-    os.ftruncate(fd, 16 << 20)
-    yield fd
-    os.close(fd)
-
-
 def test_the_builtin_abis_in_order():
     assert personalities.names() == ("mainline", "rfc-v1", "rfc-v2")
 
