@@ -13,8 +13,22 @@ import os
 import sys
 
 EXIT_USAGE = 64  # sysexits EX_USAGE: `luofs kexec` exits with errnos, 2 would be ENOENT
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+EXIT_CLOSED_PIPE = 141  # ... and by SIGPIPE
 DEFAULT_MEMORY = 1 << 30
 MACHINE_START_TIMEOUT = 120.0
+
+EXIT_STATUS = """\
+exit status:
+  0       done
+  1       failed; the one-line message says why (also: `kexec` carried out the update
+          but files died with a file keeper; `vm check` found wrong RAM words)
+  ERRNO   `kexec`, `kexec --load`: refused with this errno (e.g. 16 for EBUSY); the
+          running kernel keeps serving and nothing was changed
+  64      usage error (a bad option or argument)
+  130     interrupted (Ctrl-C); `kexec` goes on in the machine: `status` tells the end
+  141     the reader of standard output went away (`luofs status | head`); no message
+  `run` exits with its program's status (128+N when a signal N ended it)"""
 
 
 def _width() -> int:
@@ -246,13 +260,14 @@ def size(text: str) -> int:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the `command` about to run, only what that one needs."""
     p = _Parser(
-        prog="luofs", description=__doc__,
+        prog="luofs", description=__doc__, epilog=EXIT_STATUS,
         formatter_class=_RawFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=_Parser)
 
     def add(name, func, help_text):
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog="exit status: see `luofs --help`")
         sp.add_argument("--root", help="directory the kernel serves (default: $LUOFS_ROOT)")
         sp.set_defaults(func=func)
         return sp
@@ -311,9 +326,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# What Ctrl-C leaves behind, where that is not "nothing happened".
+_INTERRUPTED = {
+    "kexec": "; the machine carries the live update through on its own "
+             "(`luofs status` says how it ended)",
+    "boot": "; the machine it was starting was stopped",
+}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        return _main(argv, command)
+    except KeyboardInterrupt:  # never a traceback for Ctrl-C, wherever it lands
+        print(f"luofs{' ' + command if command else ''}: interrupted"
+              f"{_INTERRUPTED.get(command, '')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str], command: str | None) -> int:
     qemu_args = []
     if command == "vm" and "--" in argv:  # QEMU's arguments, whatever they look like
         argv, qemu_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
@@ -327,14 +359,13 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:  # `luofs status | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # as a shell reports a process ended by SIGPIPE
+        return EXIT_CLOSED_PIPE
     except Exception as e:  # never a traceback for a user: say what failed, and how to see more
         if os.environ.get("LUOFS_DEBUG"):
             raise
         print(f"luofs {args.command}: {type(e).__name__}: {e} (LUOFS_DEBUG=1 shows where)",
               file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

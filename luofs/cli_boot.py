@@ -96,6 +96,19 @@ def _machine_config(root: str, args):
                          **cli_userspace.init_config(root, args))  # --init
 
 
+def _stop_starting_machine(pid: int, root: str) -> None:
+    """End the machine `pid` that `boot` was starting, its kernel's mount and its state."""
+    from . import teardown
+    from .mounts import detach_mount
+
+    try:
+        teardown.stop_group(pid, asked=False)
+    except teardown.TeardownError:
+        pass  # it outlived SIGKILL: nothing more a CLI can do; the mount is still ours
+    detach_mount(root)
+    teardown.remove_state(root)
+
+
 def _start_machine(config, state: str) -> int:
     """Start the machine in its own session; its pid once kernel #0 serves."""
     import socket
@@ -120,6 +133,9 @@ def _start_machine(config, state: str) -> int:
             protocol.close_fds(fds)
         except (OSError, protocol.ProtocolError) as e:
             reply = protocol.Error(str(e))
+        except KeyboardInterrupt:  # Ctrl-C: no half-started instance is left behind
+            _stop_starting_machine(proc.pid, config.root)
+            raise
     if isinstance(reply, Started):
         return reply.pid
     if proc.poll() is None and reply is not None:
