@@ -29,14 +29,14 @@ class Piece:
         self.name, self.env, self.what = name, env, what
 
 
-SHIM = Piece("libluofs-shim.so", "LUOFS_SHIM", "luofs run, boot --init (LD_PRELOAD shim)")
-SUPERVISOR = Piece("luofs-supervise", "LUOFS_SUPERVISOR", "luofs run (seccomp supervisor)")
+SHIM = Piece("libluofs-shim.so", "LUOFS_SHIM", "the LD_PRELOAD shim of luofs run and --init")
+SUPERVISOR = Piece("luofs-supervise", "LUOFS_SUPERVISOR", "the seccomp supervisor of luofs run")
 USERSPACE = Piece("luofs-userspace", "LUOFS_USERSPACE",
-                  "each kernel's userspace (namespaces, PID 1)")
+                  "the launcher of each kernel's userspace (namespaces, PID 1)")
 RECORDS = Piece("libluofs-records.so", "LUOFS_RECORDS_LIB",
-                "file keepers (faster updates of many files; Python otherwise)")
+                "the file keepers' records helper (without it they read in Python)")
 LUOCTL = Piece("luoctl", "LUOFS_LUOCTL", "a shell client of /dev/liveupdate")
-GUEST = Piece("luofs-guest.elf", "LUOFS_GUEST", "luofs vm (the test guest)")
+GUEST = Piece("luofs-guest.elf", "LUOFS_GUEST", "the test guest of luofs vm")
 PIECES = (SHIM, SUPERVISOR, USERSPACE, RECORDS, LUOCTL, GUEST)
 HEADER = os.path.join("include", "linux", "liveupdate.h")  # shipped beside them
 
