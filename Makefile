@@ -13,7 +13,7 @@ VENV_STAMP := $(VENV)/.stamp
 NATIVE := native/build
 PYTEST_ARGS ?=
 
-.PHONY: all deps native test test-python test-scripts demo bench fuzz clean
+.PHONY: all deps native test test-python test-scripts demo bench fuzz dist clean
 
 all: deps native
 
@@ -71,6 +71,11 @@ bench: deps native $(VM_STAMP) $(BENCH_STAMP)
 fuzz: deps native
 	$(PY) -m pytest -q -s -p no:xdist -m slow tests
 
+# The sdist and the wheel a user installs (README, "Install as a package"); the wheel is
+# built from the sdist, with the native pieces inside.
+dist: deps
+	$(PY) -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) $(NATIVE) .stamp-sys* $(VM_STAMP) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NATIVE) .stamp-sys* $(VM_STAMP) .pytest_cache .hypothesis build dist *.egg-info
 	@if [ -f native/Makefile ]; then $(MAKE) -s -C native clean; fi

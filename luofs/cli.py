@@ -215,6 +215,12 @@ def cmd_vm(args) -> int:
         raise CliError(str(e)) from None
 
 
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.run(as_json=args.json)
+
+
 def cmd_shutdown(args) -> int:
     from . import control, teardown
     from .mounts import detach_mount
@@ -319,6 +325,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     vm.add_argument("--json", action="store_true", help="status: machine-readable output")
     vm.set_defaults(qemu_args=[])  # start: extra QEMU arguments after `--` (see main)
     vm.epilog = "luofs vm start --ram SIZE [--name NAME] [-- EXTRA QEMU ARGUMENTS]"
+    doctor = sub.add_parser(
+        "doctor", help="check this machine for everything luofs needs, and say how to get "
+                       "what is missing",
+        description="check this machine for everything luofs needs: FUSE, root, the kernel's "
+                    "seccomp user notification, pidfds of threads and namespaces, memfds, the "
+                    "native pieces (and where they are), QEMU and KVM for luofs vm. One line a "
+                    "check: ok, MISSING (required by boot, run or kexec) or optional, with the "
+                    "fix. Exit status: 0 when everything required is there, 1 otherwise")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(func=cmd_doctor)
     shutdown = add("shutdown", cmd_shutdown, "stop the kernel and machine and unmount ROOT; "
                    "remove the instance's logs unless a kernel panicked or died")
     shutdown.add_argument("--keep-logs", action="store_true",

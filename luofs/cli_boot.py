@@ -39,8 +39,11 @@ def cmd_boot(args) -> int:
 
 
 def _check_boot_root(root: str) -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise CliError("FUSE is missing: /dev/fuse does not exist (modprobe fuse, or install fuse3)")
+    from .doctor import preflight
+
+    lacking = preflight()  # the hard requirements that cost microseconds to probe
+    if lacking:
+        raise CliError(lacking)
     if not os.path.isdir(root):
         raise CliError(f"{root} is not a directory")
 

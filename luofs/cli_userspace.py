@@ -48,12 +48,13 @@ def init_config(root: str, args) -> dict:
     program = shutil.which(args.init)
     if program is None:
         raise CliError(f"--init {args.init}: no such executable")
-    from .userspace import launcher_path
+    from . import native
 
     if os.geteuid() != 0:
         raise CliError("--init needs root: a userspace is a set of namespaces")
-    if not os.path.exists(launcher_path()):
-        raise CliError(f"--init needs {launcher_path()}: run `make native`")
+    if not os.path.exists(native.path(native.USERSPACE)):
+        raise CliError("--init needs the userspace launcher: "
+                       f"{native.missing(native.USERSPACE)}")
     return {"init": (os.path.abspath(program), *args.init_args),
             "init_env": tuple(program_env(root, {}).items())}
 

@@ -46,11 +46,11 @@ def _records_in_python(fds: list[int], pad: bytes = b"") -> bytes:
 
 
 def _load_native():
-    """native/keeper/records.c, if `make` built it: 2-3× faster, and a live update waits
-    for these records."""
-    path = os.environ.get("LUOFS_RECORDS_LIB") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        "native", "build", "libluofs-records.so")
+    """native/keeper/records.c, if it was built (luofs/native.py): 2-3× faster, and a
+    live update waits for these records."""
+    from . import native
+
+    path = native.path(native.RECORDS)
     if path == "none" or not os.path.exists(path):
         return None
     import ctypes

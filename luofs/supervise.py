@@ -1,6 +1,6 @@
 """How `luofs run` starts a program so that its LUO calls reach the emulator.
 
-Every program runs under the seccomp supervisor (native/build/luofs-supervise): a
+Every program runs under the seccomp supervisor (luofs-supervise, luofs/native.py): a
 narrow filter sends its ioctls of type 0xBA, reboot, kexec_load/kexec_file_load and
 the readlink/statfs calls that tell a session fd apart to the supervisor, which
 answers them on the program's behalf. That reaches any binary: static (glibc, musl,
@@ -12,8 +12,8 @@ the supervisor's round trip is about 1.3× the shim's). reboot, readlink and sta
 to the supervisor in both cases, so every program sees the same answers; a
 successful reboot(LINUX_REBOOT_CMD_KEXEC) never returns.
 
-Unhappy paths: a supervisor or shim that is not built is a CliError naming `make
-native`; a static program gets no path redirection, so it must open
+Unhappy paths: a supervisor or shim that is not built is a CliError saying how to
+build it; a static program gets no path redirection, so it must open
 ROOT/dev/liveupdate itself until the per-kernel userspace gives it /dev/liveupdate.
 """
 
@@ -23,29 +23,28 @@ import os
 import shutil
 import struct
 
-NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "native", "build")
+from . import native
 
 
 class NotBuilt(Exception):
     """A native helper is missing; the message says how to build it."""
 
 
-def _native(env_var: str, name: str) -> str:
-    path = os.environ.get(env_var) or os.path.join(NATIVE, name)
+def _built(piece: native.Piece) -> str:
+    path = native.path(piece)
     if not os.path.exists(path):
-        raise NotBuilt(f"{path} is not built: run `make native` (or set {env_var})")
+        raise NotBuilt(native.missing(piece))
     return path
 
 
 def shim_path() -> str:
-    """The LD_PRELOAD shim: $LUOFS_SHIM, else the one `make` built in this checkout."""
-    return _native("LUOFS_SHIM", "libluofs-shim.so")
+    """The LD_PRELOAD shim: $LUOFS_SHIM, else the package's, else the checkout's."""
+    return _built(native.SHIM)
 
 
 def supervisor_path() -> str:
-    """The seccomp supervisor: $LUOFS_SUPERVISOR, else the one `make` built here."""
-    return _native("LUOFS_SUPERVISOR", "luofs-supervise")
+    """The seccomp supervisor: $LUOFS_SUPERVISOR, else the package's, else the checkout's."""
+    return _built(native.SUPERVISOR)
 
 
 def statically_linked(path: str) -> bool:

@@ -1,6 +1,6 @@
 """Each kernel's userspace: its namespaces and PID 1 (machine side), and joining it (`luofs run`).
 
-After a kernel serves ROOT the machine starts native/build/luofs-userspace, which
+After a kernel serves ROOT the machine starts luofs-userspace (luofs/native.py), which
 makes a PID namespace and a mount namespace where the kernel's files appear at their
 real paths (/dev/liveupdate, /proc/cmdline, /sys/kernel/liveupdate, the KHO debugfs),
 both owned by a user namespace that maps every id to itself (root for files, but not
@@ -34,6 +34,8 @@ import signal
 import subprocess
 import sys
 
+from . import native
+
 log = logging.getLogger("luofs.userspace")
 
 USERSPACE_START_TIMEOUT = 10.0
@@ -41,17 +43,10 @@ USERSPACE_STOP_TIMEOUT = 10.0
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
-NATIVE_BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "native", "build")
-
-
-def native_file(name: str, env_var: str) -> str:
-    """A file `make native` builds: $ENV_VAR if set, else the one in this checkout."""
-    return os.environ.get(env_var) or os.path.join(NATIVE_BUILD, name)
 
 
 def launcher_path() -> str:
-    return native_file("luofs-userspace", "LUOFS_USERSPACE")
+    return native.path(native.USERSPACE)
 
 
 class Userspace:
@@ -81,7 +76,7 @@ class Userspace:
             self.ended = "none: namespaces need root"
             return
         if not os.path.exists(launcher):
-            self.ended = f"none: {launcher} is not built (make native)"
+            self.ended = f"none: {launcher} is not built ({native.how_to_build()})"
             return
         argv = [launcher, self.root, *(["--debugfs"] if debugfs else [])]
         for name, value in self.env.items():

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from luofs import userspace
+from luofs import native, userspace
 from luofs.testing import booted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
 
 ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-LUOCTL = os.path.join(userspace.NATIVE_BUILD, "luoctl")
+LUOCTL = native.path(native.LUOCTL)
 
 
 def luofs(*args):
@@ -170,7 +170,8 @@ def test_boot_refuses_an_init_it_could_not_start(tmp_path, monkeypatch, capsys):
     result = subprocess.run([sys.executable, "-m", "luofs", "boot", "--root", str(tmp_path),
                              "--init", "/bin/true"], capture_output=True, text=True, env=env)
     assert (result.returncode, result.stderr) == (
-        1, f"luofs boot: --init needs {tmp_path / 'missing'}: run `make native`\n")
+        1, f"luofs boot: --init needs the userspace launcher: {tmp_path / 'missing'} is not "
+           "built: run `make native` (or set LUOFS_USERSPACE)\n")
     from luofs import cli
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -191,7 +192,7 @@ def test_without_the_launcher_there_is_no_userspace(tmp_path, monkeypatch):
     monkeypatch.setenv("LUOFS_USERSPACE", "/nonexistent/luofs-userspace")
     us = userspace.Userspace("/nonexistent", str(tmp_path))
     us.start(0)
-    assert us.ended == "none: /nonexistent/luofs-userspace is not built (make native)"
+    assert us.ended == "none: /nonexistent/luofs-userspace is not built (run `make native`)"
     us.stop("shutdown")  # harmless with nothing running
 
 
@@ -206,11 +207,11 @@ def test_without_a_userspace_luofs_run_warns_and_runs_the_program_plainly(tmp_pa
         result = luofs("run", "--root", str(root), "--", "sh", "-c", "readlink /proc/self/ns/pid")
         assert (result.returncode, result.stdout) == (0, f"{pid_ns('self')}\n")
         assert result.stderr == (f"luofs run: warning: kernel #0 has no userspace "
-                                 f"({tmp_path / 'missing'} is not built (make native)); sh runs "
-                                 "outside it, as a plain process\n")
+                                 f"({tmp_path / 'missing'} is not built (run `make native`)); "
+                                 "sh runs outside it, as a plain process\n")
         text = luofs("status", "--root", str(root)).stdout
-        assert (f"userspace:       none ({tmp_path / 'missing'} is not built (make native)): "
-                "luofs run runs plain processes\n") in text
+        assert (f"userspace:       none ({tmp_path / 'missing'} is not built "
+                "(run `make native`)): luofs run runs plain processes\n") in text
     finally:
         luofs("shutdown", "--root", str(root))
 
