@@ -40,12 +40,15 @@ def vm_dir(root: str, name: str) -> str:
     return os.path.join(wire.state_dir(root), "vm", name)
 
 
-def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | None = None) -> dict:
-    """Start VM `name` with `ram` bytes of guest RAM; returns its status once it runs."""
+def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | None = None,
+          kernel: str | None = None, initrd: str | None = None, append: str | None = None) -> dict:
+    """Start VM `name` with `ram` bytes of guest RAM; returns its status once it runs.
+    The guest is the bare-metal test guest, or `kernel` (with `initrd` and `append`)."""
     from . import accel as _accel, qemu  # (agent.py imports this package: not at the top)
 
     root = os.path.realpath(root)
     qemu.check_ram(ram)
+    qemu_args = (*qemu.linux_boot(kernel, initrd, append), *qemu_args)
     try:
         accel = accel or _accel.choose(qemu.binary())
     except qemu.QemuMissing as e:

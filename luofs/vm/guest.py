@@ -16,6 +16,8 @@ PATTERN_BASE = 0x400000
 PATTERN_MUL = 0x9E3779B1
 HEARTBEAT = 0x200000  # u32 ticks, u32 seed
 IMAGE_ENV = "LUOFS_GUEST"
+BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "native", "build")  # where this checkout's `make` builds guests
 
 _BOOT = re.compile(r"luofs-guest boot seed=([0-9a-f]{8}) pattern=([0-9a-f]{8})-([0-9a-f]{8})")
 _TICK = re.compile(r"tick=(\d+) seed=([0-9a-f]{8})")
@@ -24,9 +26,7 @@ _CHECK = re.compile(r"check=(\d+) errors=(\d+) words=(\d+) first_bad=([0-9a-f]{8
 
 def image() -> str:
     """$LUOFS_GUEST, else the one `make native` built in this checkout."""
-    path = os.environ.get(IMAGE_ENV) or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        "native", "build", "luofs-guest.elf")
+    path = os.environ.get(IMAGE_ENV) or os.path.join(BUILD, "luofs-guest.elf")
     if not os.path.exists(path):
         raise FileNotFoundError(f"the guest {path} is not built: run `make native` "
                                 f"(or set ${IMAGE_ENV})")
