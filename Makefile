@@ -66,7 +66,7 @@ test: deps native $(VM_STAMP) $(LINUX_GUEST_STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 	@if [ -x scripts/run-tests.sh ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run-tests.sh; fi
 
-demo: deps native $(VM_STAMP)
+demo: deps native $(VM_STAMP) $(LINUX_GUEST_STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo.sh
 
 BENCH_STAMP := $(VENV)/.stamp-bench
