@@ -74,7 +74,7 @@ $(BENCH_STAMP): $(VENV_STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
 	@touch $@
 
-bench: deps native $(VM_STAMP) $(BENCH_STAMP)
+bench: deps native $(VM_STAMP) $(LINUX_GUEST_STAMP) $(BENCH_STAMP)
 	$(PY) -m bench
 
 # The long runs (opt-in, hours): ≥ 1,000,000 fuzzed frames, ≥ 10,000 whole-system

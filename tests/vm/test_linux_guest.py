@@ -71,6 +71,11 @@ def test_a_linux_guest_lives_through_two_chained_updates(capsys):
         def serial():
             return SerialLog.read(status()["serial_log"])
 
+        def registered():
+            """The VMM answers the next update (or a stop): once it has a successor, it
+            has registered; before, an update would go on without it."""
+            wait_for(lambda: status()["successor_pid"], what="the VMM's registration")
+
         try:
             t0 = time.monotonic()
             assert cli.main(["vm", "start", "--root", inst.root, "--name", "linux", "--ram",
@@ -86,6 +91,7 @@ def test_a_linux_guest_lives_through_two_chained_updates(capsys):
             os.close(ram)
             pauses = []
             for generation in (1, 2):
+                registered()
                 before = serial().last_tick
                 client.kexec(inst.root)  # (in process, as an orchestrator would)
                 info = status()
@@ -113,6 +119,7 @@ def test_a_linux_guest_lives_through_two_chained_updates(capsys):
                 assert pattern_blocks(ram, seed) == set(range(blocks)) - {7}
             finally:
                 os.close(ram)
+            registered()
             with capsys.disabled():
                 print(f"\nLinux guest ({status()['accel'].upper()}, {linux_guest.RAM >> 20} MiB): "
                       f"boot banner {boot_s:.1f} s after `luofs vm start`; guest-visible pauses "
