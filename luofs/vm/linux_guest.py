@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from .guest import BUILD
+from .guest import BUILD, Printed
 
 DIR_ENV = "LUOFS_LINUX_GUEST"
 RAM = 128 << 20  # the cloud kernel does not get through its start-up in 64 MiB
@@ -50,7 +50,7 @@ def block(seed: str, number: int) -> bytes:
     return (line * (PAGE // len(line) + 1))[:PAGE]
 
 
-class SerialLog:
+class SerialLog(Printed):
     """What /init printed: boots (kernel, uptime), patterns (seed, blocks, md5), ticks
     (number, uptime, pattern check)."""
 
@@ -58,15 +58,6 @@ class SerialLog:
         self.boots = [(k, float(u)) for k, u in _BOOT.findall(text)]
         self.patterns = [(s, int(b), m) for s, b, m in _PATTERN.findall(text)]
         self.ticks = [(int(n), float(u), check) for n, u, check in _TICK.findall(text)]
-
-    @classmethod
-    def read(cls, path: str) -> "SerialLog":
-        with open(path, errors="replace") as f:
-            return cls(f.read())
-
-    @property
-    def last_tick(self) -> int:
-        return self.ticks[-1][0] if self.ticks else 0
 
 
 def problems(log: SerialLog) -> list[str]:

@@ -9,7 +9,6 @@ guest's check, and the test, can fail). Skipped without QEMU or without the gues
 
 import os
 import re
-import shutil
 import time
 
 import pytest
@@ -19,13 +18,9 @@ from luofs.testing import booted
 from luofs.vm import linux_guest, qemu
 from luofs.vm.linux_guest import SerialLog, pattern_blocks, problems
 
+from .test_vm import alive, pytestmark, wait_for  # noqa: F401 (pytestmark: skips without QEMU)
+
 MiB = 1 << 20
-QEMU = os.environ.get("LUOFS_QEMU") or shutil.which("qemu-system-x86_64")
-pytestmark = [
-    pytest.mark.skipif(not QEMU, reason="QEMU is not installed: Debian's qemu-system-x86 "
-                                        "(`make test` installs it)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="mount tests need root"),
-]
 
 
 def images():
@@ -33,22 +28,6 @@ def images():
         return linux_guest.images()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-
-
-def wait_for(predicate, timeout=60.0, what="the Linux guest"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not get there within {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def guest_ram(qemu_pid, flags=os.O_RDONLY):
@@ -81,9 +60,9 @@ def test_a_linux_guest_lives_through_two_chained_updates(capsys):
             assert cli.main(["vm", "start", "--root", inst.root, "--name", "linux", "--ram",
                              f"{linux_guest.RAM >> 20}M", "--kernel", kernel, "--initrd", initrd,
                              "--append", linux_guest.APPEND, "--", *linux_guest.QEMU_ARGS]) == 0
-            wait_for(lambda: serial().boots)
+            wait_for(lambda: serial().boots, 60, "the Linux guest's boot")
             boot_s = time.monotonic() - t0
-            wait_for(lambda: serial().last_tick >= 5)
+            wait_for(lambda: serial().last_tick >= 5, 60, "the Linux guest's ticks")
             [(seed, blocks, _md5)] = serial().patterns
             ram = guest_ram(status()["qemu_pid"])
             inode = os.fstat(ram).st_ino
