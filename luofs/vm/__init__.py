@@ -8,7 +8,8 @@
 
 Map: agent.py is the VMM (an update participant, and its successor in the next
 kernel); qemu.py the QEMU command line; qmp.py the monitor; accel.py KVM or TCG;
-guest.py what the test guest (native/guest) prints and writes. Unhappy paths:
+guest.py what the test guest (native/guest) prints and writes; linux_guest.py the
+same for the Linux test guest (native/linux-guest, `--kernel`). Unhappy paths:
 start() raises VmError with the agent's reason (QEMU missing, no mainline luofs
 kernel at root, the name taken, RAM that does not fit in the machine's memory); check() raises VmError when the guest does not answer.
 """
