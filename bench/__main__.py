@@ -17,7 +17,7 @@ import sys
 from luofs.testing import booted
 
 from . import (device_soak, ioctl_roundtrip, kexec_blackout, plot, shim, startup, supervisor,
-               vm_pause)
+               vm_linux, vm_pause)
 from .common import table
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -61,6 +61,12 @@ def main(argv=None) -> int:
         rows += vm_pause.run(progress, rounds=3 if args.quick else 5,
                              naive_rounds=2 if args.quick else 3)
     except (vm_pause.qemu.QemuMissing, vm_pause.memcg.CgroupUnavailable) as e:
+        print(f"  skipped: {e}", file=sys.stderr, flush=True)
+    print("the Linux test guest: its boot, its pause beside the bare-metal guest's …",
+          file=sys.stderr, flush=True)
+    try:
+        rows += vm_linux.run(progress, rounds=3 if args.quick else 5)
+    except (vm_linux.qemu.QemuMissing, FileNotFoundError) as e:
         print(f"  skipped: {e}", file=sys.stderr, flush=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"luofs bench — {when} — {machine()}")

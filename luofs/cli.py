@@ -322,9 +322,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          "re-check all its RAM; stop it")
     vm.add_argument("--name", default="vm0", help="the VM's name (default: %(default)s)")
     vm.add_argument("--ram", type=size, help="start: guest RAM, e.g. 64M or 4G")
+    vm.add_argument("--kernel", help="start: boot this kernel (e.g. a Linux bzImage) instead of "
+                    "luofs's bare-metal test guest; every later VMM reads it again")
+    vm.add_argument("--initrd", help="start: the kernel's initramfs")
+    vm.add_argument("--append", help="start: the kernel's command line, e.g. 'console=ttyS0'")
     vm.add_argument("--json", action="store_true", help="status: machine-readable output")
     vm.set_defaults(qemu_args=[])  # start: extra QEMU arguments after `--` (see main)
-    vm.epilog = "luofs vm start --ram SIZE [--name NAME] [-- EXTRA QEMU ARGUMENTS]"
+    vm.epilog = ("luofs vm start --ram SIZE [--name NAME] [--kernel FILE [--initrd FILE] "
+                 "[--append LINE]] [-- EXTRA QEMU ARGUMENTS]")
     doctor = sub.add_parser(
         "doctor", help="check this machine for everything luofs needs, and say how to get "
                        "what is missing",

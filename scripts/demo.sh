@@ -67,6 +67,25 @@ echo "# the guest's counter goes on, with the seed it drew at boot: it never res
 show tail -n 3 "$serial"
 show luofs vm check --root "$root"
 
+linux="$(dirname "$here")/native/build/linux-guest"  # (make linux-guest; if it could not: no scene)
+if [ -f "$linux/vmlinuz" ] && [ -f "$linux/initramfs.gz" ]; then
+  step "A Linux guest lives through the next update too: Debian's cloud kernel, a busybox /init"
+  # Every ~100 ms /init prints a tick, its uptime and an md5 check of a pattern it wrote
+  # over 8 MiB of its RAM; a restarted guest would print its boot line again.
+  show luofs vm start --root "$root" --name linux --ram 128M --kernel "$linux/vmlinuz" \
+    --initrd "$linux/initramfs.gz" --append "console=ttyS0 quiet loglevel=1 acpi=off panic=-1" \
+    -- -no-reboot
+  serial="$(luofs vm status --root "$root" --name linux --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["serial_log"])')"
+  for _ in $(seq 300); do grep -q "tick=5 " "$serial" && break; sleep 0.1; done
+  show tail -n 2 "$serial"
+  show luofs kexec --root "$root"
+  show luofs vm status --root "$root" --name linux
+  sleep 1
+  echo "# ticks and uptime go on, the pattern is intact, and the guest booted once"
+  show tail -n 4 "$serial"
+  show grep -c "luofs-linux boot" "$serial"
+fi
+
 step "Shut down: no mount and no process left behind"
 show luofs shutdown --root "$root"
 if grep -q " $root " /proc/mounts; then echo "a mount was left behind"; exit 1; fi

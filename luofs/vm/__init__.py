@@ -8,7 +8,8 @@
 
 Map: agent.py is the VMM (an update participant, and its successor in the next
 kernel); qemu.py the QEMU command line; qmp.py the monitor; accel.py KVM or TCG;
-guest.py what the test guest (native/guest) prints and writes. Unhappy paths:
+guest.py what the test guest (native/guest) prints and writes; linux_guest.py the
+same for the Linux test guest (native/linux-guest, `--kernel`). Unhappy paths:
 start() raises VmError with the agent's reason (QEMU missing, no mainline luofs
 kernel at root, the name taken, RAM that does not fit in the machine's memory); check() raises VmError when the guest does not answer.
 """
@@ -40,12 +41,15 @@ def vm_dir(root: str, name: str) -> str:
     return os.path.join(wire.state_dir(root), "vm", name)
 
 
-def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | None = None) -> dict:
-    """Start VM `name` with `ram` bytes of guest RAM; returns its status once it runs."""
+def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | None = None,
+          kernel: str | None = None, initrd: str | None = None, append: str | None = None) -> dict:
+    """Start VM `name` with `ram` bytes of guest RAM; returns its status once it runs.
+    The guest is the bare-metal test guest, or `kernel` (with `initrd` and `append`)."""
     from . import accel as _accel, qemu  # (agent.py imports this package: not at the top)
 
     root = os.path.realpath(root)
     qemu.check_ram(ram)
+    qemu_args = (*qemu.linux_boot(kernel, initrd, append), *qemu_args)
     try:
         accel = accel or _accel.choose(qemu.binary())
     except qemu.QemuMissing as e:

@@ -21,7 +21,8 @@ def run(args, root: str) -> int:
     if args.action == "start":
         if not args.ram:
             raise ValueError("--ram SIZE is required (e.g. --ram 256M)")
-        info = start(root, args.ram, args.name, args.qemu_args)
+        info = start(root, args.ram, args.name, args.qemu_args, kernel=args.kernel,
+                     initrd=args.initrd, append=args.append)
         print(f"luofs vm: {info['name']} runs: {info['ram'] >> 20} MiB of guest RAM in a "
               f"preserved memfd, {info['accel'].upper()}; QEMU pid {info['qemu_pid']}, VMM pid "
               f"{info['agent_pid']}; serial log {info['serial_log']}")

@@ -35,7 +35,25 @@ def pattern(seed: int, addr: int) -> int:
     return (seed ^ (addr * PATTERN_MUL)) & 0xFFFFFFFF
 
 
-class SerialLog:
+class Printed:
+    """A guest's serial log, parsed by a subclass into `ticks`: (number, ...) in order."""
+
+    ticks: list[tuple]
+
+    def __init__(self, text: str):
+        raise NotImplementedError
+
+    @classmethod
+    def read(cls, path: str):
+        with open(path, errors="replace") as f:
+            return cls(f.read())
+
+    @property
+    def last_tick(self) -> int:
+        return self.ticks[-1][0] if self.ticks else 0
+
+
+class SerialLog(Printed):
     """What the guest printed, parsed: boots, ticks and checks, in order."""
 
     def __init__(self, text: str):
@@ -44,12 +62,3 @@ class SerialLog:
         self.checks = [dict(number=int(n), errors=int(e), words=int(w), first_bad=int(b, 16))
                        for n, e, w, b in _CHECK.findall(text)]
         self.faulted = "\nfault\n" in f"\n{text}"
-
-    @classmethod
-    def read(cls, path: str) -> "SerialLog":
-        with open(path, errors="replace") as f:
-            return cls(f.read())
-
-    @property
-    def last_tick(self) -> int:
-        return self.ticks[-1][0] if self.ticks else 0

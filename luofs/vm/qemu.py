@@ -40,6 +40,26 @@ def check_ram(size: int) -> None:
         raise ValueError(f"guest RAM must be a multiple of 1 MiB, at least {MIN_RAM >> 20} MiB")
 
 
+def linux_boot(kernel: str | None, initrd: str | None = None,
+               append: str | None = None) -> tuple[str, ...]:
+    """QEMU's arguments that boot `kernel` in place of the test guest; () without one.
+
+    The paths are made absolute: every later VMM starts its QEMU with the same
+    arguments (the incoming QEMU reads the same kernel, as migration wants the same
+    machine), from wherever it runs."""
+    if kernel is None:
+        if initrd is not None or append is not None:
+            raise ValueError("--initrd and --append need --kernel")
+        return ()
+    args = []
+    for option, what, path in (("-kernel", "kernel", kernel), ("-initrd", "initramfs", initrd)):
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ValueError(f"no {what} at {path}")
+            args += [option, os.path.abspath(path)]
+    return (*args, *(("-append", append) if append is not None else ()))
+
+
 @dataclass(frozen=True)
 class Machine:
     """What a VM is, identically on both sides of a migration."""
@@ -67,7 +87,7 @@ class Machine:
                 "acpi=off,hpet=off,smbus=off,sata=off,usb=off,vmport=off",
                 "-m", mib, "-object", f"memory-backend-file,id=mem,size={mib},"
                 f"mem-path=/proc/self/fd/{ram_fd},share=on",
-                "-kernel", guest.image(),
+                *(() if "-kernel" in self.extra else ("-kernel", guest.image())),
                 "-chardev", f"socket,id=ser,path={self.serial_socket},server=on,wait=off,"
                 f"logfile={self.serial_log},logappend=on", "-serial", "chardev:ser",
                 "-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control",
