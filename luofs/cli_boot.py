@@ -10,6 +10,7 @@ machine that cannot start says why (its log is named).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -99,6 +100,47 @@ def _machine_config(root: str, args):
                          **cli_userspace.init_config(root, args))  # --init
 
 
+class _DeferredSigint:
+    """Ctrl-C held back while the machine is forked (its pid would be lost with it)."""
+
+    def __init__(self):
+        import signal
+
+        self.pending = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._hold)
+            self.armed = True
+        except ValueError:  # not the main thread (the CLI called in-process): nothing held
+            self.armed = False
+
+    def _hold(self, signum, frame):
+        self.pending = True
+
+    def restore(self) -> None:
+        """Ctrl-C raises again from now on."""
+        import signal
+
+        if self.armed:
+            signal.signal(signal.SIGINT, self.previous)
+            self.armed = False
+
+    def take(self) -> None:
+        """restore(), then raise the Ctrl-C held back, if any."""
+        self.restore()
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    deferred = _DeferredSigint()
+    try:
+        yield deferred
+    finally:
+        deferred.restore()
+
+
 def _stop_starting_machine(pid: int, root: str) -> None:
     """End the machine `pid` that `boot` was starting, its kernel's mount and its state."""
     from . import teardown
@@ -122,7 +164,7 @@ def _start_machine(config, state: str) -> int:
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     log_path = os.path.join(state, "machine.log")
-    with ours, theirs, wire.open_log(log_path) as log_file:
+    with ours, theirs, wire.open_log(log_path) as log_file, _sigint_deferred() as interrupted:
         proc = subprocess.Popen(
             [sys.executable, "-m", "luofs.machine", "--config-fd", str(theirs.fileno()),
              "--state-dir", state],
@@ -131,6 +173,7 @@ def _start_machine(config, state: str) -> int:
         theirs.close()
         ours.settimeout(MACHINE_START_TIMEOUT)
         try:
+            interrupted.take()  # a Ctrl-C while the machine was being started
             protocol.send(ours, config)
             reply, fds = protocol.recv(ours)
             protocol.close_fds(fds)

@@ -120,7 +120,7 @@ def test_ctrl_c_in_boot_leaves_no_machine_mount_or_state(tmp_path):
         assert err.strip().endswith("interrupted; the machine it was starting was stopped")
         assert "Traceback" not in err
         assert mount_entry(root) is None
-        assert not os.path.exists(state)
+        assert not os.path.exists(state), (err, os.listdir(state))
         assert _processes_naming(state) == []
     finally:
         for pid in _processes_naming(state):  # only the machine this test started
