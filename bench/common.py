@@ -46,9 +46,11 @@ def table(rows: list[Row]) -> str:
 Rounds = list[list[float]]  # samples of one case, per round
 
 
-def interleaved_blocks(cases: dict[str, Callable[[], object]], rounds: int, block: int
+def interleaved_blocks(cases: dict[str, Callable[[], object]], rounds: int, block: int,
+                       prepare: dict[str, Callable[[int], object]] | None = None
                        ) -> dict[str, Rounds]:
-    """Each round runs `block` timed calls of every case in turn (µs per call).
+    """Each round runs `block` timed calls of every case in turn (µs per call);
+    `prepare[case](block)`, if given, runs untimed before each block of that case.
 
     Blocks, never one call of each case alternating: work a server does after it has
     replied lands on whatever call comes next, and in a block that is a call of the
@@ -58,6 +60,8 @@ def interleaved_blocks(cases: dict[str, Callable[[], object]], rounds: int, bloc
     samples: dict[str, Rounds] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            if prepare and name in prepare:
+                prepare[name](block)
             times = []
             for _ in range(block):
                 t0 = clock()

@@ -83,12 +83,24 @@ class Outgoing:
         self._fresh = iter([structs.GetName.build(dict(
             size=72, reserved=0, name=bytes(8) + i.to_bytes(8, "little") + bytes(48)))
             for i in range(calls)])
-        self._fresh_memfds = iter([os.memfd_create("bench") for _ in range(calls)])
+        self._fresh_memfds = iter(())
 
     def cases(self) -> dict:
         return {"floor": self.floor, "get_name_memo": self.get_name_memo,
                 "get_name_new": self.get_name_new, "preserve_fd": self.preserve_fd,
                 "create_close": self.create_close}
+
+    def prepare(self) -> dict:
+        return {"preserve_fd": self.new_memfds}
+
+    def new_memfds(self, n: int) -> None:
+        """Memfds for the next `n` PRESERVE_FDs, made untimed; the last ones are closed (LUO
+        holds its own reference), so that this process never holds 1,000 fds at once
+        (select() in the tools it calls then fails)."""
+        for fd in self.memfds:
+            os.close(fd)
+        self.memfds = []
+        self._fresh_memfds = iter([os.memfd_create("bench") for _ in range(n)])
 
     def get_name_memo(self) -> None:
         self.session.get_name()
@@ -109,10 +121,7 @@ class Outgoing:
     def leave(self) -> None:
         """Close everything but the session (and the device): the live update carries it."""
         self.floor.close()
-        for fd in self.memfds:
-            os.close(fd)
-        for fd in self._fresh_memfds:
-            os.close(fd)
+        self.new_memfds(0)
 
 
 class Incoming:
@@ -131,21 +140,33 @@ class Incoming:
     def retrieve_fd(self) -> None:
         self.fds.append(self.session.retrieve_fd(next(self._tokens)))
 
-    def close(self) -> None:
+    def prepare(self) -> dict:
+        return {"retrieve_fd": self.close_fds}
+
+    def close_fds(self, _n: int = 0) -> None:
         for fd in self.fds:
             os.close(fd)
+        self.fds = []
+
+    def close(self) -> None:
+        self.close_fds()
         self.session.close()
         self.lu.close()
         self.floor.close()
 
 
-def _measure(instance, cases: dict, layout, rounds: int, block: int) -> list[Row]:
-    for fn in cases.values():
+def _measure(instance, phase, layout, rounds: int, block: int) -> list[Row]:
+    cases, prepare = phase.cases(), phase.prepare()
+    counts = {}
+    for name, fn in cases.items():
+        if name in prepare:
+            prepare[name](WARM_UP)
         for _ in range(WARM_UP):
             fn()
-    counts = {name: fuse_requests.describe(fuse_requests.per_call(instance.root, fn, COUNTED))
-              for name, fn in cases.items()}
-    samples = interleaved_blocks(cases, rounds, block)
+        if name in prepare:
+            prepare[name](COUNTED)
+        counts[name] = fuse_requests.describe(fuse_requests.per_call(instance.root, fn, COUNTED))
+    samples = interleaved_blocks(cases, rounds, block, prepare)
     floor = samples["floor"]
     return [summarize_rounds(label, samples[name], None if name == "floor" else floor,
                              target=target, requests=counts[name])
@@ -155,14 +176,14 @@ def _measure(instance, cases: dict, layout, rounds: int, block: int) -> list[Row
 def run(instance, rounds: int = ROUNDS, block: int = BLOCK) -> list[Row]:
     calls = WARM_UP + COUNTED + rounds * block
     outgoing = Outgoing(instance, calls)
-    rows = _measure(instance, outgoing.cases(), OUTGOING, rounds, block)
+    rows = _measure(instance, outgoing, OUTGOING, rounds, block)
     outgoing.leave()
     instance.kexec()
     outgoing.session.close()  # files of the kernel that is gone: closing them is all
     outgoing.lu.close()
     incoming = Incoming(instance, outgoing.preserved)
     try:
-        rows += _measure(instance, incoming.cases(), INCOMING, rounds, block)
+        rows += _measure(instance, incoming, INCOMING, rounds, block)
     finally:
         incoming.close()
     return rows

@@ -87,18 +87,20 @@ class IoctlTransport:
 
     async def getxattr(self, node: Node, name: bytes, ctx) -> bytes:
         replies = getattr(node, "replies", None)
-        if replies is not None and name in replies and not self.device.rebooting:
-            return replies[name]
+        if replies is not None:
+            reply = replies.get(name)
+            if reply is not None and not self.device.rebooting:
+                return reply
         req = self._decode(frames.frame_from_xattr_name, name)
         if not req.flags.room_for_reply:  # FUSE would say ERANGE only after it ran
             raise pyfuse3.FUSEError(errno.ERANGE)
+        on_device = node is self.device_node
         # A reply through getxattr cannot carry a session fd (a file of this mount): for
         # mainline's device ioctls only the create path can, so here there is no fd.
-        no_fd = node is self.device_node and self.device.has_sessions
-        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
-                            fd_table_full=req.flags.fd_table_full or no_fd)
+        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id, fd_table_full=(
+            req.flags.fd_table_full or on_device and self.device.has_sessions))
         try:
-            if node is self.device_node and self._node_held(ctx.pid, req.file_fd) is not node:
+            if on_device and self._node_held(ctx.pid, req.file_fd) is not node:
                 raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
             outcome = self._ioctl(node, req, caller)
             if outcome.file is None:
@@ -128,14 +130,15 @@ class IoctlTransport:
         """Run one ioctl on the device; LuoError becomes the FUSE errno, Rebooting passes."""
         # A number that encodes its size is never a mainline command: the dispatch
         # rejects it (EINVAL, EFAULT or ENOTTY) before `size` matters.
-        sized = (node is not self.device_node or self.device.sized) and not ioc_size(req.cmd)
+        on_device = node is self.device_node
+        sized = (not on_device or self.device.sized) and not ioc_size(req.cmd)
         if sized and not frames.sized_ok(req):
             log.debug("request frame carries %d bytes for its size", len(req.arg))
             raise pyfuse3.FUSEError(errno.EINVAL)
-        request = Request(req.cmd, req.arg, req.flags.arg_fault, req.flags.copy_fault,
-                          req.flags.tail_nonzero)
+        flags = req.flags
+        request = Request(req.cmd, req.arg, flags.arg_fault, flags.copy_fault, flags.tail_nonzero)
         try:
-            if node is self.device_node:
+            if on_device:
                 return self.device.ioctl(request, caller)
             if isinstance(node, SessionNode):
                 return self.device.session_ioctl(node.session, request, caller)
@@ -162,8 +165,13 @@ class IoctlTransport:
         try:
             if sock_file.is_fuse or not stat.S_ISSOCK(os.fstat(sock_file.fd).st_mode):
                 raise OSError(errno.ENOTSOCK, "reply fd is not a socket")
-            with socket.socket(fileno=os.dup(sock_file.fd)) as sock:
+            # Family, type and protocol given, the socket object asks the kernel nothing
+            # (sendmsg does not care what it believes); it borrows sock_file's fd.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, sock_file.fd)
+            try:
                 socket.send_fds(sock, [b"F"], [fd], flags=socket.MSG_DONTWAIT)
+            finally:
+                sock.detach()
         except OSError as e:
             log.debug("cannot send the fd back: %s", e)
             raise pyfuse3.FUSEError(errno.EFAULT) from None

@@ -129,6 +129,16 @@ def test_codec_agrees_with_construct_byte_for_byte(name, size, data):
     assert struct.build(vars(ours)) == raw
 
 
+@pytest.mark.parametrize("name,size", SIZES)
+@given(data=st.data())
+def test_codec_pack_takes_the_fields_in_order(name, size, data):
+    struct = getattr(structs, name)
+    c = structs.codec(struct)
+    raw = data.draw(st.binary(min_size=size, max_size=size))
+    reference = struct.parse(raw)
+    assert c.pack(*(reference[n] for n in c.names)) == raw
+
+
 @pytest.mark.parametrize("name,field,offset,width,signed", FIELDS)
 def test_codec_puts_each_field_at_its_offset(name, field, offset, width, signed):
     struct = getattr(structs, name)
@@ -152,6 +162,8 @@ def test_codec_rejects_a_name_of_the_wrong_length_like_construct(name, length):
     values["name"] = b"x" * length
     with pytest.raises((ConstructError, ValueError, struct_error)):
         structs.codec(getattr(structs, name)).build(values)
+    with pytest.raises(ValueError):
+        structs.codec(getattr(structs, name)).pack(*values.values())
 
 
 @pytest.mark.parametrize("value", [-1, 2**32])
