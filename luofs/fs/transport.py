@@ -22,7 +22,6 @@ import errno
 import logging
 import os
 import socket
-import stat
 from typing import Callable
 
 import pyfuse3
@@ -163,10 +162,11 @@ class IoctlTransport:
             log.debug("reply socket: %s", e)
             raise pyfuse3.FUSEError(errno.EFAULT) from None
         try:
-            if sock_file.is_fuse or not stat.S_ISSOCK(os.fstat(sock_file.fd).st_mode):
+            if sock_file.is_fuse:  # never a socket; never ask a FUSE file anything here
                 raise OSError(errno.ENOTSOCK, "reply fd is not a socket")
-            # Family, type and protocol given, the socket object asks the kernel nothing
-            # (sendmsg does not care what it believes); it borrows sock_file's fd.
+            # Family, type and protocol given, the socket object asks the kernel only
+            # whether it is a socket (getsockname, ENOTSOCK if not); sendmsg does not care
+            # what else it believes. It borrows sock_file's fd.
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, sock_file.fd)
             try:
                 socket.send_fds(sock, [b"F"], [fd], flags=socket.MSG_DONTWAIT)

@@ -131,15 +131,13 @@ def decode_request(frame: bytes) -> DecodedRequest:
                          f"expected b'LU' version 1")
     if bits & ~_KNOWN_FLAGS:
         raise FrameError(f"request frame has unknown flags {bits:#x}")
-    req = _new_request((_FLAG_VIEWS[bits], cmd, file_fd, reply_fd, nonce,
-                        frame[REQUEST_HEADER_SIZE:]))
-    if req.flags.arg_fault:
-        if req.arg:
+    arg = frame[REQUEST_HEADER_SIZE:]
+    if bits & 0x01:  # arg_fault
+        if arg:
             raise FrameError("request says the argument faulted but carries bytes")
-        return req
-    if len(req.arg) > MAX_ARG:
-        raise FrameError(f"request carries {len(req.arg)} argument bytes, more than {MAX_ARG}")
-    return req
+    elif len(arg) > MAX_ARG:
+        raise FrameError(f"request carries {len(arg)} argument bytes, more than {MAX_ARG}")
+    return _new_request((_FLAG_VIEWS[bits], cmd, file_fd, reply_fd, nonce, arg))
 
 
 def sized_ok(req: DecodedRequest) -> bool:
