@@ -100,14 +100,25 @@ def encode_memfd_record(record: MemfdRecord) -> bytes:
 
 def decode_memfd_record(data: bytes) -> MemfdRecord:
     """Decode and validate; errors are :class:`KhoFormatError`."""
+    pos, size, seals, flags, nr_folios, first, total_pages, vflags, order = _checked(data)
+    return MemfdRecord(pos, size, seals, flags, nr_folios,
+                       VmallocDescriptor(first, total_pages, vflags, order))
+
+
+def memfd_record_size(data: bytes) -> int:
+    """The ``size`` of a record that decode_memfd_record() would accept (its errors too),
+    without building the record: all a retrieve needs of it."""
+    return _checked(data)[1]
+
+
+def _checked(data: bytes) -> tuple:
     what = "memfd record"
     if len(data) != MEMFD_RECORD_SIZE:
         raise KhoFormatError(f"{what}: {len(data)} bytes, expected {MEMFD_RECORD_SIZE}")
-    pos, size, seals, flags, nr_folios, first, total_pages, vflags, order = (
-        MEMFD_RECORD.unpack(data))
+    fields = MEMFD_RECORD.unpack(data)
+    seals, nr_folios, first = fields[2], fields[4], fields[5]
     if seals & ~MEMFD_LUO_ALL_SEALS:
         raise KhoFormatError(f"{what}: unknown seal bits {seals & ~MEMFD_LUO_ALL_SEALS:#x}")
     if nr_folios and not first:
         raise KhoFormatError(f"{what}: {nr_folios} folios but no folio array (address 0)")
-    return MemfdRecord(pos, size, seals, flags, nr_folios,
-                       VmallocDescriptor(first, total_pages, vflags, order))
+    return fields

@@ -12,8 +12,8 @@ import fcntl
 import os
 import stat
 
-from kho import KhoFormatError, decode_memfd_record
-from kho.memfd_record import MEMFD_RECORD as _RECORD, MEMFD_RECORD_SIZE
+from kho import KhoFormatError
+from kho.memfd_record import MEMFD_RECORD as _RECORD, MEMFD_RECORD_SIZE, memfd_record_size
 
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
@@ -238,15 +238,15 @@ class MemfdHandler:
                 raise LuoError(errnos.EIO, f"memfd at {data:#x}: its keeper failed: {e}") from None
         if self._kho is not None:
             try:
-                record = decode_memfd_record(self._kho.read(data, MEMFD_RECORD_SIZE))
+                recorded = memfd_record_size(self._kho.read(data, MEMFD_RECORD_SIZE))
             except KhoFormatError as e:
                 file.close()
                 raise LuoError(errnos.EIO, f"memfd record at {data:#x}: {e}") from None
             size = os.fstat(file.fd).st_size
-            if size != record.size:
+            if size != recorded:
                 file.close()
                 raise LuoError(errnos.EIO, f"memfd at {data:#x} is {size} bytes, "
-                                           f"its record says {record.size}")
+                                           f"its record says {recorded}")
         _read_write(file)
         mark_frozen(file, False)  # the kernel's retrieved file is a new, unfrozen one
         return file

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from kho.errors import KhoFormatError
 from kho.memfd_record import (MEMFD_COMPATIBLE, MEMFD_LUO_ALL_SEALS, MEMFD_RECORD_SIZE, KhoVmalloc,
                               MemfdLuoSer, MemfdRecord, VmallocDescriptor, decode_memfd_record,
-                              encode_memfd_record)
+                              encode_memfd_record, memfd_record_size)
 
 
 def test_layout_matches_the_kernel_header():
@@ -48,6 +48,7 @@ def test_records_round_trip(record):
     encoded = encode_memfd_record(record)
     assert len(encoded) == MEMFD_RECORD_SIZE
     assert decode_memfd_record(encoded) == record
+    assert memfd_record_size(encoded) == record.size
 
 
 def test_the_emulators_record_has_no_folios():
@@ -65,6 +66,8 @@ def test_the_emulators_record_has_no_folios():
 def test_bad_records_are_rejected(data, message):
     with pytest.raises(KhoFormatError, match=message):
         decode_memfd_record(data)
+    with pytest.raises(KhoFormatError, match=message):
+        memfd_record_size(data)
 
 
 @pytest.mark.parametrize("build, message", [
