@@ -197,4 +197,4 @@ if __name__ == "__main__":  # python -m bench.ioctl_roundtrip [--quick]
     from .common import table
 
     with booted() as instance:
-        print(table(run(instance, *((4, 20) if "--quick" in sys.argv[1:] else ()))))
+        print(table(run(instance, rounds=5 if "--quick" in sys.argv[1:] else ROUNDS)))
