@@ -12,8 +12,9 @@ Unhappy paths: a malformed frame is EINVAL; a getxattr request whose caller does
 say its buffer holds any reply is ERANGE before it runs (a request that fails changes
 nothing); an fd the caller does not hold, or that
 is not a file of this mount, is EBADF; a reply fd that cannot be delivered is EFAULT;
-the core's LuoError becomes its errno; a request during the reboot blocks until the
-unmount ends it, as the kernel's would.
+the core's LuoError becomes its errno; a request during the reboot raises Rebooting,
+and the file system's handler (fs/ops.py) blocks it until the unmount ends it, as the
+kernel's would.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import socket
 from typing import Callable
 
 import pyfuse3
-import trio
 
-from ..core import LuoError, Rebooting, Request, Session
+from ..core import LuoError, Request, Session
 from ..fdutil import MountTypes
 from ..uapi import frames
 from ..uapi.ioctl import ioc_size
@@ -66,7 +66,11 @@ class IoctlTransport:
         self.mounts = MountTypes()
         self.mnt_id = -1  # set once mounted: identifies our files in other processes' fdinfo
 
-    async def create(self, name: bytes, ctx) -> SessionNode:
+    # Both requests run to the end without waiting for anything: plain functions, not
+    # coroutines (one coroutine less per ioctl). Rebooting passes to the file system's
+    # handler, which waits for the unmount as the kernel blocks the caller.
+
+    def create(self, name: bytes, ctx) -> SessionNode:
         """Device ioctls that return a session fd (CREATE/RETRIEVE_SESSION)."""
         req = self._decode(frames.frame_from_create_name, name)
         node = self._node_held(ctx.pid, req.file_fd)
@@ -74,8 +78,6 @@ class IoctlTransport:
                             fd_table_full=req.flags.fd_table_full)
         try:
             outcome = self._ioctl(node, req, caller)
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         finally:
             caller.close()
         if outcome.session is None:  # a command that returns no fd cannot travel this way
@@ -84,7 +86,7 @@ class IoctlTransport:
         self.table.remember(node)
         return node
 
-    async def getxattr(self, node: Node, name: bytes, ctx) -> bytes:
+    def getxattr(self, node: Node, name: bytes, ctx) -> bytes:
         replies = getattr(node, "replies", None)
         if replies is not None:
             reply = replies.get(name)
@@ -111,8 +113,6 @@ class IoctlTransport:
                 return reply
             self._send_fd(caller, req.reply_fd, outcome.file.fd)
             return frames.encode_reply(outcome.copy_back, outcome.command.fd_out_offset, True)
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         finally:
             caller.close()
 
