@@ -153,22 +153,22 @@ def _xattr_ioctl(key, fd: int, cmd: int, carried: bytes, flags: dict
                  ) -> tuple[bytes, int | None]:
     """Any other ioctl: a getxattr whose value is the reply; a returned fd arrives on
     this thread's reply socket."""
+    if cmd not in _FD_RETURNING:
+        name = frames.request_xattr_name(frames.encode_request(cmd, carried, file_fd=fd, **flags))
+        if not flags:  # no fault to report: the same bytes make the same frame next time
+            if len(_plain_names) >= _PLAIN_NAMES_MAX:
+                _plain_names.clear()
+            _plain_names[key] = name
+        # Replies are at most 80 bytes, inside os.getxattr's first 128-byte try: one request.
+        return _plain_reply(os.getxattr(fd, name)), None
     reply_fd = -1
-    ours = None
-    if cmd in _FD_RETURNING:
-        ours, theirs = _reply.get()
-        if _fd_table_full(ours.fileno()):
-            flags["fd_table_full"] = True
-        else:
-            reply_fd = theirs.fileno()
+    ours, theirs = _reply.get()
+    if _fd_table_full(ours.fileno()):
+        flags["fd_table_full"] = True
+    else:
+        reply_fd = theirs.fileno()
     frame = frames.encode_request(cmd, carried, file_fd=fd, reply_fd=reply_fd, **flags)
-    name = frames.request_xattr_name(frame)
-    if ours is None and not any(flags.values()):
-        if len(_plain_names) >= _PLAIN_NAMES_MAX:
-            _plain_names.clear()
-        _plain_names[key] = name
-    # Replies are at most 80 bytes, inside os.getxattr's first 128-byte try: one request.
-    reply = frames.decode_reply(os.getxattr(fd, name))
+    reply = frames.decode_reply(os.getxattr(fd, frames.request_xattr_name(frame)))
     data = bytes(reply.data)
     new_fd = None
     if reply.fd_sent:
@@ -225,6 +225,11 @@ def _name_bytes(name: str | bytes) -> bytes:
 
 _BYTES_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _GET_NAME_ARG = structs.GetName.build(dict(size=72, reserved=0, name=bytes(64)))
+_FINISH_ARG = structs.Finish.build(dict(size=8, reserved=0))
+_CREATE_SESSION = structs.codec(structs.CreateSession)
+_PRESERVE_FD = structs.codec(structs.PreserveFd)
+_RETRIEVE_FD = structs.codec(structs.RetrieveFd)
+_GET_NAME = structs.codec(structs.GetName)
 
 
 class _File:
@@ -245,11 +250,16 @@ class _File:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, cmd: int, what: str, arg: bytes = b""):
+    def _call(self, cmd: int, arg: bytes, what: str, *details):
+        """`what` (formatted with `details`) names the operation in an error; it is built
+        only then: a status-only ioctl costs little more than its FUSE request."""
         try:
             return ioctl(self.root, self.fd, cmd, arg)
         except OSError as e:
-            raise _fail(e, what) from None
+            raise _fail(e, self._what(what.format(*details))) from None
+
+    def _what(self, what: str) -> str:
+        return what
 
 
 class _Device(_File):
@@ -265,8 +275,8 @@ class LiveUpdate(_Device):
     """An open /dev/liveupdate (exclusive: a second opener gets EBUSY)."""
 
     def _session(self, cmd: int, what: str, name: str | bytes) -> "Session":
-        arg = structs.codec(structs.CreateSession).build(dict(size=72, fd=-1, name=_name_bytes(name)))
-        _reply, fd = self._call(cmd, f"{what} {name!r}", arg)
+        arg = _CREATE_SESSION.pack(72, -1, _name_bytes(name))
+        _reply, fd = self._call(cmd, arg, "{} {!r}", what, name)
         raw = name.encode() if isinstance(name, str) else bytes(name)
         return Session(self.root, fd, raw.split(b"\0")[0])
 
@@ -289,12 +299,12 @@ class Session(_File):
     def name(self) -> str:
         return self._name.decode(errors="surrogateescape")
 
-    def _call(self, cmd: int, what: str, arg: bytes = b""):
-        return super()._call(cmd, f"{what} on session {self.name!r}", arg)
+    def _what(self, what: str) -> str:
+        return f"{what} on session {self.name!r}"
 
     def preserve_fd(self, fd: int, token: int) -> None:
-        arg = structs.codec(structs.PreserveFd).build(dict(size=16, fd=fd, token=token))
-        self._call(nums.LIVEUPDATE_SESSION_PRESERVE_FD, f"PRESERVE_FD fd {fd} token {token:#x}", arg)
+        self._call(nums.LIVEUPDATE_SESSION_PRESERVE_FD, _PRESERVE_FD.pack(16, fd, token),
+                   "PRESERVE_FD fd {} token {:#x}", fd, token)
 
     def preserve_bytes(self, token: int, data: bytes) -> None:
         """Preserve small state (a VMM's device state, a config) as `token`: a memfd
@@ -326,18 +336,16 @@ class Session(_File):
             os.close(fd)
 
     def retrieve_fd(self, token: int) -> int:
-        arg = structs.codec(structs.RetrieveFd).build(dict(size=16, fd=-1, token=token))
         _reply, fd = self._call(nums.LIVEUPDATE_SESSION_RETRIEVE_FD,
-                                f"RETRIEVE_FD token {token:#x}", arg)
+                                _RETRIEVE_FD.pack(16, -1, token), "RETRIEVE_FD token {:#x}", token)
         return fd
 
     def finish(self) -> None:
-        self._call(nums.LIVEUPDATE_SESSION_FINISH, "FINISH",
-                   structs.codec(structs.Finish).build(dict(size=8, reserved=0)))
+        self._call(nums.LIVEUPDATE_SESSION_FINISH, _FINISH_ARG, "FINISH")
 
     def get_name(self) -> bytes:
-        reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, "GET_NAME", _GET_NAME_ARG)
-        return structs.codec(structs.GetName).parse(reply).name.split(b"\0")[0]
+        reply, _ = self._call(nums.LIVEUPDATE_SESSION_GET_NAME, _GET_NAME_ARG, "GET_NAME")
+        return _GET_NAME.parse(reply).name.split(b"\0")[0]
 
 
 class LiveUpdateV2(_Device):
@@ -347,36 +355,36 @@ class LiveUpdateV2(_Device):
     def preserve(self, fd: int) -> int:
         """FD_PRESERVE: returns the token the kernel chose."""
         arg = structs.codec(rfc_v2.LiveupdateFd).build(dict(fd=fd, flags=0, token=0))
-        reply, _ = self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_PRESERVE, f"FD_PRESERVE fd {fd}", arg)
+        reply, _ = self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_PRESERVE, arg, "FD_PRESERVE fd {}", fd)
         return structs.codec(rfc_v2.LiveupdateFd).parse(reply).token
 
     def unpreserve(self, token: int) -> None:
         arg = structs.codec(rfc_v2.Token).build(dict(token=token))
-        self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_UNPRESERVE, f"FD_UNPRESERVE token {token}", arg)
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_UNPRESERVE, arg, "FD_UNPRESERVE token {}", token)
 
     def restore(self, token: int) -> int:
         """FD_RESTORE: a new fd (close-on-exec) for a file the previous kernel handed over."""
         arg = structs.codec(rfc_v2.LiveupdateFd).build(dict(fd=-1, flags=0, token=token))
-        _reply, fd = self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_RESTORE, f"FD_RESTORE token {token}",
-                                arg)
+        _reply, fd = self._call(rfc_v2.LIVEUPDATE_IOCTL_FD_RESTORE, arg, "FD_RESTORE token {}",
+                                token)
         return fd
 
     def state(self) -> str:
-        reply, _ = self._call(rfc_v2.LIVEUPDATE_IOCTL_GET_STATE, "GET_STATE", bytes(4))
+        reply, _ = self._call(rfc_v2.LIVEUPDATE_IOCTL_GET_STATE, bytes(4), "GET_STATE")
         value = structs.codec(rfc_v2.StateArg).parse(reply).state
         return rfc_v2.LiveupdateState(value).name.lower()
 
     def prepare(self) -> None:
-        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_PREPARE, "EVENT_PREPARE")
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_PREPARE, b"", "EVENT_PREPARE")
 
     def freeze(self) -> None:
-        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FREEZE, "EVENT_FREEZE")
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FREEZE, b"", "EVENT_FREEZE")
 
     def cancel(self) -> None:
-        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_CANCEL, "EVENT_CANCEL")
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_CANCEL, b"", "EVENT_CANCEL")
 
     def finish(self) -> None:
-        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FINISH, "EVENT_FINISH")
+        self._call(rfc_v2.LIVEUPDATE_IOCTL_EVENT_FINISH, b"", "EVENT_FINISH")
 
 
 def _machine_request(root, message, timeout: float | None):

@@ -37,8 +37,11 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     return fd
 
 
+_Statfs = ctypes.c_char * 128  # (a type called directly: create_string_buffer is Python)
+
+
 def fstatfs_type(fd: int) -> int:
-    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type is the first long
+    buf = _Statfs()  # struct statfs; f_type is the first long
     if _libc.fstatfs(fd, buf) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))

@@ -1,4 +1,5 @@
-"""Which file an fd or a /proc/PID/fd/N link names: (st_dev, st_ino, mode), never a FUSE request.
+"""Which file an fd or a /proc/PID/fd/N link names: (st_dev, st_ino, mode, mount id), never a
+FUSE request.
 
 A file is identified by the file system it is on (st_dev) and its inode, not by the
 copy of the mount it was opened through: the same FUSE file seen from another mount
@@ -8,7 +9,9 @@ statx(2) with AT_STATX_DONT_SYNC answers from the inode the kernel already has: 
 sends no GETATTR then, so the daemon may call it on its own files from its event loop
 (a plain stat could wait for the very loop that must answer it). Following the magic
 link /proc/PID/fd/N jumps straight to the open file's path without a lookup or a
-revalidation by the file system.
+revalidation by the file system. The same call says which mount the open file was
+opened through (STATX_MNT_ID, the id /proc/PID/fdinfo/N shows), so a request that takes
+a caller's file reads no fdinfo on its way.
 
 Unhappy paths: OSError with the kernel's errno (ENOENT: no such fd; EACCES: not ours
 to inspect; ESRCH: the process is gone).
@@ -27,6 +30,7 @@ AT_STATX_DONT_SYNC = 0x4000
 STATX_TYPE = 0x1
 STATX_MODE = 0x2
 STATX_INO = 0x100
+STATX_MNT_ID = 0x1000  # Linux 5.8; the mask the kernel returns says whether it is set
 
 
 class _Timestamp(ctypes.Structure):
@@ -45,7 +49,7 @@ class _Statx(ctypes.Structure):  # struct statx, <linux/stat.h>; 256 bytes in al
                 ("stx_ctime", _Timestamp), ("stx_mtime", _Timestamp),
                 ("stx_rdev_major", ctypes.c_uint32), ("stx_rdev_minor", ctypes.c_uint32),
                 ("stx_dev_major", ctypes.c_uint32), ("stx_dev_minor", ctypes.c_uint32),
-                ("_spare", ctypes.c_uint64 * 14)]
+                ("stx_mnt_id", ctypes.c_uint64), ("_spare", ctypes.c_uint64 * 13)]
 
 
 assert ctypes.sizeof(_Statx) == 256
@@ -53,13 +57,14 @@ assert ctypes.sizeof(_Statx) == 256
 _statx = _libc.statx
 _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
                    ctypes.POINTER(_Statx)]
-_WANT = STATX_TYPE | STATX_MODE | STATX_INO
+_WANT = STATX_TYPE | STATX_MODE | STATX_INO | STATX_MNT_ID
 
 
 class FileId(NamedTuple):
     dev: int  # as os.stat's st_dev
     ino: int
     mode: int
+    mnt_id: int = -1  # the mount the file was opened through, as fdinfo says; -1: unknown
 
 
 def _call(dirfd: int, path: bytes, flags: int) -> FileId:
@@ -67,7 +72,8 @@ def _call(dirfd: int, path: bytes, flags: int) -> FileId:
     if _statx(dirfd, path, flags | AT_STATX_DONT_SYNC, _WANT, ctypes.byref(buf)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-    return FileId(os.makedev(buf.stx_dev_major, buf.stx_dev_minor), buf.stx_ino, buf.stx_mode)
+    return FileId(os.makedev(buf.stx_dev_major, buf.stx_dev_minor), buf.stx_ino, buf.stx_mode,
+                  buf.stx_mnt_id if buf.stx_mask & STATX_MNT_ID else -1)
 
 
 def of_fd(fd: int) -> FileId:

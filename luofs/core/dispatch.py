@@ -56,6 +56,8 @@ class CommandTable:
     def __post_init__(self):
         for i, c in enumerate(self.commands):
             assert c.nr == self.base + i, f"{c.name} is not at nr {self.base + i:#x}"
+        # What by_nr() answers, as one lookup on every ioctl.
+        object.__setattr__(self, "index", {c.nr: c for c in self.commands})
 
     def by_nr(self, nr: int) -> Command | None:
         i = nr - self.base
@@ -121,7 +123,7 @@ class Request:
 def check(table: CommandTable, req: Request, direction: Direction | None = None):
     """Rules 1–6 of §4 in order; returns (command, parsed struct)."""
     nr = ioctl.ioc_nr(req.cmd)
-    command = table.by_nr(nr)
+    command = table.index.get(nr)
     if command is None:
         raise LuoError(errnos.EINVAL, f"nr {nr:#x} is not a {table.kind} ioctl")
     if req.arg_fault:

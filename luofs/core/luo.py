@@ -41,7 +41,7 @@ class Rebooting(Exception):
     """
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What an ioctl produced: bytes to copy back and, maybe, a new object to hand out."""
 
@@ -140,18 +140,22 @@ class Luo:
     # ---- dispatch ---------------------------------------------------------------------
 
     def device_ioctl(self, req: Request, caller: Caller) -> Outcome:
-        self._check_running()
+        if self.rebooting:
+            raise Rebooting()
         command, arg = check(MAINLINE_DEVICE, req)
         out = Outcome(b"", command)
         _DEVICE_OPS[command.name](self, arg, caller, out)
-        return _echo(out, arg)
+        out.copy_back = command.codec.build(arg)  # inputs echoed back, outputs filled in
+        return out
 
     def session_ioctl(self, session: Session, req: Request, caller: Caller) -> Outcome:
-        self._check_running()
+        if self.rebooting:  # as _check_running(), on the path every ioctl takes
+            raise Rebooting()
         command, arg = check(MAINLINE_SESSION, req, session.direction)
         out = Outcome(b"", command)
         _SESSION_OPS[command.name](self, session, arg, caller, out)
-        return _echo(out, arg)
+        out.copy_back = command.codec.build(arg)
+        return out
 
     def _check_running(self) -> None:
         if self.rebooting:
@@ -303,11 +307,6 @@ class Luo:
         for pf in reversed(self._frozen):
             pf.handler.unfreeze(pf.file, pf.data)
         self._frozen = []
-
-
-def _echo(out: Outcome, arg) -> Outcome:
-    out.copy_back = out.command.codec.build(arg)  # inputs echoed back, outputs filled in
-    return out
 
 
 # The ops tables of the two file kinds (luofs/core/dispatch.py has their commands).

@@ -15,6 +15,7 @@ mount, with another id (DESIGN.md, "Pitfalls").
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 from .. import fileid
@@ -46,27 +47,48 @@ class FuseCaller:
         A FUSE file (a session fd, the device, any file of a FUSE mount) is refused with
         ENOENT before it is taken: no handler accepts one, and a copy held here would
         outlive the caller's close — its release would wait for a close off the loop.
+        One statx of the caller's fd says whether it is open and where it lives; whether
+        it is O_PATH is read from our copy (F_GETFL), or from fdinfo where that decides
+        the errno before anything is taken: a FUSE file, or a take that fails.
         """
         try:
-            info = fdinfo(self.tid, fd) if fd >= 0 else None
-            target = fileid.of_process_fd(self.tid, fd) if info is not None else None
+            target = fileid.of_process_fd(self.tid, fd) if fd >= 0 else None
         except OSError:
-            info = target = None
-        if info is None or target is None:
+            target = None
+        if target is None:
             raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}")
-        try:
-            flags, mnt_id = int(info["flags"], 8), int(info["mnt_id"])
-        except (KeyError, ValueError):
-            raise LuoError(errnos.EBADF, f"cannot read fdinfo of fd {fd}") from None
-        if flags & _O_PATH:
-            raise LuoError(errnos.EBADF, f"fd {fd} is an O_PATH descriptor")
+        mnt_id = target.mnt_id if target.mnt_id >= 0 else self._fdinfo(fd)[1]
         if self._fstype(mnt_id, target.dev).startswith("fuse"):
+            self._refuse_o_path(fd)
             raise LuoError(errnos.ENOENT, f"fd {fd} is a FUSE file: no handler accepts it")
-        file = self._take(fd)
+        try:
+            file = self._take(fd)
+        except LuoError:
+            self._refuse_o_path(fd)
+            raise
+        if fcntl.fcntl(file.fd, fcntl.F_GETFL) & _O_PATH:
+            file.close()
+            raise LuoError(errnos.EBADF, f"fd {fd} is an O_PATH descriptor")
         if file.is_fuse:  # the caller swapped the fd in between: refuse it the same way
             file.close()
             raise LuoError(errnos.ENOENT, f"fd {fd} is a FUSE file: no handler accepts it")
         return file
+
+    def _fdinfo(self, fd: int) -> tuple[int, int]:
+        """(flags, mnt_id) of the caller's fd; EBADF if fdinfo cannot say."""
+        try:
+            info = fdinfo(self.tid, fd)
+        except OSError:
+            raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}") from None
+        try:
+            return int(info["flags"], 8), int(info["mnt_id"])
+        except (KeyError, ValueError):
+            raise LuoError(errnos.EBADF, f"cannot read fdinfo of fd {fd}") from None
+
+    def _refuse_o_path(self, fd: int) -> None:
+        """EBADF for an O_PATH fd: the kernel's fdget refuses one before anything else."""
+        if self._fdinfo(fd)[0] & _O_PATH:
+            raise LuoError(errnos.EBADF, f"fd {fd} is an O_PATH descriptor")
 
     # -------------------------------------------------------------------------------
 
@@ -88,9 +110,10 @@ class FuseCaller:
                                               "(its RLIMIT_NOFILE is reached)") from None
             raise LuoError(errnos.EBADF, f"caller {self.tid} has no fd {fd}") from None
         try:
-            mnt_id = int(fdinfo("self", newfd).get("mnt_id", "-1"))
-            fstype = self._fstype(mnt_id, fileid.of_fd(newfd).dev)
-        except (OSError, ValueError):
+            ours = fileid.of_fd(newfd)
+            mnt_id = ours.mnt_id if ours.mnt_id >= 0 else int(fdinfo("self", newfd)["mnt_id"])
+            fstype = self._fstype(mnt_id, ours.dev)
+        except (OSError, KeyError, ValueError):
             close_off_loop(newfd)  # unknown kind of file: never risk a blocking close here
             raise LuoError(errnos.EBADF, f"cannot classify fd {fd}") from None
         return OwnedFile(newfd, fstype)

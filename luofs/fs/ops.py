@@ -272,14 +272,20 @@ class KernelFS(pyfuse3.Operations):
         """Device ioctls that return a session fd (CREATE/RETRIEVE_SESSION)."""
         if parent_inode != self.requests.ino:
             raise pyfuse3.FUSEError(errno.EACCES)
-        node = await self.transport.create(name, ctx)
+        try:
+            node = self.transport.create(name, ctx)
+        except Rebooting:
+            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         fh = self._new_handle(node)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True), self._attrs(node)
 
     async def getxattr(self, inode, name, ctx):
         if not name.startswith(frames.XATTR_PREFIX):
             raise pyfuse3.FUSEError(errno.ENODATA)
-        return await self.transport.getxattr(self._node(inode), name, ctx)
+        try:
+            return self.transport.getxattr(self._node(inode), name, ctx)
+        except Rebooting:
+            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
 
     def _luo_call(self, fn, *args):
         try:

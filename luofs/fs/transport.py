@@ -12,8 +12,9 @@ Unhappy paths: a malformed frame is EINVAL; a getxattr request whose caller does
 say its buffer holds any reply is ERANGE before it runs (a request that fails changes
 nothing); an fd the caller does not hold, or that
 is not a file of this mount, is EBADF; a reply fd that cannot be delivered is EFAULT;
-the core's LuoError becomes its errno; a request during the reboot blocks until the
-unmount ends it, as the kernel's would.
+the core's LuoError becomes its errno; a request during the reboot raises Rebooting,
+and the file system's handler (fs/ops.py) blocks it until the unmount ends it, as the
+kernel's would.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import errno
 import logging
 import os
 import socket
-import stat
 from typing import Callable
 
 import pyfuse3
-import trio
 
-from ..core import LuoError, Rebooting, Request, Session
+from ..core import LuoError, Request, Session
 from ..fdutil import MountTypes
 from ..uapi import frames
 from ..uapi.ioctl import ioc_size
@@ -67,7 +66,11 @@ class IoctlTransport:
         self.mounts = MountTypes()
         self.mnt_id = -1  # set once mounted: identifies our files in other processes' fdinfo
 
-    async def create(self, name: bytes, ctx) -> SessionNode:
+    # Both requests run to the end without waiting for anything: plain functions, not
+    # coroutines (one coroutine less per ioctl). Rebooting passes to the file system's
+    # handler, which waits for the unmount as the kernel blocks the caller.
+
+    def create(self, name: bytes, ctx) -> SessionNode:
         """Device ioctls that return a session fd (CREATE/RETRIEVE_SESSION)."""
         req = self._decode(frames.frame_from_create_name, name)
         node = self._node_held(ctx.pid, req.file_fd)
@@ -75,8 +78,6 @@ class IoctlTransport:
                             fd_table_full=req.flags.fd_table_full)
         try:
             outcome = self._ioctl(node, req, caller)
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         finally:
             caller.close()
         if outcome.session is None:  # a command that returns no fd cannot travel this way
@@ -85,20 +86,22 @@ class IoctlTransport:
         self.table.remember(node)
         return node
 
-    async def getxattr(self, node: Node, name: bytes, ctx) -> bytes:
+    def getxattr(self, node: Node, name: bytes, ctx) -> bytes:
         replies = getattr(node, "replies", None)
-        if replies is not None and name in replies and not self.device.rebooting:
-            return replies[name]
+        if replies is not None:
+            reply = replies.get(name)
+            if reply is not None and not self.device.rebooting:
+                return reply
         req = self._decode(frames.frame_from_xattr_name, name)
         if not req.flags.room_for_reply:  # FUSE would say ERANGE only after it ran
             raise pyfuse3.FUSEError(errno.ERANGE)
+        on_device = node is self.device_node
         # A reply through getxattr cannot carry a session fd (a file of this mount): for
         # mainline's device ioctls only the create path can, so here there is no fd.
-        no_fd = node is self.device_node and self.device.has_sessions
-        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id,
-                            fd_table_full=req.flags.fd_table_full or no_fd)
+        caller = FuseCaller(ctx.pid, self.mounts, self.mnt_id, fd_table_full=(
+            req.flags.fd_table_full or on_device and self.device.has_sessions))
         try:
-            if node is self.device_node and self._node_held(ctx.pid, req.file_fd) is not node:
+            if on_device and self._node_held(ctx.pid, req.file_fd) is not node:
                 raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
             outcome = self._ioctl(node, req, caller)
             if outcome.file is None:
@@ -110,8 +113,6 @@ class IoctlTransport:
                 return reply
             self._send_fd(caller, req.reply_fd, outcome.file.fd)
             return frames.encode_reply(outcome.copy_back, outcome.command.fd_out_offset, True)
-        except Rebooting:
-            await trio.sleep_forever()  # as the kernel blocks; the unmount ends the wait
         finally:
             caller.close()
 
@@ -128,14 +129,15 @@ class IoctlTransport:
         """Run one ioctl on the device; LuoError becomes the FUSE errno, Rebooting passes."""
         # A number that encodes its size is never a mainline command: the dispatch
         # rejects it (EINVAL, EFAULT or ENOTTY) before `size` matters.
-        sized = (node is not self.device_node or self.device.sized) and not ioc_size(req.cmd)
+        on_device = node is self.device_node
+        sized = (not on_device or self.device.sized) and not ioc_size(req.cmd)
         if sized and not frames.sized_ok(req):
             log.debug("request frame carries %d bytes for its size", len(req.arg))
             raise pyfuse3.FUSEError(errno.EINVAL)
-        request = Request(req.cmd, req.arg, req.flags.arg_fault, req.flags.copy_fault,
-                          req.flags.tail_nonzero)
+        flags = req.flags
+        request = Request(req.cmd, req.arg, flags.arg_fault, flags.copy_fault, flags.tail_nonzero)
         try:
-            if node is self.device_node:
+            if on_device:
                 return self.device.ioctl(request, caller)
             if isinstance(node, SessionNode):
                 return self.device.session_ioctl(node.session, request, caller)
@@ -160,10 +162,16 @@ class IoctlTransport:
             log.debug("reply socket: %s", e)
             raise pyfuse3.FUSEError(errno.EFAULT) from None
         try:
-            if sock_file.is_fuse or not stat.S_ISSOCK(os.fstat(sock_file.fd).st_mode):
+            if sock_file.is_fuse:  # never a socket; never ask a FUSE file anything here
                 raise OSError(errno.ENOTSOCK, "reply fd is not a socket")
-            with socket.socket(fileno=os.dup(sock_file.fd)) as sock:
+            # Family, type and protocol given, the socket object asks the kernel only
+            # whether it is a socket (getsockname, ENOTSOCK if not); sendmsg does not care
+            # what else it believes. It borrows sock_file's fd.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, sock_file.fd)
+            try:
                 socket.send_fds(sock, [b"F"], [fd], flags=socket.MSG_DONTWAIT)
+            finally:
+                sock.detach()
         except OSError as e:
             log.debug("cannot send the fd back: %s", e)
             raise pyfuse3.FUSEError(errno.EFAULT) from None

@@ -12,10 +12,8 @@ import fcntl
 import os
 import stat
 
-from struct_mirror import struct_mirror
-
-from kho import KhoFormatError, decode_memfd_record
-from kho.memfd_record import MEMFD_RECORD_SIZE, MemfdLuoSer
+from kho import KhoFormatError
+from kho.memfd_record import MEMFD_RECORD as _RECORD, MEMFD_RECORD_SIZE, memfd_record_size
 
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
@@ -29,7 +27,6 @@ PAGE_SIZE = 4096
 KNOWN_SEALS = (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                | fcntl.F_SEAL_WRITE | 0x10 | 0x20)  # FUTURE_WRITE, EXEC
 MAX_PAGES = 2**32 - 1
-_RECORD = struct_mirror(MemfdLuoSer)  # freeze packs one per file: construct is too slow
 assert _RECORD.pack(1, 2, 3, 0, 0, 0, 0, 0, 0).startswith(KEEPER_RECORD.pack(1, 2, 3))
 # The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
 _FLAGS = os.O_RDWR | 0o100000
@@ -241,15 +238,15 @@ class MemfdHandler:
                 raise LuoError(errnos.EIO, f"memfd at {data:#x}: its keeper failed: {e}") from None
         if self._kho is not None:
             try:
-                record = decode_memfd_record(self._kho.read(data, MEMFD_RECORD_SIZE))
+                recorded = memfd_record_size(self._kho.read(data, MEMFD_RECORD_SIZE))
             except KhoFormatError as e:
                 file.close()
                 raise LuoError(errnos.EIO, f"memfd record at {data:#x}: {e}") from None
             size = os.fstat(file.fd).st_size
-            if size != record.size:
+            if size != recorded:
                 file.close()
                 raise LuoError(errnos.EIO, f"memfd at {data:#x} is {size} bytes, "
-                                           f"its record says {record.size}")
+                                           f"its record says {recorded}")
         _read_write(file)
         mark_frozen(file, False)  # the kernel's retrieved file is a new, unfrozen one
         return file

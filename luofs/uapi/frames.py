@@ -14,6 +14,8 @@ rules of spec/uapi.md §4 in the kernel's order.
 """
 
 import struct
+from collections import namedtuple
+from functools import partial
 
 from construct import Const, FlagsEnum, GreedyBytes, Int8ul, Int16sl, Int16ul, Int32sl, Int32ul, Struct
 
@@ -90,19 +92,15 @@ class RequestFlagsView:
         self.room_for_reply = bool(bits & 0x10)
 
 
-class DecodedRequest:
-    __slots__ = ("flags", "cmd", "file_fd", "reply_fd", "nonce", "arg")
-
-    def __init__(self, flags, cmd, file_fd, reply_fd, nonce, arg):
-        self.flags, self.cmd, self.file_fd = flags, cmd, file_fd
-        self.reply_fd, self.nonce, self.arg = reply_fd, nonce, arg
+# Every combination of known bits, decoded once (a view is never changed).
+_FLAG_VIEWS = tuple(RequestFlagsView(bits) for bits in range(_KNOWN_FLAGS + 1))
 
 
-class DecodedReply:
-    __slots__ = ("fd_sent", "fd_offset", "data")
-
-    def __init__(self, fd_sent, fd_offset, data):
-        self.fd_sent, self.fd_offset, self.data = fd_sent, fd_offset, data
+DecodedRequest = namedtuple("DecodedRequest", "flags cmd file_fd reply_fd nonce arg")
+DecodedReply = namedtuple("DecodedReply", "fd_sent fd_offset data")
+# One of each per request: built by tuple.__new__ itself, with no Python frame.
+_new_request = partial(tuple.__new__, DecodedRequest)
+_new_reply = partial(tuple.__new__, DecodedReply)
 
 
 class FrameError(ValueError):
@@ -133,15 +131,13 @@ def decode_request(frame: bytes) -> DecodedRequest:
                          f"expected b'LU' version 1")
     if bits & ~_KNOWN_FLAGS:
         raise FrameError(f"request frame has unknown flags {bits:#x}")
-    req = DecodedRequest(RequestFlagsView(bits), cmd, file_fd, reply_fd, nonce,
-                         frame[REQUEST_HEADER_SIZE:])
-    if req.flags.arg_fault:
-        if req.arg:
+    arg = frame[REQUEST_HEADER_SIZE:]
+    if bits & 0x01:  # arg_fault
+        if arg:
             raise FrameError("request says the argument faulted but carries bytes")
-        return req
-    if len(req.arg) > MAX_ARG:
-        raise FrameError(f"request carries {len(req.arg)} argument bytes, more than {MAX_ARG}")
-    return req
+    elif len(arg) > MAX_ARG:
+        raise FrameError(f"request carries {len(arg)} argument bytes, more than {MAX_ARG}")
+    return _new_request((_FLAG_VIEWS[bits], cmd, file_fd, reply_fd, nonce, arg))
 
 
 def sized_ok(req: DecodedRequest) -> bool:
@@ -153,7 +149,7 @@ def sized_ok(req: DecodedRequest) -> bool:
     if len(req.arg) < 4:
         return False
     size = int.from_bytes(req.arg[:4], "little")
-    return req.flags.copy_fault or len(req.arg) == expected_arg_len(size)
+    return req.flags.copy_fault or len(req.arg) == min(max(size, 4), MAX_ARG)  # expected_arg_len
 
 
 def _from_hex_name(name: bytes, prefix: bytes) -> bytes:
@@ -177,12 +173,9 @@ def request_create_name(frame: bytes) -> bytes:
     return CREATE_PREFIX + frame.hex().encode()
 
 
-def frame_from_xattr_name(name: bytes) -> bytes:
-    return _from_hex_name(name, XATTR_PREFIX)
-
-
-def frame_from_create_name(name: bytes) -> bytes:
-    return _from_hex_name(name, CREATE_PREFIX)
+# The frame a getxattr (create) name carries; FrameError if it carries none.
+frame_from_xattr_name = partial(_from_hex_name, prefix=XATTR_PREFIX)
+frame_from_create_name = partial(_from_hex_name, prefix=CREATE_PREFIX)
 
 
 def encode_reply(data: bytes, fd_offset: int = -1, fd_sent: bool = False) -> bytes:
@@ -199,4 +192,4 @@ def decode_reply(frame: bytes) -> DecodedReply:
     magic, version, bits, fd_offset, reserved = _REPLY_HEADER.unpack_from(frame)
     if magic != b"LR" or version != 1 or reserved != 0 or bits & ~0x01:
         raise FrameError(f"malformed reply frame header {frame[:8].hex()}")
-    return DecodedReply(bool(bits & 0x01), fd_offset, frame[_REPLY_HEADER.size:])
+    return _new_reply((bool(bits & 0x01), fd_offset, frame[_REPLY_HEADER.size:]))

@@ -4,6 +4,7 @@ Little-endian, natural alignment; sizes are pinned by tests (72/72/16/16/8/72).
 Each struct parses exactly its own size: `Terminated` turns stray bytes into an error.
 """
 
+import operator
 import struct
 from functools import lru_cache
 from types import SimpleNamespace
@@ -75,23 +76,30 @@ class StructCodec:
         self.names = tuple(name for name, _ in fields)
         self.packer = struct.Struct("<" + "".join(fmt for _, fmt in fields))
         self.size = self.packer.size
+        getter = operator.attrgetter(*self.names)  # a namespace's values, in order
+        self._fields = getter if len(self.names) > 1 else (lambda values: (getter(values),))
         # struct pads or cuts byte strings silently; construct refuses: so do we.
-        self._byte_fields = tuple((name, int(fmt[:-1])) for name, fmt in fields
+        self._byte_fields = tuple((i, name, int(fmt[:-1])) for i, (name, fmt) in enumerate(fields)
                                   if fmt.endswith("s"))
 
     def parse(self, data: bytes) -> SimpleNamespace:
         if len(data) != self.size:
             raise ValueError(f"expected {self.size} bytes, got {len(data)}")
-        return SimpleNamespace(**dict(zip(self.names, self.packer.unpack(data))))
+        parsed = SimpleNamespace()
+        parsed.__dict__.update(zip(self.names, self.packer.unpack(data)))
+        return parsed
 
     def build(self, values) -> bytes:
         if isinstance(values, dict):
             values = SimpleNamespace(**values)
-        for name, length in self._byte_fields:
-            if len(getattr(values, name)) != length:
-                raise ValueError(f"field {name} must be {length} bytes, "
-                                 f"got {len(getattr(values, name))}")
-        return self.packer.pack(*(getattr(values, name) for name in self.names))
+        return self.pack(*self._fields(values))
+
+    def pack(self, *fields) -> bytes:
+        """The struct from its field values, in order (as build() with a namespace)."""
+        for i, name, length in self._byte_fields:
+            if len(fields[i]) != length:
+                raise ValueError(f"field {name} must be {length} bytes, got {len(fields[i])}")
+        return self.packer.pack(*fields)
 
 
 @lru_cache(maxsize=None)

@@ -124,6 +124,28 @@ def test_retrieve_rules_in_the_new_kernel(luofs_instance):
             os.close(x)
 
 
+def test_a_reply_fd_that_is_no_socket_is_efault(luofs_instance, tmp_path):
+    """RETRIEVE_FD hands the file over on the caller's reply socket: a reply fd that is a
+    file, a pipe or a file of the mount itself cannot carry it (EFAULT), and a real
+    socket still can afterwards."""
+    from luofs.uapi import frames, ioctl as nums, structs
+
+    with luofs_instance.client() as lu:
+        lu.create_session("vm").preserve_fd(os.memfd_create("m"), 5)
+    luofs_instance.kexec()
+    regular = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    r, w = os.pipe()
+    with luofs_instance.client() as lu, lu.retrieve_session("vm") as s:
+        arg = structs.RetrieveFd.build(dict(size=16, fd=-1, token=5))
+        for reply_fd in (regular, r, s.fd, lu.fd, 9999):
+            frame = frames.encode_request(nums.LIVEUPDATE_SESSION_RETRIEVE_FD, arg,
+                                          file_fd=s.fd, reply_fd=reply_fd)
+            raises_errno(errno.EFAULT, os.getxattr, s.fd, frames.request_xattr_name(frame))
+        os.close(s.retrieve_fd(5))
+    for fd in (regular, r, w):
+        os.close(fd)
+
+
 def test_closing_a_retrieved_session_is_an_implicit_finish(luofs_instance):
     with luofs_instance.client() as lu:
         s = lu.create_session("vm")

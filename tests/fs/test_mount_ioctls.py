@@ -206,6 +206,29 @@ def test_preserve_bad_fd_is_ebadf(lu):
             os.close(path_fd)
 
 
+def test_preserve_o_path_fd_of_a_fuse_file_is_ebadf_not_enoent(lu, luofs_instance):
+    """fdget refuses an O_PATH fd before any handler looks at the file: EBADF, even for a
+    file no handler accepts (ours, which is ENOENT when opened for real)."""
+    with lu.create_session("s") as s:
+        for path in (luofs_instance.path("sys/kernel/liveupdate/state"),
+                     luofs_instance.path("dev", "liveupdate")):
+            path_fd = os.open(path, os.O_PATH)
+            try:
+                raises_errno(errno.EBADF, s.preserve_fd, path_fd, 1)
+            finally:
+                os.close(path_fd)
+
+
+def test_preserve_o_path_fd_of_a_memfd_is_ebadf(lu, memfd):
+    with lu.create_session("s") as s:
+        path_fd = os.open(f"/proc/self/fd/{memfd}", os.O_PATH)
+        try:
+            raises_errno(errno.EBADF, s.preserve_fd, path_fd, 1)
+        finally:
+            os.close(path_fd)
+        s.preserve_fd(memfd, 1)  # the refusal took nothing: the memfd itself is accepted
+
+
 def test_preserve_non_memfd_is_enoent(lu, tmp_path):
     r, w = os.pipe()
     a, b = socket.socketpair()

@@ -85,6 +85,31 @@ def test_fileid_names_the_file_system_not_the_mount(luofs_instance):
     assert there.stdout.split() == [str(here.dev), str(here.ino)]
 
 
+def test_fileid_mount_id_is_the_one_fdinfo_shows(luofs_instance, tmp_path):
+    """The caller's file is classified by statx's mount id, where fdinfo's used to be read:
+    the two must name the same mount for every kind of file (including ours)."""
+    import socket
+
+    from luofs.fdutil import fdinfo
+
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    fds = [os.memfd_create("m"), os.open(tmp_path, os.O_RDONLY), os.open(tmp_path, os.O_PATH),
+           a.fileno(), r, os.open(luofs_instance.path("sys/kernel/liveupdate/state"), os.O_RDONLY),
+           os.open(luofs_instance.path("dev", "liveupdate"), os.O_PATH)]
+    try:
+        for fd in fds:
+            assert fileid.of_process_fd("self", fd).mnt_id == int(fdinfo("self", fd)["mnt_id"])
+            assert fileid.of_fd(fd).mnt_id == int(fdinfo("self", fd)["mnt_id"])
+    finally:
+        for fd in fds:
+            if fd != a.fileno():
+                os.close(fd)
+        a.close()
+        b.close()
+        os.close(w)
+
+
 def test_fileid_errors_are_the_kernels():
     with pytest.raises(OSError) as e:
         fileid.of_process_fd("self", 999999)

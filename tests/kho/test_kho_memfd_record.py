@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from kho.errors import KhoFormatError
 from kho.memfd_record import (MEMFD_COMPATIBLE, MEMFD_LUO_ALL_SEALS, MEMFD_RECORD_SIZE, KhoVmalloc,
                               MemfdLuoSer, MemfdRecord, VmallocDescriptor, decode_memfd_record,
-                              encode_memfd_record)
+                              encode_memfd_record, memfd_record_size)
 
 
 def test_layout_matches_the_kernel_header():
@@ -23,6 +23,19 @@ def test_construct_round_trips_byte_exact(raw):
     assert MemfdLuoSer.build(MemfdLuoSer.parse(raw)) == raw
 
 
+@given(st.binary(min_size=48, max_size=48))
+def test_decode_agrees_with_the_construct_definition(raw):
+    parsed = MemfdLuoSer.parse(raw)
+    try:
+        record = decode_memfd_record(raw)
+    except KhoFormatError:  # only what the kernel refuses
+        assert parsed.seals & ~MEMFD_LUO_ALL_SEALS or (parsed.nr_folios and not parsed.folios.first)
+        return
+    assert (record.pos, record.size, record.seals, record.flags, record.nr_folios) == (
+        parsed.pos, parsed.size, parsed.seals, parsed.flags, parsed.nr_folios)
+    assert vars(record.folios) == {k: v for k, v in parsed.folios.items() if k != "_io"}
+
+
 records = st.builds(
     MemfdRecord, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
     st.integers(0, MEMFD_LUO_ALL_SEALS), st.integers(0, 2**32 - 1), st.just(0),
@@ -35,6 +48,7 @@ def test_records_round_trip(record):
     encoded = encode_memfd_record(record)
     assert len(encoded) == MEMFD_RECORD_SIZE
     assert decode_memfd_record(encoded) == record
+    assert memfd_record_size(encoded) == record.size
 
 
 def test_the_emulators_record_has_no_folios():
@@ -52,6 +66,8 @@ def test_the_emulators_record_has_no_folios():
 def test_bad_records_are_rejected(data, message):
     with pytest.raises(KhoFormatError, match=message):
         decode_memfd_record(data)
+    with pytest.raises(KhoFormatError, match=message):
+        memfd_record_size(data)
 
 
 @pytest.mark.parametrize("build, message", [

@@ -126,6 +126,7 @@ def test_codec_agrees_with_construct_byte_for_byte(name, size, data):
     assert {n: getattr(ours, n) for n in c.names} == {n: reference[n] for n in c.names}
     assert c.build(ours) == raw
     assert c.build(reference) == raw
+    assert c.pack(*(reference[n] for n in c.names)) == raw  # the fields in order
     assert struct.build(vars(ours)) == raw
 
 
@@ -152,6 +153,8 @@ def test_codec_rejects_a_name_of_the_wrong_length_like_construct(name, length):
     values["name"] = b"x" * length
     with pytest.raises((ConstructError, ValueError, struct_error)):
         structs.codec(getattr(structs, name)).build(values)
+    with pytest.raises(ValueError):
+        structs.codec(getattr(structs, name)).pack(*values.values())
 
 
 @pytest.mark.parametrize("value", [-1, 2**32])
