@@ -13,12 +13,12 @@ private directory of its owner holding nothing but what an instance puts there.
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import stat
 
 from . import control, wire
+from .waitfd import readable
 from .protocol import Error, Shutdown, StatusRequest
 
 EXIT_WAIT = 15.0  # for the machine to exit once it accepted Shutdown
@@ -94,7 +94,7 @@ def stop_group(pid: int, asked: bool) -> bool:
 
 
 def _exited(pidfd: int, timeout: float) -> bool:
-    return bool(select.select([pidfd], [], [], timeout)[0])
+    return readable(pidfd, timeout)
 
 
 def _signal(kill, sig) -> None:

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
 
 from . import native
+from .waitfd import readable
 
 log = logging.getLogger("luofs.userspace")
 
@@ -150,7 +150,7 @@ class Userspace:
 
     def _line(self, timeout: float) -> str:
         out = self.proc.stdout
-        if not select.select([out], [], [], timeout)[0]:
+        if not readable(out, timeout):
             return ""
         return out.readline().decode(errors="replace").strip()
 
@@ -235,7 +235,7 @@ def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int, name: str) ->
     if not os.WIFSIGNALED(status):
         return os.WEXITSTATUS(status)
     # PID 1 waits for us to reap its namespace's last process before it ends itself.
-    if os.WTERMSIG(status) == signal.SIGKILL and select.select([pid1_fd], [], [], 2.0)[0]:
+    if os.WTERMSIG(status) == signal.SIGKILL and readable(pid1_fd, 2.0):
         print(f"luofs run: {name} ended with its userspace (a live update, a shutdown, "
               "or its init exiting)", file=sys.stderr)
     return 128 + os.WTERMSIG(status)

@@ -131,6 +131,6 @@ def stop(root: str, name: str = "vm0") -> None:
 
 
 def _wait_fd(fd: int, timeout: float) -> bool:
-    import select
+    from ..waitfd import readable
 
-    return bool(select.select([fd], [], [], timeout)[0])
+    return readable(fd, timeout)
