@@ -34,6 +34,8 @@ import signal
 import subprocess
 import sys
 
+from . import trace
+
 log = logging.getLogger("luofs.userspace")
 
 USERSPACE_START_TIMEOUT = 10.0
@@ -137,8 +139,10 @@ class Userspace:
             _rebind(self.pid1, self.root, debugfs)
             return
         self.keep_next = False
-        self.wait()
-        self.start(kernel, debugfs)
+        with trace.span("old userspace ends", "machine"):
+            self.wait()
+        with trace.span("start the next userspace", "machine"):
+            self.start(kernel, debugfs)
 
     # ---- state ---------------------------------------------------------------------
 
@@ -252,6 +256,19 @@ def kexec(machine, request):
     """KexecRequest: the live update with the loaded (or given) command line; the old
     userspace ends after the freeze, the next one starts once the next kernel serves. A
     refused freeze changes nothing."""
+    from .protocol import KexecDone
+
+    started = trace.clock()
+    number = machine.begin_update(request.progress_ms)
+    reply = None
+    try:
+        reply = _kexec(machine, request)
+    finally:
+        machine.end_update(number, started, isinstance(reply, KexecDone))
+    return reply
+
+
+def _kexec(machine, request):
     import dataclasses
 
     from .kexec_image import ImageError
@@ -277,6 +294,7 @@ def kexec(machine, request):
             machine.userspace.stop("kernel panic")
         return reply
     machine.image.unload()  # a kexec consumes the loaded image
+    machine.progress("starting the next userspace")
     machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
     return reply
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 
-from . import limits, protocol
+from . import limits, protocol, trace
 from .keeper import RECORD
 from .protocol import FILES, Error
 from .protocol_keeper import Drop, Fetch, Park, Records, RecordsReply
@@ -65,12 +65,12 @@ class Keeper:
         """Send a Records request (its answer is read by records_reply())."""
         protocol.send(self.sock, Records(runs=tuple(map(tuple, runs)), pad=pad))
 
-    def records_reply(self) -> bytes:
+    def records_reply(self) -> RecordsReply:
         reply, got = self.answer()
         protocol.close_fds(got)
         if not isinstance(reply, RecordsReply):
             raise KeeperError(errno.EIO, f"file keeper answered records with {reply.TAG}")
-        return reply.records
+        return reply
 
 
 class Vault:
@@ -160,8 +160,14 @@ class Vault:
     def _collect(self, asked: list[int]) -> tuple[dict[int, bytes], dict[int, str]]:
         answers, errors = {}, {}
         for k in asked:
+            keeper = self.keepers[k]
             try:
-                answers[k] = self.keepers[k].records_reply()
+                reply = keeper.records_reply()
+                answers[k] = reply.records
+                if keeper.pid:
+                    trace.complete("read records", "keeper", reply.started, reply.ended,
+                                   pid=keeper.pid, tid=keeper.pid, proc=f"file keeper {k}",
+                                   bytes=len(reply.records))
             except KeeperError as e:
                 errors[k] = e.strerror.removeprefix("file keeper: ")
             except OSError as e:  # it died with our request unread

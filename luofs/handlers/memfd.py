@@ -17,6 +17,7 @@ from struct_mirror import struct_mirror
 from kho import KhoFormatError, decode_memfd_record
 from kho.memfd_record import MEMFD_RECORD_SIZE, MemfdLuoSer
 
+from .. import trace
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
 from ..fdutil import TMPFS_MAGIC, OwnedFile, fstatfs_type
@@ -33,6 +34,7 @@ _RECORD = struct_mirror(MemfdLuoSer)  # freeze packs one per file: construct is 
 assert _RECORD.pack(1, 2, 3, 0, 0, 0, 0, 0, 0).startswith(KEEPER_RECORD.pack(1, 2, 3))
 # The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
 _FLAGS = os.O_RDWR | 0o100000
+PROGRESS_STEP = 1024  # files between two progress reports of a freeze
 
 
 def _seals(fd: int) -> int:
@@ -196,11 +198,16 @@ class MemfdHandler:
             return [entry.data for entry in entries]
         fds, runs = FileStore.split(entry.file for entry in entries)
         direct: list[bytes] = []
+        total = len(entries)
 
         def read_direct() -> None:  # while the keepers read theirs
-            for fd in fds:
-                direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
-                                           _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
+            with trace.span("read held files", "memfd", files=len(fds)):
+                for at in range(0, len(fds), PROGRESS_STEP):
+                    trace.progress("freezing files", at, total)
+                    for fd in fds[at:at + PROGRESS_STEP]:
+                        direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR),
+                                                   os.fstat(fd).st_size, _seals(fd), _FLAGS,
+                                                   0, 0, 0, 0, 0))
 
         # A keeper's record is this one's first 20 bytes (position, size, seals): it adds
         # the rest, so parked records arrive whole, a run at a time.
@@ -220,8 +227,10 @@ class MemfdHandler:
             chunks.append(blob)
             at = run.first + run.count
         chunks += direct[taken:]
+        trace.progress("freezing files", total, total)
         try:
-            return self._kho.store_records(b"".join(chunks), _RECORD.size)
+            with trace.span("store records in preserved memory", "memfd", files=total):
+                return self._kho.store_records(b"".join(chunks), _RECORD.size)
         except MemoryError:
             raise LuoError(errnos.ENOMEM, "no preserved memory left for memfd records") from None
 
