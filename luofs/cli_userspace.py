@@ -69,7 +69,7 @@ def kexec_request(args, watch=None):
             raise CliError("--unload takes no --cmdline")
         return KexecLoad(cmdline=args.cmdline, unload=args.unload)
     return KexecRequest(cmdline=args.cmdline, keep_userspace=args.keep_userspace,
-                        progress_ms=watch.every_ms if watch is not None else 0)
+                        progress_ms=watch.every_ms if watch is not None else None)
 
 
 class ProgressLine:

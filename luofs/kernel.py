@@ -254,7 +254,7 @@ class Kernel:
         recorder = trace.recorder()
         if recorder is not None:
             recorder.begin(self.personality.parts.liveupdate_number + 1)
-        if message.progress_ms:
+        if message.progress_ms is not None:
             throttle = trace.Throttle(message.progress_ms)
 
             def report(what: str, done: int, total: int) -> None:

@@ -233,11 +233,11 @@ class Machine:
 
     # ---- a live update's trace and progress ------------------------------------------
 
-    def begin_update(self, progress_ms: int) -> int:
+    def begin_update(self, progress_ms: int | None) -> int:
         """Open the next update's trace (its number; 0 when none is recorded) and, for a
         client that watches, its progress."""
         number = self.kernel.number + 1 if self.kernel is not None else 0
-        if self.client is not None and progress_ms:
+        if self.client is not None and progress_ms is not None:
             self.watcher = ProgressRelay(self.client, progress_ms)
         if self.trace_dir is None or not number:
             return 0
@@ -275,7 +275,7 @@ class Machine:
         if watcher is not None:
             old.on_progress = watcher.send
         try:
-            reply, fds = old.ask(Reboot(watcher.every_ms if watcher is not None else 0))
+            reply, fds = old.ask(Reboot(watcher.every_ms if watcher is not None else None))
         except KernelError as e:
             reply, fds = Error(str(e)), {}
         finally:

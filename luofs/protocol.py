@@ -330,15 +330,11 @@ class KexecRequest(Message, tag="kexec"):
     """`cmdline`: the next kernel's (else the loaded image's, else the running one's);
     `keep_userspace`: the userspace survives (a deviation, for a harness inside it);
     `progress_ms`: send Progress before the reply, at most that often and not before
-    that long (0: none; a terminal watches)."""
+    that long (None: none; a terminal watches)."""
 
     cmdline: str | None = None
     keep_userspace: bool = False
-    progress_ms: int = 0
-
-    def validate(self) -> None:
-        if self.progress_ms < 0:
-            raise ProtocolError("kexec: progress_ms must not be negative")
+    progress_ms: int | None = None
 
 
 class KexecLoad(Message, tag="kexec-load"):

@@ -61,7 +61,7 @@ class Reboot(Message, tag="reboot"):
     """Freeze and hand over: answered by HandOver (with its fd groups) or Error;
     `progress_ms`: Progress messages before the answer, as KexecRequest's."""
 
-    progress_ms: int = 0
+    progress_ms: int | None = None
 
 
 class TraceFlush(Message, tag="trace-flush"):
