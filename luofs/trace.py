@@ -41,6 +41,9 @@ KEEP = 32  # update files kept per instance; older ones are removed
 MAX_EVENTS = 20_000
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once: fast
+
+
 def file_name(update: int) -> str:
     return f"update-{update}.jsonl"
 
@@ -113,9 +116,9 @@ class Recorder:
                 line["thread"] = names[tid]
             if args:
                 line["args"] = args
-            lines.append(json.dumps(line, separators=(",", ":"), default=str) + "\n")
+            lines.append(_ENCODE(line))
         try:
-            append(os.path.join(self.directory, file_name(update)), "".join(lines))
+            append(os.path.join(self.directory, file_name(update)), "\n".join(lines) + "\n")
         except OSError as e:
             if not self._failed:
                 log.warning("cannot write the trace of update %d: %s", update, e)

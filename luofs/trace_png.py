@@ -79,9 +79,10 @@ def render(events: list[dict], path: str, update: int | None = None) -> None:
         title += f": blackout {blackout['dur'] / 1e6:.1f} ms"
     axes[0, 0].set_title(title, fontsize=10)
     shown = sorted({e.get("cat", "") for e in events if e["ph"] == "X"} & set(COLOURS))
-    axes[0, 0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color=COLOURS[c]) for c in shown],
-                      labels=shown, fontsize=6.5, loc="lower right", ncol=len(shown) or 1)
-    fig.tight_layout()
+    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=COLOURS[c]) for c in shown],
+               labels=shown, fontsize=7, loc="lower center", ncol=len(shown) or 1,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -126,6 +126,7 @@ MAIN = {("machine", "participants prepare"), ("kernel", "let pending releases la
         ("machine", "participants resume"), ("machine", "start the next userspace"),
         ("kernel", "first request served")}
 DETAILED = {"freeze", "boot from the hand-over"}  # their direct parts are shown too
+SMALL_NS = 50_000  # parts shorter than this are left out of the table
 
 
 def _kind(proc: str) -> str:
@@ -157,14 +158,15 @@ def breakdown(events: list[dict]) -> list[tuple[str, str, float, float | None, i
             continue  # nobody registered
         took = e["dur"] / 1e6 if e["ph"] == "X" else None
         rows.append((proc, e["name"], (e["ts"] - zero) / 1e6, took, 0))
-        if e["name"] in DETAILED:
+        if e["name"] in DETAILED:  # its parts that take time
             rows += [(proc, c["name"], (c["ts"] - zero) / 1e6, c["dur"] / 1e6, 1)
-                     for c in sorted(_children(e, events), key=lambda c: c["ts"])]
+                     for c in sorted(_children(e, events), key=lambda c: c["ts"])
+                     if c["dur"] >= SMALL_NS]
     return rows
 
 
 def table(rows) -> str:
-    lines = [f"  {'':12}{'phase':44}{'at ms':>8}{'took ms':>9}"]
+    lines = [f"  {'process':12}{'phase':44}{'at ms':>8}{'took ms':>9}"]
     for proc, name, at, took, depth in rows:
         label = ("  " * depth + name)[:43]
         lines.append(f"  {proc if not depth else '':12}{label:44}{at:8.1f}"
