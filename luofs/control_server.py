@@ -48,7 +48,7 @@ class ProgressRelay:
         self._throttle = trace.Throttle(every_ms)
 
     def phase(self, what: str) -> None:
-        if self._throttle.due():
+        if self._throttle.due(what):
             self.send(Progress(what))
 
     def send(self, message: Progress) -> None:

@@ -258,7 +258,7 @@ class Kernel:
             throttle = trace.Throttle(message.progress_ms)
 
             def report(what: str, done: int, total: int) -> None:
-                if throttle.due():
+                if throttle.due(what):
                     self._send(Progress(what, done, total))
 
             trace.watch(report)

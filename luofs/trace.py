@@ -269,16 +269,19 @@ def progress(what: str, done: int = 0, total: int = 0) -> None:
 
 
 class Throttle:
-    """True at most once per `every_ms`, and not before `every_ms` have passed: short
-    updates show no progress at all."""
+    """Not before `every_ms` have passed (short updates show no progress at all); then
+    at each new `what`, and otherwise at most once per `every_ms`."""
 
     def __init__(self, every_ms: int):
         self.every = every_ms * 1_000_000
-        self.last = clock()
+        self.start = self.last = clock()
+        self.what = None
 
-    def due(self) -> bool:
+    def due(self, what: str | None = None) -> bool:
         now = clock()
-        if now - self.last < self.every:
+        if now - self.start < self.every:
             return False
-        self.last = now
+        if what == self.what and now - self.last < self.every:
+            return False
+        self.last, self.what = now, what
         return True

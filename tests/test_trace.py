@@ -110,10 +110,18 @@ def test_start_file_truncates_and_keeps_the_last_few(tmp_path, monkeypatch):
     assert trace_view.updates(str(tmp_path)) == [3, 4, 5]
 
 
-def test_throttle_waits_its_interval_first():
-    assert not trace.Throttle(10_000).due()
+def test_throttle_waits_its_interval_first_then_lets_each_new_phase_through(monkeypatch):
+    now = [0]
+    monkeypatch.setattr(trace, "clock", lambda: now[0])
+    throttle = trace.Throttle(100)
+    assert not throttle.due("freezing")  # an update shorter than 100 ms shows nothing
+    now[0] = 100_000_000
+    assert throttle.due("freezing") and not throttle.due("freezing")
+    assert throttle.due("handing over")  # a new phase at once
+    now[0] = 200_000_000
+    assert throttle.due("handing over")
     every = trace.Throttle(0)
-    assert every.due() and every.due()
+    assert every.due("a") and every.due("a")
 
 
 def test_progress_goes_to_the_hook_while_one_is_set():
@@ -167,14 +175,24 @@ def test_chrome_output_orders_processes_and_is_relative_to_the_first_event():
                      "file keeper 0 (pid 9)"]
     blackout = next(e for e in document["traceEvents"] if e["name"] == "blackout")
     assert (blackout["ts"], blackout["dur"]) == (0.0, 7.0)  # µs from the first event
-    rows = trace_view.breakdown([*events, event("freeze", 2_100, 800, pid=2, tid=2,
-                                                proc="kernel #0"),
-                                 event("finalize KHO", 2_300, 200, pid=2, tid=2,
-                                       proc="kernel #0")])
-    assert [(r[0], r[1], r[4]) for r in rows] == [
-        ("machine", "blackout", 0), ("kernel #0", "freeze", 0), ("kernel #0", "finalize KHO", 1),
-        ("kernel #0", "unmount", 0)]
-    assert rows[1][2:4] == (0.0001, 0.0008)
+
+
+def test_the_table_shows_the_main_phases_and_the_freezes_parts_that_take_time():
+    ms = 1_000_000
+    kernel0 = {"pid": 2, "tid": 2, "proc": "kernel #0"}
+    rows = trace_view.breakdown([
+        event("live update", -5 * ms, 30 * ms), event("blackout", 0, 12 * ms),
+        event("freeze", 1 * ms, 3 * ms, **kernel0),
+        event("finalize KHO", 2 * ms, 1 * ms, **kernel0),
+        event("prepare files", 3 * ms, ms // 100, **kernel0),  # too short to show
+        event("store records", 2 * ms + ms // 10, ms // 2, **kernel0),  # a part of a part
+        event("unmount", 5 * ms, 1 * ms, **kernel0),
+        event("serving", 11 * ms, pid=3, tid=3, proc="kernel #1")])
+    assert rows == [("machine", "blackout", 0.0, 12.0, 0), ("kernel #0", "freeze", 1.0, 3.0, 0),
+                    ("kernel #0", "finalize KHO", 2.0, 1.0, 1),
+                    ("kernel #0", "unmount", 5.0, 1.0, 0), ("kernel #1", "serving", 11.0, None, 0)]
+    text = trace_view.table(rows)
+    assert "kernel #0   freeze" in text and "    finalize KHO" in text
 
 
 @pytest.mark.parametrize("broken, why", [

@@ -198,22 +198,27 @@ class MemfdHandler:
             return [entry.data for entry in entries]
         fds, runs = FileStore.split(entry.file for entry in entries)
         direct: list[bytes] = []
-        total = len(entries)
+        total, done = len(entries), [0]
+
+        def advance(files: int) -> None:
+            done[0] += files
+            trace.progress("freezing files", done[0], total)
 
         def read_direct() -> None:  # while the keepers read theirs
             with trace.span("read held files", "memfd", files=len(fds)):
                 for at in range(0, len(fds), PROGRESS_STEP):
-                    trace.progress("freezing files", at, total)
-                    for fd in fds[at:at + PROGRESS_STEP]:
+                    chunk = fds[at:at + PROGRESS_STEP]
+                    for fd in chunk:
                         direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR),
                                                    os.fstat(fd).st_size, _seals(fd), _FLAGS,
                                                    0, 0, 0, 0, 0))
+                    advance(len(chunk))
 
         # A keeper's record is this one's first 20 bytes (position, size, seals): it adds
         # the rest, so parked records arrive whole, a run at a time.
         tail = _RECORD.pack(0, 0, 0, _FLAGS, 0, 0, 0, 0, 0)[KEEPER_RECORD.size:]
         try:
-            blobs = (self._store.records([run[1:] for run in runs], tail, read_direct)
+            blobs = (self._store.records([run[1:] for run in runs], tail, read_direct, advance)
                      if runs else [])
         except OSError as e:  # a keeper is gone: its files cannot be carried
             raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
@@ -227,7 +232,6 @@ class MemfdHandler:
             chunks.append(blob)
             at = run.first + run.count
         chunks += direct[taken:]
-        trace.progress("freezing files", total, total)
         try:
             with trace.span("store records in preserved memory", "memfd", files=total):
                 return self._kho.store_records(b"".join(chunks), _RECORD.size)

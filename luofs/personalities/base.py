@@ -163,7 +163,8 @@ class Personality(abc.ABC):
     def refuse_lost_files(self) -> None:
         """A freeze cannot carry files whose keeper died: refuse it, naming them, and
         serve on (the files are gone either way; what is left is not lost silently)."""
-        lost = self.parts.store.lost(self.outgoing_files())
+        with trace.span("check the file keepers", "kernel"):
+            lost = self.parts.store.lost(self.outgoing_files())
         if lost:
             raise LuoError(errnos.EIO, f"{sum(lost.values())} preserved file(s) died with "
                                        f"their file keeper: {describe_lost(lost)}; close "

@@ -142,7 +142,8 @@ class Mainline(Personality):
                 device_adapter.cancel(self.devices)
             raise
         trace.progress("writing the hand-over")
-        image = luo_image(self.parts.liveupdate_number, carried, {})
+        with trace.span("write LUO's image", "luo"):
+            image = luo_image(self.parts.liveupdate_number, carried, {})
         root = self.parts.finalize(image, devices_blob, self.undo_freeze)
         return self.parts.hand_over(root, carried, self._preserved_devices(), self._dropped())
 

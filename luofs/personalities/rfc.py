@@ -105,7 +105,9 @@ class RfcPersonality(Personality):
         if self.state.reboot():  # PREPARED (or FROZEN) hands LUO data over
             trace.progress("writing the hand-over")
             carried = self._carried()
-            image = luo_image(self.parts.liveupdate_number, carried, self.subsystems.export())
+            with trace.span("write LUO's image", "luo"):
+                image = luo_image(self.parts.liveupdate_number, carried,
+                                  self.subsystems.export())
             blob = self.device_participant.blob if self.device_participant else None
             root = self.parts.finalize(image, blob, self.state.cancel)
         else:  # not prepared: a plain kexec, nothing carried
