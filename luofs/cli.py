@@ -289,7 +289,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     cli_userspace.add_boot_options(boot)
     kexec = add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel "
-                "process; returns when it serves. On a freeze failure the running kernel keeps "
+                "process; returns when it serves and prints the blackout, then its main phases "
+                "(all of them: luofs trace); on a terminal a long update shows its progress. "
+                "On a freeze failure the running kernel keeps "
                 "serving and the exit status is the errno. The old kernel's userspace ends "
                 "after the freeze; the next kernel's starts (with --init) once it serves")
     cli_userspace.add_kexec_options(kexec)
@@ -325,6 +327,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                             "when no --png is given)")
     trace.add_argument("--png", metavar="FILE.png",
                        help="draw the timeline (needs matplotlib: pip install 'luofs[png]')")
+    trace.epilog = ("exit status: 0 written; 1 no such trace (none recorded, LUOFS_TRACE=0, "
+                    "or the state dir is gone), no matplotlib for --png (nothing is written), "
+                    "or a file that cannot be written; 64 a bad option")
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     vm = add("vm", cmd_vm, "a QEMU virtual machine whose guest RAM is a preserved memfd: it "
