@@ -8,8 +8,8 @@ says Ready — or Panicked if the hand-over cannot be trusted. Later requests (a
 luofs.protocol): status, kho-dump, Reboot (the live update's old-kernel half),
 TraceFlush, shutdown; a message it cannot read is answered with Error and logged.
 It records its part of each live update (luofs/trace.py): as the next kernel from the
-boot message until the machine's TraceFlush, as the old one from Reboot until it has
-unmounted (written before it says Unmounted, so the machine may kill it after).
+boot message until the machine's TraceFlush (then it writes its lines), as the old one
+from Reboot until it has unmounted (its events go to the machine with Unmounted).
 """
 
 from __future__ import annotations
@@ -191,11 +191,9 @@ class Kernel:
                 await self.control_loop(nursery.cancel_scope)
             with trace.span("unmount", "kernel"):
                 mount.unmount()
-        if self.handed_over:
+        if self.handed_over:  # (the machine may kill us once it has this)
             recorder = trace.recorder()
-            if recorder is not None:  # before Unmounted: the machine may kill us after it
-                recorder.flush()
-            self._send(Unmounted())
+            self._send(Unmounted(recorder.export() if recorder is not None else ""))
         log.info("unmounted %s", self.root)
 
     def _send(self, message, fds: dict | None = None) -> None:

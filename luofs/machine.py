@@ -300,7 +300,8 @@ class Machine:
         sent = self.devices is None and self._send_boot(nxt, handover, fds, hold=True)
         try:
             with trace.span("old kernel unmounts", "machine"):
-                old.expect(Unmounted, KERNEL_STOP_TIMEOUT)
+                unmounted = old.expect(Unmounted, KERNEL_STOP_TIMEOUT)
+            trace.recorder().adopt(unmounted.trace)  # its lines are written after the update
         except KernelError as e:
             log.warning("old kernel after the hand-over: %s; detaching its mount", e)
             detach_mount(self.root)

@@ -90,7 +90,10 @@ class Panicked(Message, tag="panicked"):
 
 
 class Unmounted(Message, tag="unmounted"):
-    pass
+    """The old kernel has unmounted; `trace`: its part of the update's trace, for the
+    machine to write (luofs.trace.Recorder.export)."""
+
+    trace: str = ""
 
 
 class Failed(Message, tag="failed"):

@@ -15,6 +15,9 @@ instance's state dir (luofs/trace_view.py reads them back):
 
 A process records only inside a window, `begin(N)` … `flush()`: outside one, span()
 and instant() cost one check, and nothing accumulates while a kernel just serves.
+The old kernel, which the machine kills once it has unmounted, does not write: it
+hands its events to the machine (`export()`, one encode, in the Unmounted message),
+which writes them with its own after the update (`adopt()`).
 An event recorded later for an update whose lines are written already (the next
 kernel's first request, its first interrupt) is appended to the file at once.
 Progress of a long update (files frozen / total) goes to a hook the kernel sets.
@@ -62,6 +65,7 @@ class Recorder:
         self.update = 0  # the open window's update; 0 when none is open
         self._events: list[tuple] = []
         self._written: list[int] = []  # updates whose lines are out: later events follow
+        self._adopted: list[str] = []  # other processes' exports, written with ours
         self._lock = threading.Lock()
         self._failed = False
         self.dropped = 0
@@ -92,37 +96,81 @@ class Recorder:
         if late:
             self._write(update, [event])
 
-    def flush(self) -> None:
-        """Write the open window's events and close it."""
+    def _close(self) -> tuple[int, list[tuple]]:
+        """Close the open window: (its update, its events); (0, []) if none was open."""
         with self._lock:
             update, events, self.update, self._events = self.update, self._events, 0, []
             if not update:
-                return
+                return 0, []
             self._written = (self._written + [update])[-2:]
         if self.dropped:
             events.append(("i", f"{self.dropped} events not kept", "trace", clock(), 0,
                            self.pid, threading.get_native_id(), None, None))
-        self._write(update, events)
+        return update, events
+
+    def flush(self) -> None:
+        """Write the open window's events and close it."""
+        update, events = self._close()
+        if update:
+            self._write(update, events)
+
+    def export(self) -> str:
+        """Close the open window and give its events to whoever writes them (the machine,
+        for an old kernel: one encode is a fraction of formatting each line, and this is
+        in the blackout). `adopt()` takes it."""
+        update, events = self._close()
+        if not update:
+            return ""
+        return _ENCODE([self.process, self.pid, _thread_names(), events])
+
+    def adopt(self, exported: str) -> None:
+        """Another process's `export()`, into the open window; written with ours."""
+        if exported and self.update:
+            with self._lock:
+                self._adopted.append(exported)
 
     def _write(self, update: int, events: list[tuple]) -> None:
-        names = {t.native_id: t.name for t in threading.enumerate()}
-        lines = []
-        for ph, name, cat, ts, dur, pid, tid, proc, args in events:
-            line = {"ph": ph, "name": name, "cat": cat, "ts": ts}
-            if ph == "X":
-                line["dur"] = dur
-            line.update(pid=pid, tid=tid, proc=proc or self.process)
-            if pid == self.pid and tid in names:
-                line["thread"] = names[tid]
-            if args:
-                line["args"] = args
-            lines.append(_ENCODE(line))
+        lines = _lines(events, self.process, self.pid, _thread_names())
+        with self._lock:
+            adopted, self._adopted = self._adopted, []
+        for exported in adopted:
+            try:
+                lines += _lines(*_unpack(exported))
+            except (ValueError, TypeError) as e:
+                log.warning("a trace export that does not read: %s", e)
         try:
             append(os.path.join(self.directory, file_name(update)), "\n".join(lines) + "\n")
         except OSError as e:
             if not self._failed:
                 log.warning("cannot write the trace of update %d: %s", update, e)
             self._failed = True
+
+
+def _thread_names() -> dict[int, str]:
+    return {t.native_id: t.name for t in threading.enumerate()}
+
+
+def _unpack(exported: str) -> tuple[list[tuple], str, int, dict[int, str]]:
+    process, pid, threads, events = json.loads(exported)
+    if not (isinstance(process, str) and type(pid) is int and isinstance(threads, dict)
+            and all(isinstance(e, list) and len(e) == 9 for e in events)):
+        raise ValueError("not an export of luofs.trace")
+    return events, process, pid, {int(tid): name for tid, name in threads.items()}
+
+
+def _lines(events, process: str, own_pid: int, threads: dict[int, str]) -> list[str]:
+    lines = []
+    for ph, name, cat, ts, dur, pid, tid, proc, args in events:
+        line = {"ph": ph, "name": name, "cat": cat, "ts": ts}
+        if ph == "X":
+            line["dur"] = dur
+        line.update(pid=pid, tid=tid, proc=proc or process)
+        if pid == own_pid and tid in threads:
+            line["thread"] = threads[tid]
+        if args:
+            line["args"] = args
+        lines.append(_ENCODE(line))
+    return lines
 
 
 def append(path: str, text: str) -> None:

@@ -232,3 +232,24 @@ def test_the_first_request_is_reported_once_and_then_costs_nothing():
     trio.run(two_requests)
     assert seen == ["getattr"]
     assert not {"getattr", "statfs", "lookup"} & set(fs.__dict__)
+
+
+def test_an_old_kernels_events_are_written_by_the_machine_with_its_own(tmp_path, caplog):
+    kernel = trace.Recorder(None, "kernel #0")  # it writes nothing itself
+    kernel.directory = "(unused)"
+    kernel.begin(1)
+    kernel.add("X", "freeze", "kernel", 100, 50, {"files": 2}, pid=77, tid=78)
+    exported = kernel.export()
+    assert kernel.update == 0 and kernel.export() == ""  # the window is closed
+    machine = trace.Recorder(str(tmp_path), "machine")
+    machine.adopt(exported)  # no window open: dropped
+    machine.begin(1)
+    machine.add("X", "blackout", "machine", 90, 100)
+    machine.adopt(exported)
+    with caplog.at_level(logging.WARNING, "luofs.trace"):
+        machine.adopt('["kernel #0", 1, {}, [[1, 2]]]')
+        machine.flush()
+    got = [(e["proc"], e["name"], e["pid"], e.get("args")) for e in lines(tmp_path, 1)]
+    assert got == [("machine", "blackout", os.getpid(), None),
+                   ("kernel #0", "freeze", 77, {"files": 2})]
+    assert "a trace export that does not read" in caplog.text
