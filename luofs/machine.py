@@ -8,9 +8,8 @@ running kernel to freeze and hand over, and passes what it handed over — the R
 the KHO root address and the preserved files themselves — to the next.
 It never imports pyfuse3 or trio: it must stay small and always responsive.
 
-Each live update is traced (luofs/trace.py): the machine starts the update's file,
-records what it drives, and once the next kernel serves asks it for its lines
-(TraceFlush) before its own; a client that watches gets Progress before the reply.
+Each live update is traced (luofs/trace.py, luofs/machine_trace.py): the machine
+records what it drives; a client that watches gets Progress before the reply.
 
 Unhappy paths: a refused freeze leaves the old kernel serving (Error with its errno);
 a kernel that dies or panics leaves the machine up without a kernel (`panic`, shown
@@ -35,14 +34,15 @@ from devices.spec import parse_spec
 
 from . import limits, participants, protocol, trace, userspace
 from .control import stopped_note
-from .control_server import CLIENT_TIMEOUT, ControlServer, ProgressRelay
+from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
 from .kexec_image import LoadedImage
 from .mounts import detach_mount
 from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, KexecRequest,
                        KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
+from .machine_trace import UpdateTrace
 from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
-                              Started, TraceFlush, Unmounted)
+                              Started, Unmounted)
 
 log = logging.getLogger("luofs.machine")
 
@@ -72,9 +72,7 @@ class Machine:
         self.sel = selectors.DefaultSelector()
         self.control = ControlServer(state, self.sel)  # EADDRINUSE: already served
         self.client = None  # the connection whose request is being answered
-        self.watcher: ProgressRelay | None = None  # a client watching an update's progress
-        self.trace_dir = os.path.join(state, trace.DIRECTORY) if trace.enabled_by_env() else None
-        trace.setup(self.trace_dir, "machine")
+        self.updates = UpdateTrace(state)
         self.ram = os.memfd_create("luofs-ram", os.MFD_CLOEXEC)
         os.ftruncate(self.ram, config.memory)
         self.memory = config.memory
@@ -113,7 +111,7 @@ class Machine:
 
     def _spawn(self) -> KernelProcess:
         return KernelProcess(self.root, self.root_fd, -1, self.kernel_log, self._disarm,
-                             self.devices, self.trace_dir)
+                             self.devices, self.updates.directory)
 
     def _prepare_standby(self) -> None:
         """Start importing the next kernel now (as `kexec -l` loads an image ahead of
@@ -167,11 +165,11 @@ class Machine:
         if stopped:  # it could not freeze, and might wake up in the middle of a hand-over
             return Error(f"kernel #{old.number} (pid {old.proc.pid}) cannot freeze{stopped}; "
                          "nothing was changed")
-        self.progress("loading the next kernel")
+        self.updates.phase("loading the next kernel")
         with trace.span("load the next kernel", "machine"):
             nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
         try:  # user-space participants (a VMM) get ready first: luofs/participants.py
-            self.progress("preparing participants")
+            self.updates.phase("preparing participants")
             with trace.span("participants prepare", "machine"):
                 update = participants.prepare(self.state, trace.recorder().update)
         except participants.Refused as e:
@@ -179,7 +177,7 @@ class Machine:
             trace.instant("refused", "machine", error=str(e))
             return Error(str(e), e.errno)
         written_before = self._records_written()
-        self.progress("freezing")
+        self.updates.phase("freezing")
         t_freeze = trace.clock()
         handover, fds = self._freeze(old, nxt)
         if not isinstance(handover, HandOver):
@@ -191,11 +189,11 @@ class Machine:
         trace.instant("end the old userspace", "machine")
         nxt.number = handover.next_number
         try:
-            self.progress("handing over")
+            self.updates.phase("handing over")
             sent = self._hand_over(old, nxt, handover, fds)
             t_handed = trace.clock()
             self.kernel = None
-            self.progress("starting the next kernel")
+            self.updates.phase("starting the next kernel")
             nxt, ready = self._bring_up(nxt, handover, fds, sent)
         except KernelError as e:
             self.panic = str(e)
@@ -214,7 +212,7 @@ class Machine:
         trace.complete("hand over", "machine", t_reply, t_handed)
         trace.complete("next kernel comes up", "machine", t_handed, t_ready)
         trace.complete("blackout", "machine", t_freeze, t_ready, records=blackout_records)
-        self.progress("resuming participants")
+        self.updates.phase("resuming participants")
         with trace.span("participants resume", "machine"):
             update.resume()  # before the standby kernel's start competes for the CPU
         self._prepare_standby()
@@ -231,51 +229,12 @@ class Machine:
             start_ms=round((t_ready - t_handed) / 1e6, 3), blackout_records=blackout_records,
             dropped=handover.dropped, lost=ready.lost)
 
-    # ---- a live update's trace and progress ------------------------------------------
-
-    def begin_update(self, progress_ms: int | None) -> int:
-        """Open the next update's trace (its number; 0 when none is recorded) and, for a
-        client that watches, its progress."""
-        number = self.kernel.number + 1 if self.kernel is not None else 0
-        if self.client is not None and progress_ms is not None:
-            self.watcher = ProgressRelay(self.client, progress_ms)
-        if self.trace_dir is None or not number:
-            return 0
-        try:
-            trace.start_file(self.trace_dir, number)
-        except OSError as e:
-            log.warning("no trace for update %d: %s", number, e)
-            return 0
-        trace.recorder().begin(number)
-        return number
-
-    def end_update(self, number: int, started: int, served: bool) -> None:
-        """The update is over: its whole span, the next kernel's lines (if it serves),
-        then the machine's."""
-        self.watcher = None
-        if not number:
-            return
-        trace.complete("live update", "machine", started, trace.clock(), number=number)
-        if served and self.kernel is not None:
-            try:
-                reply, fds = self.kernel.ask(TraceFlush(), timeout=KERNEL_STATUS_TIMEOUT)
-                protocol.close_fds(fds)
-            except KernelError as e:
-                log.warning("kernel #%d kept its trace: %s", self.kernel.number, e)
-        trace.recorder().flush()
-
-    def progress(self, what: str) -> None:
-        if self.watcher is not None:
-            self.watcher.phase(what)
-
     def _freeze(self, old: KernelProcess, nxt: KernelProcess):
         """Ask the running kernel to freeze: (HandOver, its fds), or (Error, {}) with the
         next kernel dropped — the old one serves on, or died and lost what it held."""
-        watcher = self.watcher
-        if watcher is not None:
-            old.on_progress = watcher.send
+        old.on_progress = self.updates.forward
         try:
-            reply, fds = old.ask(Reboot(watcher.every_ms if watcher is not None else None))
+            reply, fds = old.ask(Reboot(self.updates.progress_ms))
         except KernelError as e:
             reply, fds = Error(str(e)), {}
         finally:

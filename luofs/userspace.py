@@ -259,12 +259,14 @@ def kexec(machine, request):
     from .protocol import KexecDone
 
     started = trace.clock()
-    number = machine.begin_update(request.progress_ms)
+    number = machine.updates.begin(machine.kernel.number + 1 if machine.kernel else 0,
+                                   machine.client, request.progress_ms)
     reply = None
     try:
         reply = _kexec(machine, request)
     finally:
-        machine.end_update(number, started, isinstance(reply, KexecDone))
+        machine.updates.end(number, started,
+                            machine.kernel if isinstance(reply, KexecDone) else None)
     return reply
 
 
@@ -294,7 +296,7 @@ def _kexec(machine, request):
             machine.userspace.stop("kernel panic")
         return reply
     machine.image.unload()  # a kexec consumes the loaded image
-    machine.progress("starting the next userspace")
+    machine.updates.phase("starting the next userspace")
     machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
     return reply
 
