@@ -154,7 +154,7 @@ def breakdown(events: list[dict]) -> list[tuple[str, str, float, float | None, i
         proc = e.get("proc", "")
         if (_kind(proc), e["name"]) not in MAIN:
             continue
-        if e["name"] == "participants prepare" and not _children(e, events):
+        if e["name"].startswith("participants ") and not _children(e, events):
             continue  # nobody registered
         took = e["dur"] / 1e6 if e["ph"] == "X" else None
         rows.append((proc, e["name"], (e["ts"] - zero) / 1e6, took, 0))
