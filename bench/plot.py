@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import statistics
 
-PART_LABELS = {"ask the old kernel to freeze": "freeze + hand-over message",
-               "hand over": "old kernel unmounts (devices: is killed)",
-               "next kernel comes up": "next kernel rebuilds, mounts, serves"}
+PART_LABELS = {"ask the old kernel to freeze": "old kernel freezes, sends the hand-over",
+               "hand over": "old kernel unmounts (with devices: is killed)",
+               "next kernel comes up": "next kernel: what is left of its rebuild, mount"}
 COLOURS = ("#f28e2b", "#4e79a7", "#59a14f")
 
 
@@ -27,7 +27,7 @@ def blackout_png(rows, path: str, parts: dict[str, list[dict]] | None = None) ->
              and r.name.endswith(" preserved")]
     labels = [r.name.split(", ")[1].removesuffix(" preserved") for r in sizes]
     xs = range(len(sizes))
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     bottoms = [0.0] * len(sizes)
     for (part, label), colour in zip(PART_LABELS.items(), COLOURS):
         heights = [statistics.median([p.get(part, 0.0) for p in parts[size]])
@@ -44,7 +44,8 @@ def blackout_png(rows, path: str, parts: dict[str, list[dict]] | None = None) ->
     ax.set_ylabel("ms (medians of each part, from the traces)")
     ax.set_title("luofs kexec: the blackout against preserved bytes", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
