@@ -243,3 +243,19 @@ def test_luofs_trace_errors(tmp_path, capsys):
         if os.path.exists(inst.state_dir + "/control"):
             inst.shutdown()
         shutil.rmtree(inst.state_dir, ignore_errors=True)
+
+
+def test_shutdown_removes_the_traces_with_the_state_dir(tmp_path, capsys):
+    from luofs.testing import Instance
+
+    os.mkdir(tmp_path / "root")
+    inst = Instance(str(tmp_path / "root")).boot()
+    try:
+        assert cli.main(["kexec", "--root", inst.root]) == 0
+        assert os.listdir(os.path.join(inst.state_dir, "trace")) == ["update-1.jsonl"]
+        assert cli.main(["shutdown", "--root", inst.root]) == 0
+        assert "kept the state dir" not in capsys.readouterr().err
+        assert not os.path.exists(inst.state_dir)
+    finally:
+        if os.path.exists(os.path.join(inst.state_dir, "control")):
+            inst.shutdown()
