@@ -37,10 +37,10 @@ from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
 from .kexec_image import LoadedImage
+from .machine_trace import UpdateTrace
 from .mounts import detach_mount
 from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, KexecRequest,
                        KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
-from .machine_trace import UpdateTrace
 from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
                               Started, Unmounted)
 
@@ -182,7 +182,8 @@ class Machine:
         handover, fds = self._freeze(old, nxt)
         if not isinstance(handover, HandOver):
             update.cancel()
-            trace.instant("refused", "machine", error=getattr(handover, "error", ""))
+            trace.instant("refused" if handover.errno else "failed", "machine",
+                          error=handover.error)
             return handover  # the refusal (the old kernel serves on) or the loss
         t_reply = trace.clock()
         self.userspace.end()  # the old kernel's userspace ends with it, as at a reboot
