@@ -48,7 +48,12 @@ def main(argv=None) -> int:
     with booted() as instance:
         rows += startup.run(instance, progress, quick=args.quick)
     print("kexec blackout against preserved bytes …", file=sys.stderr, flush=True)
-    rows += kexec_blackout.blackout_by_size(progress, rounds=5 if args.quick else 15)
+    parts: dict = {}
+    rows += kexec_blackout.blackout_by_size(progress, rounds=5 if args.quick else 15,
+                                            parts=parts)
+    print("what recording each update's trace costs the blackout …", file=sys.stderr,
+          flush=True)
+    rows += kexec_blackout.recording_cost(progress, rounds=5 if args.quick else 15)
     print("many sessions (each 10,000 × 10 sample takes a minute or two to set up) …",
           file=sys.stderr, flush=True)
     rows += kexec_blackout.many_sessions(progress, 10_000, 1, samples=1 if args.quick else 3)
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
                   f, indent=2)
     print(f"written: {out}", file=sys.stderr)
     png = os.path.join(RESULTS, "blackout.png")
-    if plot.blackout_png(rows, png):
+    if plot.blackout_png(rows, png, parts):
         print(f"written: {png}", file=sys.stderr)
     return 0
 

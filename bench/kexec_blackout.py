@@ -1,14 +1,17 @@
 """Live-update blackout (freeze start → next kernel serving) against preserved bytes, and
 for 10,000 sessions × 10 memfds; resident memory of the kernel and machine processes.
 Targets (issue 3): 4 GiB ≤ 1.1× 4 KiB; median ≤ 50 ms at small sizes; 10k × 10 ≤ 500 ms
-with RSS ≤ 150 MB."""
+with RSS ≤ 150 MB. Where each blackout went comes from the update's trace (the same
+one `luofs trace` shows); what recording it costs is measured here too (issue 16)."""
 
 from __future__ import annotations
 
 import os
 import resource
+import statistics
 import time
 
+from luofs import trace_view
 from luofs.client import LiveUpdate, kexec
 from luofs.testing import booted
 
@@ -27,12 +30,27 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _kexec(instance) -> float:
+# The machine's three parts of a blackout, end to end (they add up to it): the old kernel
+# freezes and sends the hand-over; it unmounts (and, with devices, is killed); the next
+# kernel rebuilds, mounts and says it serves.
+PARTS = ("ask the old kernel to freeze", "hand over", "next kernel comes up")
+
+
+def _kexec(instance, parts: list | None = None) -> float:
     # The machine loads the next kernel right after each update (Python imports: ~0.3 s
     # of CPU); on 2 cores that would land in whichever blackout comes next. Let it settle.
     time.sleep(SETTLE_S)
     reply = kexec(instance.root, timeout=600)
+    if parts is not None:
+        parts.append(blackout_parts(instance, reply["liveupdate_number"]))
     return reply["blackout_ms"]
+
+
+def blackout_parts(instance, number: int) -> dict[str, float]:
+    """The PARTS of update `number`, in ms, from its trace."""
+    _n, events = trace_view.read(instance.state_dir, number)
+    return {e["name"]: e["dur"] / 1e6 for e in events
+            if e.get("proc") == "machine" and e["name"] in PARTS}
 
 
 def _carry_forward(instance, tokens: int) -> None:
@@ -49,12 +67,16 @@ def _carry_forward(instance, tokens: int) -> None:
     return session
 
 
-def blackout_by_size(progress, rounds: int = ROUNDS) -> list[Row]:
+def blackout_by_size(progress, rounds: int = ROUNDS, parts: dict | None = None) -> list[Row]:
     """All sizes booted side by side and live-updated in turn, round after round, so
-    the machine's drift and noise fall on every size alike."""
+    the machine's drift and noise fall on every size alike. `parts`, if given, gets
+    each size's PARTS per update (for bench/plot.py)."""
     from contextlib import ExitStack
 
     samples: dict[str, list[float]] = {label: [] for label, _ in SIZES}
+    parts = {} if parts is None else parts
+    for label, _size in SIZES:
+        parts[label] = []
     with ExitStack() as stack:
         instances = {}
         for label, size in SIZES:
@@ -73,7 +95,7 @@ def blackout_by_size(progress, rounds: int = ROUNDS) -> list[Row]:
             order = list(instances.items())
             order = order[r % len(order):] + order[: r % len(order)]
             for label, held in order:
-                samples[label].append(_kexec(held[0]))
+                samples[label].append(_kexec(held[0], parts[label]))
                 held[1].close()
                 held[1] = _carry_forward(held[0], 1)
         for _instance, session in instances.values():
@@ -147,3 +169,49 @@ def _keepers(kernel_pid: int) -> list[int]:
         except OSError:
             pass
     return mine
+
+
+def recording_cost(progress, rounds: int = ROUNDS) -> list[Row]:
+    """The blackout with the trace recorded and with LUOFS_TRACE=0, booted side by side
+    and live-updated in turn (a session with one memfd each): without devices, where
+    the old kernel writes its lines while the next one rebuilds, and with them, where
+    the machine waits for those lines before it can kill the old kernel."""
+    from contextlib import ExitStack
+
+    rows = []
+    for shape, args in (("no devices", []), ("devices", ["--devices"])):
+        samples: dict[bool, list[float]] = {True: [], False: []}
+        with ExitStack() as stack:
+            held = {}
+            for recorded in (True, False):
+                os.environ["LUOFS_TRACE"] = "1" if recorded else "0"
+                try:
+                    instance = stack.enter_context(booted(args))
+                finally:
+                    del os.environ["LUOFS_TRACE"]
+                with LiveUpdate(instance.root) as lu:
+                    session = lu.create_session("bench")
+                fd = os.memfd_create("bench")
+                session.preserve_fd(fd, 0)
+                os.close(fd)
+                held[recorded] = [instance, session]
+            for r in range(rounds):
+                for recorded in ((True, False) if r % 2 else (False, True)):
+                    samples[recorded].append(_kexec(held[recorded][0]))
+                    held[recorded][1].close()
+                    held[recorded][1] = _carry_forward(held[recorded][0], 1)
+            for _instance, session in held.values():
+                session.close()
+        off = summarize(f"kexec blackout, trace not recorded ({shape})", samples[False],
+                        unit="ms")
+        on = summarize(f"kexec blackout, trace recorded ({shape})", samples[True], off.median,
+                       unit="ms")
+        # Each round's two updates ran back to back: their ratio sees the same machine.
+        ratios = [a / b for a, b in zip(samples[True], samples[False])]
+        paired = Row(f"  recorded / not recorded, per round ({shape})", "×",
+                     round(statistics.median(ratios), 3), round(min(ratios), 3),
+                     round(max(ratios), 3), len(ratios), target="≤ 1.02")
+        rows += [off, on, paired]
+        for row in (off, on, paired):
+            progress(row)
+    return rows

@@ -80,6 +80,7 @@ class DmaChannel:
     phase: str = "running"          # running → prepared → frozen (→ released)
     saved: bytes | None = None      # the state captured at reboot
     reclaimed: bool = False
+    latched_at_attach: int = 0      # interrupts latched in the blackout, delivered at attach
     counters: dict = field(default_factory=lambda: dict.fromkeys(
         LIFETIME + ("duplicates", "drains", "errors"), 0))
     at_boot: dict = field(default_factory=dict)  # lifetime counters when this kernel took over
@@ -201,6 +202,7 @@ class DmaDriver(Driver):
             channel.counters[name] = getattr(state, name)
         channel.at_boot = {name: getattr(state, name) for name in LIFETIME}
         dev.driver_data = channel
+        channel.latched_at_attach = reply.get("pending", 0)
         if reply.get("pending"):
             log.info("%s: %d interrupt(s) latched during the blackout", path, reply["pending"])
 

@@ -17,6 +17,12 @@ LUO's global state machine)::
 
 and in the new one: ``drivers.boot(incoming_images(incoming), incoming.preserved)``.
 
+``events``, if given, times what a live update's trace shows: an object with
+``span(name, cat, **args)`` (a context manager whose ``set(**args)`` adds to it) and
+``instant(name, cat, **args)``. Spans: each layer callback, each device's re-attach
+or probe, the service of what latched in the blackout; instant: the first interrupt
+the service thread takes after the boot.
+
 Half: drivers (the kernel process).
 
 Unhappy paths: a device whose hand-over cannot be used (wrong path or compatible,
@@ -37,6 +43,7 @@ import selectors
 import threading
 
 from kho.errors import KhoFormatError
+from luofs.trace import NO_SPAN  # a leaf, as luofs.unwind is to the layer
 
 from .dma_driver import DmaDriver
 from .errors import DeviceError
@@ -56,14 +63,15 @@ WATCHDOG_S = 0.1
 
 class DeviceDrivers:
     def __init__(self, transport, memory, preserved, *, luo_state=lambda: "normal",
-                 on_records=None, trace=None, irq_thread: bool = True):
+                 on_records=None, trace=None, irq_thread: bool = True, events=None):
         """``memory``: this kernel's PhysicalMemory; ``preserved``: the PreservedMemory of
         the hand-over this kernel is building (``boot.handover.preserved``)."""
         self.client = DeviceClient(transport)
         self.memory = memory
         self.preserved = preserved
+        self.events = events or _NO_EVENTS
         self.tree = DeviceTree()
-        self.layer = DevLiveupdate(self.tree, luo_state, trace)
+        self.layer = DevLiveupdate(self.tree, luo_state, trace, events)
         self.bus = PciBus()
         self.configs: dict[str, DeviceConfig] = {}
         self._drivers = {
@@ -107,7 +115,10 @@ class DeviceDrivers:
             if image is not None:
                 self.layer.adopt(dev)
                 try:
-                    driver.reattach(dev, config, image.state, incoming_preserved)
+                    with self.events.span(f"re-attach {dev.label}", "device",
+                                          path=dev.path) as span:
+                        driver.reattach(dev, config, image.state, incoming_preserved)
+                        span.set(latched_irqs=getattr(dev.driver_data, "latched_at_attach", 0))
                 except (DeviceError, KhoFormatError) as e:
                     log.warning("%s: cannot re-attach (%s); probing it fresh", dev.path, e)
                     report["fallback"].append(dev.path)
@@ -117,7 +128,8 @@ class DeviceDrivers:
                     report["reclaimed"].append(dev.path)
                     continue
             try:
-                driver.probe(dev, config)
+                with self.events.span(f"probe {dev.label or dev.path}", "device", path=dev.path):
+                    driver.probe(dev, config)
             except DeviceError as e:
                 log.error("%s: probe failed: %s", dev.path, e)
                 report["unbound"].append(dev.path)
@@ -131,7 +143,9 @@ class DeviceDrivers:
             config = self.configs.get(dev.path)
             if config is not None and config.fail and dev.driver and dev.driver.liveupdate:
                 self.layer.fail_at(dev.path, config.fail[0], config.fail[1])
-        self.service_all()  # what arrived during the blackout, and the latched interrupts
+        with self.events.span("service what latched", "device") as span:
+            # what arrived during the blackout, and the latched interrupts
+            span.set(records=self.service_all())
         self._start_irq()
         self.report = report
         return report
@@ -155,7 +169,7 @@ class DeviceDrivers:
         if self._use_irq_thread and self._irq is None:
             sources = [(dev.driver.irq_fd(dev), dev) for dev in self.dma_devices()
                        if dev.driver.irq_fd(dev) is not None]
-            self._irq = _ServiceThread(sources)
+            self._irq = _ServiceThread(sources, self.events)
 
     def _stop_irq(self) -> None:
         if self._irq is not None:
@@ -261,10 +275,22 @@ def incoming_images(incoming) -> list[DeviceImage]:
         return []
 
 
+class _NoEvents:
+    def span(self, _name: str, _cat: str = "", **_args):
+        return NO_SPAN
+
+    def instant(self, _name: str, _cat: str = "", **_args) -> None:
+        pass
+
+
+_NO_EVENTS = _NoEvents()
+
+
 class _ServiceThread:
     """One thread waiting on every DMA device's eventfd; runs the handler of each that fires."""
 
-    def __init__(self, sources: list[tuple[int, Device]]):
+    def __init__(self, sources: list[tuple[int, Device]], events):
+        self._events = events  # until the first interrupt is taken
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake, selectors.EVENT_READ, None)
@@ -280,6 +306,10 @@ class _ServiceThread:
             if any(key.data is None for key, _ in events):
                 return
             ready = [key.data for key, _ in events] if events else self._devices
+            if events and self._events is not None:
+                self._events.instant("first interrupt", "device",
+                                     device=ready[0].label or ready[0].path)
+                self._events = None
             for dev in ready:
                 try:
                     dev.driver.service(dev)

@@ -87,14 +87,16 @@ class DevLiveupdate:
     ``luo_state`` returns LUO's global state (``normal``, ``prepared``, ``frozen``,
     ``updated``); under the mainline ABI, which has none, pass ``lambda: "normal"``.
     ``trace(phase, target, device)`` is called before every callback, for tests
-    and debugging.
+    and debugging; ``events.span(name, **args)`` (see :mod:`devices.drivers`) times
+    each callback, for a live update's trace.
     """
 
     def __init__(self, tree: DeviceTree, luo_state: Callable[[], str] = lambda: "normal",
-                 trace: Trace | None = None):
+                 trace: Trace | None = None, events=None):
         self.tree = tree
         self.luo_state = luo_state
         self.trace = trace
+        self.events = events
         self.state = LayerState.IDLE
         self.devices: list[Device] = []  # the update's devices, deepest first
         self._faults: dict[tuple[str, str, str], int] = {}
@@ -247,6 +249,13 @@ class DevLiveupdate:
             self.trace(phase, target, device)
         if fault is not None:
             raise DeviceError(fault, f"{target} {phase} of {device.path}: fault injected")
+        if self.events is None:
+            return self._run(device, phase, target, callback)
+        with self.events.span(f"{target} {phase} {device.label or device.path}", "device",
+                              path=device.path):
+            return self._run(device, phase, target, callback)
+
+    def _run(self, device: Device, phase: str, target: str, callback) -> bool:
         if phase in PHASES:
             try:
                 callback(device)

@@ -74,12 +74,12 @@ def _root(args) -> str:
     return os.path.realpath(root)
 
 
-def _ask(root: str, message, timeout: float | None = 60.0):
+def _ask(root: str, message, timeout: float | None = 60.0, on_progress=None):
     """The machine's reply to `message`; CliError saying why there is none."""
     from . import control, protocol
 
     try:
-        return control.request(root, message, timeout)
+        return control.request(root, message, timeout, on_progress)
     except (control.NoMachine, PermissionError) as e:
         raise CliError(e.strerror) from None
     except (OSError, protocol.ProtocolError) as e:
@@ -129,8 +129,13 @@ def cmd_kexec(args) -> int:
     from .protocol import Error, KexecDone, KexecLoad
 
     root = _root(args)
-    request = cli_userspace.kexec_request(args)  # --cmdline, --load, --keep-userspace
-    reply = _ask(root, request, timeout=600)
+    watch = cli_userspace.ProgressLine() if sys.stderr.isatty() else None
+    request = cli_userspace.kexec_request(args, watch)  # --cmdline, --load, --keep-userspace
+    try:
+        reply = _ask(root, request, timeout=600, on_progress=watch and watch.show)
+    finally:
+        if watch is not None:
+            watch.clear()
     if isinstance(request, KexecLoad):
         return cli_userspace.kexec_load_status(reply)
     if isinstance(reply, Error):
@@ -146,6 +151,9 @@ def cmd_kexec(args) -> int:
           f"carried {reply.sessions} session(s), {reply.files} file(s); "
           f"blackout {reply.blackout_ms:.1f} ms (freeze + hand-over {reply.freeze_ms:.1f}, "
           f"next kernel up {reply.start_ms:.1f})")
+    from . import cli_trace
+
+    cli_trace.print_breakdown(root, reply.liveupdate_number)
     if reply.dropped:  # as the kernel does: what nobody retrieved ends here
         print(f"luofs: dropped {reply.dropped} incoming session(s) nobody retrieved "
               f"from the previous update", file=sys.stderr)
@@ -157,6 +165,12 @@ def cmd_kexec(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_trace(args) -> int:
+    from . import cli_trace
+
+    return cli_trace.cmd_trace(args, _root(args))
 
 
 def cmd_kho_dump(args) -> int:
@@ -263,6 +277,14 @@ def size(text: str) -> int:
     return value
 
 
+def _update_number(text: str):
+    if text == "last":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not an update: {text!r} (N ≥ 1, or last)")
+    return int(text)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the `command` about to run, only what that one needs."""
     p = _Parser(
@@ -288,7 +310,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     cli_userspace.add_boot_options(boot)
     kexec = add("kexec", cmd_kexec, "live update: freeze, hand over through KHO to a new kernel "
-                "process; returns when it serves. On a freeze failure the running kernel keeps "
+                "process; returns when it serves and prints the blackout, then its main phases "
+                "(all of them: luofs trace); on a terminal a long update shows its progress. "
+                "On a freeze failure the running kernel keeps "
                 "serving and the exit status is the errno. The old kernel's userspace ends "
                 "after the freeze; the next kernel's starts (with --init) once it serves")
     cli_userspace.add_kexec_options(kexec)
@@ -313,6 +337,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                       help="what the running kernel received, not what it would hand over")
     dump.add_argument("--dts", action="store_true", help="device-tree source via dtc")
     dump.set_defaults(func=cmd_kho_dump)
+    trace = add("trace", cmd_trace, "a live update's phases, as every process of it recorded "
+                "them: a Chrome/Perfetto trace (JSON that ui.perfetto.dev and chrome://tracing "
+                "open) and a PNG timeline. Works after `luofs shutdown --keep-logs` too")
+    trace.add_argument("--update", type=_update_number, default="last", metavar="N|last",
+                       help="which live update: N is the number of the kernel it started "
+                            "(default: the last one recorded)")
+    trace.add_argument("-o", "--output", metavar="FILE.json",
+                       help="write the Chrome/Perfetto trace there ('-': stdout; the default "
+                            "when no --png is given)")
+    trace.add_argument("--png", metavar="FILE.png",
+                       help="draw the timeline (needs matplotlib: pip install 'luofs[png]')")
+    trace.epilog = ("exit status: 0 written; 1 no such trace (none recorded, LUOFS_TRACE=0, "
+                    "or the state dir is gone), no matplotlib for --png (nothing is written), "
+                    "or a file that cannot be written; 64 a bad option")
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     vm = add("vm", cmd_vm, "a QEMU virtual machine whose guest RAM is a preserved memfd: it "

@@ -59,8 +59,8 @@ def init_config(root: str, args) -> dict:
             "init_env": tuple(program_env(root, {}).items())}
 
 
-def kexec_request(args):
-    """KexecLoad for --load/--unload, else KexecRequest."""
+def kexec_request(args, watch=None):
+    """KexecLoad for --load/--unload, else KexecRequest (with progress for `watch`)."""
     from .protocol import KexecLoad, KexecRequest
 
     if args.load or args.unload:
@@ -69,7 +69,35 @@ def kexec_request(args):
         if args.unload and args.cmdline is not None:
             raise CliError("--unload takes no --cmdline")
         return KexecLoad(cmdline=args.cmdline, unload=args.unload)
-    return KexecRequest(cmdline=args.cmdline, keep_userspace=args.keep_userspace)
+    return KexecRequest(cmdline=args.cmdline, keep_userspace=args.keep_userspace,
+                        progress_ms=watch.every_ms if watch is not None else None)
+
+
+class ProgressLine:
+    """A long update's progress on one stderr line, rewritten in place: for a terminal
+    only (never a pipe). The machine and the kernel send it at most every
+    $LUOFS_PROGRESS_MS (default 200), and not before that long: short updates show none."""
+
+    DEFAULT_MS = 200
+
+    def __init__(self):
+        try:
+            self.every_ms = max(0, int(os.environ.get("LUOFS_PROGRESS_MS") or self.DEFAULT_MS))
+        except ValueError:
+            self.every_ms = self.DEFAULT_MS
+        self.shown = False
+
+    def show(self, progress) -> None:
+        count = f": {progress.done:,}/{progress.total:,}" if progress.total else ""
+        sys.stderr.write(f"\r\x1b[Kluofs kexec: {progress.what}{count} …")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def kexec_load_status(reply) -> int:

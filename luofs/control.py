@@ -42,14 +42,16 @@ class MachineGone(ConnectionError):
     pass
 
 
-def request(root: str, msg, timeout: float | None = 60.0):
+def request(root: str, msg, timeout: float | None = 60.0, on_progress=None):
     """Send `msg` to the machine serving ROOT and return its reply message."""
-    return exchange(root, msg, timeout)[0]
+    return exchange(root, msg, timeout, on_progress)[0]
 
 
-def exchange(root: str, msg, timeout: float | None = 60.0):
+def exchange(root: str, msg, timeout: float | None = 60.0, on_progress=None):
     """(reply, the machine's pid as the kernel reports the socket's peer: never as the
-    peer says). Only a machine of root, of this user or of the state dir's owner counts."""
+    peer says). Only a machine of root, of this user or of the state dir's owner counts.
+    Progress messages before the reply go to `on_progress` (each wait for the next
+    message has the whole `timeout`)."""
     path = wire.control_path(root)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         sock.settimeout(timeout)
@@ -73,6 +75,10 @@ def exchange(root: str, msg, timeout: float | None = 60.0):
             except BrokenPipeError:
                 pass  # it answered and closed at once (a refusal): read that answer
             reply, fds = protocol.recv(sock)
+            while isinstance(reply, protocol.Progress):
+                if on_progress is not None:
+                    on_progress(reply)
+                reply, fds = protocol.recv(sock)
         except socket.timeout:
             raise MachineTimeout(f"the luofs machine of {root} (pid {pid}) did not answer "
                                  f"within {timeout:.0f} s{stopped_note(pid)}", pid) from None

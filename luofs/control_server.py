@@ -11,6 +11,8 @@ Unhappy paths, each logged and answered with Error where an answer can go: a pee
 another user (EACCES, then closed); a request that is not a message, or longer than
 protocol.MAX_REQUEST (the machine serves on); a client that says nothing in time or
 never reads its reply (closed); more than MAX_CLIENTS waiting (the newest is closed).
+A client that watches a long request (`luofs kexec` on a terminal) gets Progress
+messages before its reply; one its socket has no room for is dropped, never waited for.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import socket
 import threading
 import time
 
-from . import protocol, wire
-from .protocol import Error
+from . import protocol, trace, wire
+from .protocol import Error, Progress
 from .wire import peer_credentials
 
 log = logging.getLogger("luofs.machine")
@@ -34,6 +36,26 @@ CLIENT_TIMEOUT = 10.0  # from accept to a whole request
 REPLY_TIMEOUT = 10.0  # for a client to take its reply
 MAX_CLIENTS = 64
 CONTROL, LOCK = "control", "machine.lock"
+
+
+class ProgressRelay:
+    """Progress to a client waiting for its reply, at most every `every_ms`: phases the
+    machine reaches (throttled here) and what a kernel reports (throttled there)."""
+
+    def __init__(self, conn: socket.socket, every_ms: int):
+        self.conn = conn
+        self.every_ms = every_ms
+        self._throttle = trace.Throttle(every_ms)
+
+    def phase(self, what: str) -> None:
+        if self._throttle.due(what):
+            self.send(Progress(what))
+
+    def send(self, message: Progress) -> None:
+        try:  # the connection is non-blocking while its request is answered
+            protocol.send(self.conn, message)
+        except OSError:
+            pass
 
 
 class ControlServer:

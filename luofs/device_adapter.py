@@ -54,17 +54,18 @@ def luo_errors():
 
 
 def attach(memory, preserved, device_fd: int | None, incoming,
-           luo_state: Callable[[], str]) -> DeviceDrivers | None:
+           luo_state: Callable[[], str], events=None) -> DeviceDrivers | None:
     """The kernel's drivers for the machine's devices (None without a device socket).
 
     ``memory``: this kernel's PhysicalMemory; ``preserved``: the PreservedMemory of the
     hand-over it is building; ``incoming``: the IncomingHandover it booted from (None
-    after a cold boot); ``luo_state()``: LUO's global state, for ``requested`` writes.
+    after a cold boot); ``luo_state()``: LUO's global state, for ``requested`` writes;
+    ``events``: where the drivers' spans go (luofs.trace.Late, for a live update's trace).
     """
     if device_fd is None:
         return None
     drivers = DeviceDrivers(SocketTransport(socket.socket(fileno=device_fd)), memory,
-                            preserved, luo_state=luo_state)
+                            preserved, luo_state=luo_state, events=events)
     with luo_errors():
         report = drivers.boot(incoming_images(incoming),
                               incoming.preserved if incoming is not None else None)

@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 from . import limits, protocol
 from .protocol import FILES, Error, Ok
@@ -107,9 +108,10 @@ def serve(sock: socket.socket, records=_records_in_python) -> None:
                         os.close(fd)
                 reply = Ok()
             elif isinstance(message, Records):
-                reply = RecordsReply(records([files[slot] for first, count in message.runs
-                                              for slot in range(first, first + count)],
-                                             message.pad))
+                started = time.monotonic_ns()  # the kernel's trace shows this keeper's part
+                packed = records([files[slot] for first, count in message.runs
+                                  for slot in range(first, first + count)], message.pad)
+                reply = RecordsReply(packed, started, time.monotonic_ns())
             else:
                 reply = Error(f"{message.TAG} is not a request a keeper takes")
         except (KeyError, OSError) as e:

@@ -6,7 +6,10 @@ the instance's KernelConfig (ABI, cmdline, faults), the emulated RAM and, after 
 update, the HandOver with the preserved files' fds in named groups. It mounts ROOT and
 says Ready — or Panicked if the hand-over cannot be trusted. Later requests (all in
 luofs.protocol): status, kho-dump, Reboot (the live update's old-kernel half),
-shutdown; a message it cannot read is answered with Error and logged.
+TraceFlush, shutdown; a message it cannot read is answered with Error and logged.
+It records its part of each live update (luofs/trace.py): as the next kernel from the
+boot message until the machine's TraceFlush (then it writes its lines), as the old one
+from Reboot until it has unmounted (its events go to the machine with Unmounted).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import trio
 
 import kho
 
-from . import device_adapter, limits, personalities, protocol
+from . import device_adapter, limits, personalities, protocol, trace
 from .core import LuoError
 from .core.faults import Faults
 from .fs.debugfs import kho_debugfs
@@ -35,10 +38,10 @@ from .fs.ops import KernelFS
 from .fs.server import Mount
 from .personalities.base import Panic, Personality
 from .personalities.boot import cold_boot, handover_boot
-from .protocol import (FILES, KEEPERS, RAM, Error, KhoDumpReply, KhoDumpRequest, Ok, Shutdown,
-                       StatusRequest)
+from .protocol import (FILES, KEEPERS, RAM, Error, KhoDumpReply, KhoDumpRequest, Ok, Progress,
+                       Shutdown, StatusRequest)
 from .protocol_kernel import (Crashing, Failed, KernelBoot, KernelConfig, KernelStatus, Loaded,
-                              MountRoot, Panicked, Ready, Reboot, Unmounted)
+                              MountRoot, Panicked, Ready, Reboot, TraceFlush, Unmounted)
 
 log = logging.getLogger("luofs.kernel")
 
@@ -120,24 +123,42 @@ class Kernel:
             logging.getLogger().setLevel(config.log_level.upper())
         ram_fd, handover = groups[RAM][0], message.handover
         files = {FILES: groups.get(FILES, []), KEEPERS: groups.get(KEEPERS, [])}
+        number = handover.next_number if handover is not None else 0
+        recorder = trace.recorder()
+        if recorder is not None:
+            recorder.process = f"kernel #{number}"
+            if handover is not None:
+                recorder.begin(number)
+        fd_count = sum(map(len, files.values()))
         t0 = time.perf_counter()
         try:
             if handover is not None:
-                self.personality = handover_boot(self.abi, ram_fd, handover, files, self.faults,
-                                                 self.device_fd)
+                with trace.span("boot from the hand-over", "kernel", files=handover.files,
+                                fds=fd_count):
+                    self.personality = handover_boot(self.abi, ram_fd, handover, files,
+                                                     self.faults, self.device_fd)
             else:
                 self.personality = cold_boot(self.abi, ram_fd, self.faults, self.device_fd)
         except Panic as e:
             log.critical("panic: %s", e)
+            trace.instant("panic", "kernel", error=str(e))
+            if recorder is not None:
+                recorder.flush()
             protocol.send(self.sock, Panicked(str(e)))
             return False
         if handover is not None:
             log.info("rebuilt from the hand-over in %.1f ms (%d fds)",
-                     (time.perf_counter() - t0) * 1000, sum(map(len, files.values())))
+                     (time.perf_counter() - t0) * 1000, fd_count)
             self.faults.check("crash.reload")
-        self.fs = build_fs(self.personality, self.cmdline, self.debugfs)
+        with trace.span("build the file system", "kernel"):
+            self.fs = build_fs(self.personality, self.cmdline, self.debugfs)
+        if handover is not None:
+            late = trace.Late(number)
+            self.fs.on_first_request(
+                lambda op: late.instant("first request served", "kernel", op=op))
         if message.hold_mount:  # the previous kernel may still be unmounting
-            self._recv_from_machine(MountRoot, "mount")
+            with trace.span("wait for the mount point", "kernel"):
+                self._recv_from_machine(MountRoot, "mount")
         return True
 
     def _recv_from_machine(self, kind: type, what: str):
@@ -157,17 +178,22 @@ class Kernel:
 
     async def serve(self) -> None:
         self.sock.setblocking(False)
+        t_mount = trace.clock()
         with Mount(self.fs, self.root, self.root_fd) as mount:
+            trace.complete("mount", "kernel", t_mount, trace.clock())
             self.barrier = ReleaseBarrier(self.root)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send(Ready(pid=os.getpid(), mnt_id=self.fs.mnt_id,
                                  liveupdate_number=self.personality.parts.liveupdate_number,
                                  lost=self.personality.lost_at_boot))
+                trace.instant("serving", "kernel")
                 await self.control_loop(nursery.cancel_scope)
-            mount.unmount()
-        if self.handed_over:
-            self._send(Unmounted())
+            with trace.span("unmount", "kernel"):
+                mount.unmount()
+        if self.handed_over:  # (the machine may kill us once it has this)
+            recorder = trace.recorder()
+            self._send(Unmounted(recorder.export() if recorder is not None else ""))
         log.info("unmounted %s", self.root)
 
     def _send(self, message, fds: dict | None = None) -> None:
@@ -210,12 +236,30 @@ class Kernel:
                 cancel.cancel()
                 return
             if isinstance(message, Reboot):
-                await self.settle_releases()
+                self._watch_update(message)
+                with trace.span("let pending releases land", "kernel"):
+                    await self.settle_releases()
             try:
                 if self.obey(message, cancel):
                     return
             except OSError as e:  # a reply that could not be sent must not stop the kernel
                 log.error("control message %s: %s", message.TAG, e)
+            finally:
+                trace.watch(None)
+
+    def _watch_update(self, message: Reboot) -> None:
+        """Open the update's trace window; send progress if someone watches it."""
+        recorder = trace.recorder()
+        if recorder is not None:
+            recorder.begin(self.personality.parts.liveupdate_number + 1)
+        if message.progress_ms is not None:
+            throttle = trace.Throttle(message.progress_ms)
+
+            def report(what: str, done: int, total: int) -> None:
+                if throttle.due(what):
+                    self._send(Progress(what, done, total))
+
+            trace.watch(report)
 
     async def settle_releases(self) -> None:
         """Let every close(2) that returned before the live update was asked for take
@@ -240,6 +284,11 @@ class Kernel:
             return True
         elif isinstance(message, Reboot):
             return self.reboot(cancel)
+        elif isinstance(message, TraceFlush):
+            recorder = trace.recorder()
+            if recorder is not None:
+                recorder.flush()
+            self._send(Ok())
         else:
             self._send(Error(f"{message.TAG} is not a request a kernel takes"))
         return False
@@ -248,9 +297,13 @@ class Kernel:
         """The old kernel's half of a live update: freeze, hand over, stop serving."""
         t0 = time.perf_counter()
         try:
-            handover, fds = self.personality.freeze()
+            with trace.span("freeze", "kernel"):
+                handover, fds = self.personality.freeze()
         except LuoError as e:
             log.warning("live update refused: %s", e)
+            recorder = trace.recorder()
+            if recorder is not None:
+                recorder.flush()
             self._send(Error(str(e), e.errno))
             return False
         t1 = time.perf_counter()
@@ -258,15 +311,18 @@ class Kernel:
             # In the blackout: after the freeze read its records, before the next kernel
             # looks at its keepers.
             self.personality.parts.store.kill_keeper(0)
+        fd_count = sum(map(len, fds.values()))
         try:
-            self._send(handover, fds)
+            with trace.span("send the hand-over", "kernel", files=handover.files, fds=fd_count):
+                self._send(handover, fds)
         except OSError:
             self.personality.undo_freeze()
             raise
         log.info("handed over %d file(s) (%d fds): freeze %.1f ms, send %.1f ms",
-                 handover.files, sum(map(len, fds.values())), (t1 - t0) * 1000,
+                 handover.files, fd_count, (t1 - t0) * 1000,
                  (time.perf_counter() - t1) * 1000)
-        self.personality.after_handover()
+        with trace.span("shut devices down", "kernel"):
+            self.personality.after_handover()
         self.faults.check("crash.handed-over")
         self.handed_over = True
         cancel.cancel()
@@ -288,10 +344,12 @@ def main(argv=None) -> int:
     p.add_argument("--root-fd", type=int, required=True)
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--device-fd", type=int)
+    p.add_argument("--trace-dir", help="where live-update traces go (none: not recorded)")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LUOFS_LOG", "INFO").upper(), stream=sys.stderr,
                         format=f"%(asctime)s kernel[{os.getpid()}] %(name)s %(levelname)s %(message)s")
     limits.raise_fd_limit()
+    trace.setup(args.trace_dir, "kernel")
     preload()
     kernel = Kernel(socket.socket(fileno=args.control_fd), args.root, args.device_fd,
                     args.root_fd)

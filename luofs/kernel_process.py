@@ -5,7 +5,8 @@ Unhappy paths: a kernel that dies (its socket closes: replies are None, expect()
 raises KernelError with its exit status); one that panics (KernelPanic); one that says
 something unreadable or out of turn (KernelError); one that does not answer in time
 (KernelError naming it, and saying so if it is stopped — its late reply is skipped by
-the next ask). A crash notice (Crashing) is handed to `on_crash` wherever it arrives.
+the next ask). A crash notice (Crashing) is handed to `on_crash` wherever it arrives,
+and a live update's Progress to `on_progress`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from devices.transport import start_server
 
 from . import protocol, wire
 from .control import stopped_note
-from .protocol import Shutdown
+from .protocol import Progress, Shutdown
 from .protocol_kernel import Crashing, Loaded, Panicked
 
 log = logging.getLogger("luofs.machine")
@@ -40,23 +41,26 @@ class KernelProcess:
     """One kernel process and the machine's end of its control socket."""
 
     def __init__(self, root: str, root_fd: int, number: int, log_path: str, on_crash=None,
-                 devices: DeviceHost | None = None):
+                 devices: DeviceHost | None = None, trace_dir: str | None = None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.number = number
         self.on_crash = on_crash
+        self.on_progress = None  # Progress -> None, while someone watches an update
         self.loaded = False
         self.owed = 0  # replies to requests that timed out, still to come and be skipped
         passed = [theirs]
-        device_args = []
+        extra_args = []
         if devices is not None:  # the kernel's drivers talk to the hardware on their own line
             host_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             passed.append(kernel_end)
-            device_args = ["--device-fd", str(kernel_end.fileno())]
+            extra_args = ["--device-fd", str(kernel_end.fileno())]
+        if trace_dir is not None:
+            extra_args += ["--trace-dir", trace_dir]
         with wire.open_log(log_path) as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "luofs.kernel", "--root", root, "--root-fd", str(root_fd),
-                 "--control-fd", str(theirs.fileno()), *device_args],
+                 "--control-fd", str(theirs.fileno()), *extra_args],
                 pass_fds=[root_fd, *(s.fileno() for s in passed)], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file)
         for s in passed:
@@ -69,6 +73,10 @@ class KernelProcess:
         on_crash); (None, {}) when the kernel is gone; ProtocolError for garbage."""
         while True:
             message, fds = protocol.recv(self.sock)
+            if isinstance(message, Progress):
+                if self.on_progress is not None:
+                    self.on_progress(message)
+                continue
             if not isinstance(message, Crashing):
                 return message, fds
             log.warning("kernel #%d is crashing at fault point %s", self.number, message.point)

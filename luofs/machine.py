@@ -8,6 +8,9 @@ running kernel to freeze and hand over, and passes what it handed over — the R
 the KHO root address and the preserved files themselves — to the next.
 It never imports pyfuse3 or trio: it must stay small and always responsive.
 
+Each live update is traced (luofs/trace.py, luofs/machine_trace.py): the machine
+records what it drives; a client that watches gets Progress before the reply.
+
 Unhappy paths: a refused freeze leaves the old kernel serving (Error with its errno);
 a kernel that dies or panics leaves the machine up without a kernel (`panic`, shown
 by status; `luofs boot` then cold-boots); a next kernel that dies while reloading is
@@ -29,11 +32,12 @@ from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
 
-from . import limits, participants, protocol, userspace
+from . import limits, participants, protocol, trace, userspace
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
 from .kexec_image import LoadedImage
+from .machine_trace import UpdateTrace
 from .mounts import detach_mount
 from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, KexecRequest,
                        KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
@@ -67,6 +71,8 @@ class Machine:
         self.last_blackout_ms: float | None = None
         self.sel = selectors.DefaultSelector()
         self.control = ControlServer(state, self.sel)  # EADDRINUSE: already served
+        self.client = None  # the connection whose request is being answered
+        self.updates = UpdateTrace(state)
         self.ram = os.memfd_create("luofs-ram", os.MFD_CLOEXEC)
         os.ftruncate(self.ram, config.memory)
         self.memory = config.memory
@@ -105,7 +111,7 @@ class Machine:
 
     def _spawn(self) -> KernelProcess:
         return KernelProcess(self.root, self.root_fd, -1, self.kernel_log, self._disarm,
-                             self.devices)
+                             self.devices, self.updates.directory)
 
     def _prepare_standby(self) -> None:
         """Start importing the next kernel now (as `kexec -l` loads an image ahead of
@@ -159,25 +165,36 @@ class Machine:
         if stopped:  # it could not freeze, and might wake up in the middle of a hand-over
             return Error(f"kernel #{old.number} (pid {old.proc.pid}) cannot freeze{stopped}; "
                          "nothing was changed")
-        nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
+        self.updates.phase("loading the next kernel")
+        with trace.span("load the next kernel", "machine"):
+            nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
         try:  # user-space participants (a VMM) get ready first: luofs/participants.py
-            update = participants.prepare(self.state)
+            self.updates.phase("preparing participants")
+            with trace.span("participants prepare", "machine"):
+                update = participants.prepare(self.state, trace.recorder().update)
         except participants.Refused as e:
             self.standby = nxt  # nothing reached it: still the next kernel
+            trace.instant("refused", "machine", error=str(e))
             return Error(str(e), e.errno)
         written_before = self._records_written()
-        t_freeze = time.perf_counter()
+        self.updates.phase("freezing")
+        t_freeze = trace.clock()
         handover, fds = self._freeze(old, nxt)
         if not isinstance(handover, HandOver):
             update.cancel()
+            trace.instant("refused" if handover.errno else "failed", "machine",
+                          error=handover.error)
             return handover  # the refusal (the old kernel serves on) or the loss
-        t_reply = time.perf_counter()
+        t_reply = trace.clock()
         self.userspace.end()  # the old kernel's userspace ends with it, as at a reboot
+        trace.instant("end the old userspace", "machine")
         nxt.number = handover.next_number
         try:
+            self.updates.phase("handing over")
             sent = self._hand_over(old, nxt, handover, fds)
-            t_handed = time.perf_counter()
+            t_handed = trace.clock()
             self.kernel = None
+            self.updates.phase("starting the next kernel")
             nxt, ready = self._bring_up(nxt, handover, fds, sent)
         except KernelError as e:
             self.panic = str(e)
@@ -187,32 +204,42 @@ class Machine:
             protocol.close_fds(fds)
             old.kill()  # (when the next kernel went ahead, its exit did not hold anything up)
         self.kernel = nxt
-        t_ready = time.perf_counter()
+        t_ready = trace.clock()
         written_after = self._records_written()
-        update.resume()  # before the standby kernel's start competes for the CPU
+        blackout_records = {label: written_after[label] - n
+                            for label, n in written_before.items()}
+        trace.complete("ask the old kernel to freeze", "machine", t_freeze, t_reply,
+                       sessions=handover.sessions, files=handover.files)
+        trace.complete("hand over", "machine", t_reply, t_handed)
+        trace.complete("next kernel comes up", "machine", t_handed, t_ready)
+        trace.complete("blackout", "machine", t_freeze, t_ready, records=blackout_records)
+        self.updates.phase("resuming participants")
+        with trace.span("participants resume", "machine"):
+            update.resume()  # before the standby kernel's start competes for the CPU
         self._prepare_standby()
         self.kexecs += 1
-        self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
+        self.last_blackout_ms = round((t_ready - t_freeze) / 1e6, 3)
         log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
-                 "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) * 1000,
-                 (t_handed - t_reply) * 1000, (t_ready - t_handed) * 1000, self.last_blackout_ms)
+                 "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) / 1e6,
+                 (t_handed - t_reply) / 1e6, (t_ready - t_handed) / 1e6, self.last_blackout_ms)
         if ready.lost:
             log.error("kexec to #%d lost files with their keepers: %s", nxt.number, ready.lost)
         return KexecDone(
             liveupdate_number=nxt.number, sessions=handover.sessions, files=handover.files,
-            blackout_ms=self.last_blackout_ms, freeze_ms=round((t_handed - t_freeze) * 1000, 3),
-            start_ms=round((t_ready - t_handed) * 1000, 3),
-            blackout_records={label: written_after[label] - n
-                              for label, n in written_before.items()},
+            blackout_ms=self.last_blackout_ms, freeze_ms=round((t_handed - t_freeze) / 1e6, 3),
+            start_ms=round((t_ready - t_handed) / 1e6, 3), blackout_records=blackout_records,
             dropped=handover.dropped, lost=ready.lost)
 
     def _freeze(self, old: KernelProcess, nxt: KernelProcess):
         """Ask the running kernel to freeze: (HandOver, its fds), or (Error, {}) with the
         next kernel dropped — the old one serves on, or died and lost what it held."""
+        old.on_progress = self.updates.forward
         try:
-            reply, fds = old.ask(Reboot())
+            reply, fds = old.ask(Reboot(self.updates.progress_ms))
         except KernelError as e:
             reply, fds = Error(str(e)), {}
+        finally:
+            old.on_progress = None
         if isinstance(reply, HandOver):
             return reply, fds
         protocol.close_fds(fds)
@@ -232,7 +259,9 @@ class Machine:
         devices: their drivers must see the old kernel stop before the next one attaches."""
         sent = self.devices is None and self._send_boot(nxt, handover, fds, hold=True)
         try:
-            old.expect(Unmounted, KERNEL_STOP_TIMEOUT)
+            with trace.span("old kernel unmounts", "machine"):
+                unmounted = old.expect(Unmounted, KERNEL_STOP_TIMEOUT)
+            trace.recorder().adopt(unmounted.trace)  # its lines are written after the update
         except KernelError as e:
             log.warning("old kernel after the hand-over: %s; detaching its mount", e)
             detach_mount(self.root)
@@ -242,9 +271,12 @@ class Machine:
             except OSError:
                 pass  # what it said before it went (a panic, say) is read in _start
         else:
-            old.kill()
+            with trace.span("old kernel is killed", "machine"):
+                old.kill()
         if self.devices is not None:  # interrupts latch until the next drivers attach
-            self.devices.kexec(list(handover.devices))
+            with trace.span("devices: interrupts latch", "machine",
+                            preserved=list(handover.devices)):
+                self.devices.kexec(list(handover.devices))
         return sent
 
     def _bring_up(self, nxt: KernelProcess, handover: HandOver, fds: dict,
@@ -260,6 +292,7 @@ class Machine:
                 if attempt == RELOAD_RETRIES:
                     raise
                 log.error("%s while reloading; starting another kernel", e)
+                trace.instant("next kernel died while reloading", "machine", error=str(e))
                 nxt = self._load(nxt.number)
                 sent = False
         raise AssertionError("unreachable")
@@ -278,7 +311,12 @@ class Machine:
                 if key.data is self.control:
                     request = self.control.ready(key.fileobj)
                     if request is not None:
-                        self.control.reply(request[0], self.respond(request[1]))
+                        self.client = request[0]
+                        try:
+                            reply = self.respond(request[1])
+                        finally:
+                            self.client = None
+                        self.control.reply(request[0], reply)
                         break  # the kernel may have changed (its fd freed): watch anew first
                 elif key.data == "kernel" and watched is self.kernel:
                     if self._kernel_spoke() is None:

@@ -19,7 +19,8 @@ skipped; a participant that does not answer in time, or answers what is not a re
 refuses; a failed cancel or resume is logged and reported, the update itself has
 happened; a participant that gets a request it cannot decode answers Error. Machine
 side: prepare(), Update, shutdown(); participant side: Listener, whose handler gets
-the request's name and answers {"ok": bool, "errno": int, "error": str}.
+the request's name and answers {"ok": bool, "errno": int, "error": str}; the update
+a Prepare announces (its trace: luofs/trace.py) is the Listener's `update`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import os
 import socket
 
-from . import protocol
+from . import protocol, trace
 from .protocol import Error, Ok
 from .protocol_participant import Cancel, PowerOff, Prepare, Resume
 
@@ -98,7 +99,8 @@ class Update:
         replies = {}
         for name, path in self.prepared:
             try:
-                reply = ask(path, request, timeout) or Error("gone")
+                with trace.span(f"{_OPS[type(request)]} {name}", "participant"):
+                    reply = ask(path, request, timeout) or Error("gone")
             except OSError as e:
                 reply = Error(str(e))
             if isinstance(reply, Error):
@@ -113,12 +115,14 @@ class Update:
         return self._tell(Resume(), RESUME_TIMEOUT)
 
 
-def prepare(state_dir: str) -> Update:
-    """Ask every registered participant to prepare; Refused if one cannot."""
+def prepare(state_dir: str, number: int = 0) -> Update:
+    """Ask every registered participant to prepare for the update to kernel #`number`
+    (0: its trace is not recorded); Refused if one cannot."""
     update = Update([])
     for name, path in _registered(state_dir):
         try:
-            reply = ask(path, Prepare(), PREPARE_TIMEOUT)
+            with trace.span(f"prepare {name}", "participant"):
+                reply = ask(path, Prepare(number), PREPARE_TIMEOUT)
         except OSError as e:  # (a timeout too): it cannot be counted on
             reply = Error(str(e) or "no answer",
                           errno.ETIMEDOUT if isinstance(e, socket.timeout) else errno.EIO)
@@ -152,6 +156,7 @@ class Listener:
             pass
         self.sock.bind(self.path)
         self.sock.listen(4)
+        self.update = 0  # the update the last Prepare announced (its trace), 0 if untraced
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -167,6 +172,8 @@ class Listener:
                 op = _OPS.get(type(message))
                 if op is None:
                     raise protocol.ProtocolError(f"not a participant's request: {message!r}")
+                if isinstance(message, Prepare):
+                    self.update = message.update
             except protocol.ProtocolError as e:
                 log.error("participant request: %s", e)
                 self._answer(conn, Error(str(e), errno.EPROTO))

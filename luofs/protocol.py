@@ -30,7 +30,7 @@ from .wire import ProtocolError
 __all__ = ["ProtocolError", "encode", "decode", "send", "recv", "close_fds", "Message",
            "FILES", "KEEPERS", "RAM", "MAX_MESSAGE", "MAX_REQUEST", "Ok", "Error", "HandOver",
            "ParkedRun", "StatusRequest", "MachineStatus", "KhoDumpRequest", "KhoDumpReply",
-           "KexecRequest", "KexecLoad", "KexecDone", "ColdBoot", "Shutdown"]
+           "KexecRequest", "KexecLoad", "KexecDone", "Progress", "ColdBoot", "Shutdown"]
 
 # Names of the fd groups that travel with a HandOver.
 FILES = "files"  # preserved files held directly, in LUO image order (parked ones left out)
@@ -328,10 +328,13 @@ class KhoDumpReply(Message, tag="kho-dump-reply"):
 
 class KexecRequest(Message, tag="kexec"):
     """`cmdline`: the next kernel's (else the loaded image's, else the running one's);
-    `keep_userspace`: the userspace survives (a deviation, for a harness inside it)."""
+    `keep_userspace`: the userspace survives (a deviation, for a harness inside it);
+    `progress_ms`: send Progress before the reply, at most that often and not before
+    that long (None: none; a terminal watches)."""
 
     cmdline: str | None = None
     keep_userspace: bool = False
+    progress_ms: int | None = None
 
 
 class KexecLoad(Message, tag="kexec-load"):
@@ -352,6 +355,15 @@ class KexecDone(Message, tag="kexec-done"):
     blackout_records: dict[str, int]  # what each DMA engine wrote while no kernel served it
     dropped: int = 0  # incoming sessions nobody retrieved, which ended here
     lost: dict | None = None  # as Ready.lost: the update happened, these did not arrive
+
+
+class Progress(Message, tag="progress"):
+    """How far a live update has come, before its reply (kernel -> machine -> CLI):
+    `what` it does now, and `done` of `total` items (files) when it counts them."""
+
+    what: str
+    done: int = 0
+    total: int = 0
 
 
 class ColdBoot(Message, tag="cold-boot"):

@@ -38,4 +38,8 @@ class Records(Message, tag="records"):
 
 
 class RecordsReply(Message, tag="records-reply"):
+    """`started`/`ended`: when the keeper read them (CLOCK_MONOTONIC ns), for the trace."""
+
     records: bytes
+    started: int = 0
+    ended: int = 0

@@ -10,7 +10,7 @@ import dataclasses
 from .protocol import FILES, KEEPERS, RAM, HandOver, Message
 
 __all__ = ["KernelConfig", "MachineConfig", "Started", "KernelBoot", "MountRoot", "Reboot",
-           "Loaded", "Crashing", "Ready", "Panicked", "Unmounted", "Failed", "KernelStatus"]
+           "TraceFlush", "Loaded", "Crashing", "Ready", "Panicked", "Unmounted", "Failed", "KernelStatus"]
 
 
 # ---- CLI -> machine at start-up ----------------------------------------------------------
@@ -58,7 +58,14 @@ class MountRoot(Message, tag="mount"):
 
 
 class Reboot(Message, tag="reboot"):
-    """Freeze and hand over: answered by HandOver (with its fd groups) or Error."""
+    """Freeze and hand over: answered by HandOver (with its fd groups) or Error;
+    `progress_ms`: Progress messages before the answer, as KexecRequest's."""
+
+    progress_ms: int | None = None
+
+
+class TraceFlush(Message, tag="trace-flush"):
+    """The live update is over: write your lines of its trace (luofs/trace.py); Ok."""
 
 
 # ---- kernel -> machine ------------------------------------------------------------------------
@@ -83,7 +90,10 @@ class Panicked(Message, tag="panicked"):
 
 
 class Unmounted(Message, tag="unmounted"):
-    pass
+    """The old kernel has unmounted; `trace`: its part of the update's trace, for the
+    machine to write (luofs.trace.Recorder.export)."""
+
+    trace: str = ""
 
 
 class Failed(Message, tag="failed"):

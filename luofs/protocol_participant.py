@@ -9,7 +9,11 @@ __all__ = ["Prepare", "Cancel", "Resume", "PowerOff"]
 
 
 class Prepare(Message, tag="participant-prepare"):
-    """A live update is coming: get ready (a VMM stops its guests and saves them)."""
+    """A live update is coming: get ready (a VMM stops its guests and saves them).
+    `update`: the number of the kernel it starts, whose trace (luofs/trace.py) the
+    participant may add its parts to; 0 when the instance records none."""
+
+    update: int = 0
 
 
 class Cancel(Message, tag="participant-cancel"):

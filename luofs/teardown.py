@@ -26,8 +26,9 @@ GRACE = 5.0  # between SIGTERM and SIGKILL
 STATE_FILES = {"control", "machine.lock", "machine.log", "kernel.log",
                "userspace.log"}  # luofs/userspace.py: what init and PID 1 print
 # Directories luofs makes there: update participants' sockets (luofs/participants.py),
-# each VM's files (luofs/vm); and each VM's log, vm-NAME.log.
-STATE_DIRS = {"participants", "vm"}
+# each VM's files (luofs/vm), live-update traces (luofs/trace.py); and each VM's log,
+# vm-NAME.log.
+STATE_DIRS = {"participants", "vm", "trace"}
 
 
 def _ours(name: str) -> bool:

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 
-from . import native
+from . import native, trace
 from .waitfd import readable
 
 log = logging.getLogger("luofs.userspace")
@@ -132,8 +132,10 @@ class Userspace:
             _rebind(self.pid1, self.root, debugfs)
             return
         self.keep_next = False
-        self.wait()
-        self.start(kernel, debugfs)
+        with trace.span("old userspace ends", "machine"):
+            self.wait()
+        with trace.span("start the next userspace", "machine"):
+            self.start(kernel, debugfs)
 
     # ---- state ---------------------------------------------------------------------
 
@@ -247,6 +249,21 @@ def kexec(machine, request):
     """KexecRequest: the live update with the loaded (or given) command line; the old
     userspace ends after the freeze, the next one starts once the next kernel serves. A
     refused freeze changes nothing."""
+    from .protocol import KexecDone
+
+    started = trace.clock()
+    number = machine.updates.begin(machine.kernel.number + 1 if machine.kernel else 0,
+                                   machine.client, request.progress_ms)
+    reply = None
+    try:
+        reply = _kexec(machine, request)
+    finally:
+        machine.updates.end(number, started,
+                            machine.kernel if isinstance(reply, KexecDone) else None)
+    return reply
+
+
+def _kexec(machine, request):
     import dataclasses
 
     from .kexec_image import ImageError
@@ -272,6 +289,7 @@ def kexec(machine, request):
             machine.userspace.stop("kernel panic")
         return reply
     machine.image.unload()  # a kexec consumes the loaded image
+    machine.updates.phase("starting the next userspace")
     machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
     return reply
 

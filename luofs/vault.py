@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 
-from . import limits, protocol
+from . import limits, protocol, trace
 from .keeper import RECORD
 from .protocol import FILES, Error
 from .protocol_keeper import Drop, Fetch, Park, Records, RecordsReply
@@ -65,12 +65,12 @@ class Keeper:
         """Send a Records request (its answer is read by records_reply())."""
         protocol.send(self.sock, Records(runs=tuple(map(tuple, runs)), pad=pad))
 
-    def records_reply(self) -> bytes:
+    def records_reply(self) -> RecordsReply:
         reply, got = self.answer()
         protocol.close_fds(got)
         if not isinstance(reply, RecordsReply):
             raise KeeperError(errno.EIO, f"file keeper answered records with {reply.TAG}")
-        return reply.records
+        return reply
 
 
 class Vault:
@@ -122,12 +122,14 @@ class Vault:
                 continue  # a keeper that is gone holds nothing
             keeper.count -= len(slots)
 
-    def records(self, runs: list[list[int]], pad: bytes = b"", meanwhile=None) -> list[bytes]:
+    def records(self, runs: list[list[int]], pad: bytes = b"", meanwhile=None,
+                answered=None) -> list[bytes]:
         """For runs [keeper, first slot, count] of parked files, one bytes each: every file's
         position, size and seals (keeper.RECORD), each followed by `pad`.
 
         One request per keeper, all sent before any reply is read, so the keepers work
-        side by side — and `meanwhile()`, if given, runs here while they do."""
+        side by side — and `meanwhile()`, if given, runs here while they do;
+        `answered(files)` hears of each keeper's answer (a long freeze's progress)."""
         by_keeper: dict[int, list[list[int]]] = {}
         for k, slot, count in runs:
             by_keeper.setdefault(k, []).append([slot, count])
@@ -142,7 +144,8 @@ class Vault:
             if meanwhile is not None and not failure:
                 meanwhile()
         finally:  # every request sent gets its reply read: no socket is left askew
-            answers, errors = self._collect(asked)
+            with trace.span("collect the keepers' records", "keeper", keepers=len(asked)):
+                answers, errors = self._collect(asked, by_keeper, answered)
         failure = failure or next((f"file keeper {k}: {why}" for k, why in errors.items()), None)
         size = RECORD.size + len(pad)
         for k, slots in by_keeper.items():
@@ -157,11 +160,20 @@ class Vault:
             at[k] += count * size
         return out
 
-    def _collect(self, asked: list[int]) -> tuple[dict[int, bytes], dict[int, str]]:
+    def _collect(self, asked: list[int], by_keeper: dict, answered=None
+                 ) -> tuple[dict[int, bytes], dict[int, str]]:
         answers, errors = {}, {}
         for k in asked:
+            keeper = self.keepers[k]
             try:
-                answers[k] = self.keepers[k].records_reply()
+                reply = keeper.records_reply()
+                answers[k] = reply.records
+                if answered is not None:
+                    answered(sum(count for _slot, count in by_keeper[k]))
+                if keeper.pid:
+                    trace.complete("read records", "keeper", reply.started, reply.ended,
+                                   pid=keeper.pid, tid=keeper.pid, proc=f"file keeper {k}",
+                                   bytes=len(reply.records))
             except KeeperError as e:
                 errors[k] = e.strerror.removeprefix("file keeper: ")
             except OSError as e:  # it died with our request unread

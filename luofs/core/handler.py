@@ -23,6 +23,7 @@ from operator import attrgetter
 from typing import Any, Hashable, Protocol
 
 from ..uapi import errnos
+from .. import trace
 from ..unwind import do_all
 from .errors import LuoError
 
@@ -110,12 +111,14 @@ def _runs(entries: list) -> list[list]:
 def _freeze_run(run: list) -> None:
     """One handler's run: freeze_many() does all or none; else one by one, the frozen
     ones unfrozen again if one fails."""
-    many = getattr(run[0].handler, "freeze_many", None)
-    if many is None:
-        do_all(run, _freeze_one, _unfreeze_one)
-        return
-    for entry, data in zip(run, many(run), strict=True):
-        entry.data = data
+    handler = run[0].handler
+    many = getattr(handler, "freeze_many", None)
+    with trace.span(f"freeze {handler.compatible} files", "luo", files=len(run)):
+        if many is None:
+            do_all(run, _freeze_one, _unfreeze_one)
+            return
+        for entry, data in zip(run, many(run), strict=True):
+            entry.data = data
 
 
 def _unfreeze_run(run: list, _result) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
+from .. import trace
 from ..uapi import errnos
 from ..unwind import do_all
 from .errors import LuoError
@@ -242,7 +243,8 @@ Participants = Callable[[], Iterable[Participant]] | Sequence[Participant]
 
 
 def _prepared(participant: Participant) -> Participant:
-    participant.prepare()
+    with trace.span(f"prepare {getattr(participant, 'name', 'participant')}", "luo"):
+        participant.prepare()
     return participant
 
 
@@ -388,7 +390,8 @@ class GlobalState:
         # one too (cancel undoes its prepare), so the unit of undo is the whole set.
         try:
             for participant in self._engaged:
-                participant.freeze()
+                with trace.span(f"freeze {getattr(participant, 'name', 'participant')}", "luo"):
+                    participant.freeze()
         except Exception as e:
             self._fail(Event.FREEZE, move, e)
             raise

@@ -56,6 +56,12 @@ def _never_crash(method):
     return wrapper
 
 
+# What FUSE sends that is answered (forget is not): see KernelFS.on_first_request.
+_REQUEST_OPS = ("lookup", "getattr", "setattr", "readlink", "opendir", "readdir", "releasedir",
+                "statfs", "open", "read", "poll", "write", "flush", "release", "create",
+                "getxattr", "setxattr", "listxattr", "removexattr")
+
+
 class KernelFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -78,6 +84,29 @@ class KernelFS(pyfuse3.Operations):
             b".luofs": self.requests,
         }))
         assert self.root.ino == ROOT_INO
+
+    def on_first_request(self, callback) -> None:
+        """`callback(op)` once the first request is answered (a live update's trace shows
+        it). Until then every op is shadowed on the instance; the first one served drops
+        the shadows, so later requests pay nothing."""
+        shadowed = [name for name in _REQUEST_OPS if name in type(self).__dict__]
+
+        def shadow(name: str):
+            method = getattr(self, name)
+
+            async def first(*args, **kwargs):
+                was_first = name in self.__dict__  # (two may have been looked up at once)
+                for other in shadowed:
+                    self.__dict__.pop(other, None)
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    if was_first:
+                        callback(name)
+            return first
+
+        for name in shadowed:
+            setattr(self, name, shadow(name))
 
     @property
     def mnt_id(self) -> int:

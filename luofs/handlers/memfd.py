@@ -15,6 +15,7 @@ import stat
 from kho import KhoFormatError
 from kho.memfd_record import MEMFD_RECORD as _RECORD, MEMFD_RECORD_SIZE, memfd_record_size
 
+from .. import trace
 from ..core.errors import LuoError
 from ..core.faults import NONE, Faults
 from ..fdutil import TMPFS_MAGIC, OwnedFile, fstatfs_type
@@ -30,6 +31,7 @@ MAX_PAGES = 2**32 - 1
 assert _RECORD.pack(1, 2, 3, 0, 0, 0, 0, 0, 0).startswith(KEEPER_RECORD.pack(1, 2, 3))
 # The kernel carries O_RDWR|O_LARGEFILE whatever the preserved file's flags were.
 _FLAGS = os.O_RDWR | 0o100000
+PROGRESS_STEP = 1024  # files between two progress reports of a freeze
 
 
 def _seals(fd: int) -> int:
@@ -193,17 +195,27 @@ class MemfdHandler:
             return [entry.data for entry in entries]
         fds, runs = FileStore.split(entry.file for entry in entries)
         direct: list[bytes] = []
+        total, done = len(entries), [0]
+
+        def advance(files: int) -> None:
+            done[0] += files
+            trace.progress("freezing files", done[0], total)
 
         def read_direct() -> None:  # while the keepers read theirs
-            for fd in fds:
-                direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size,
-                                           _seals(fd), _FLAGS, 0, 0, 0, 0, 0))
+            with trace.span("read held files", "memfd", files=len(fds)):
+                for at in range(0, len(fds), PROGRESS_STEP):
+                    chunk = fds[at:at + PROGRESS_STEP]
+                    for fd in chunk:
+                        direct.append(_RECORD.pack(os.lseek(fd, 0, os.SEEK_CUR),
+                                                   os.fstat(fd).st_size, _seals(fd), _FLAGS,
+                                                   0, 0, 0, 0, 0))
+                    advance(len(chunk))
 
         # A keeper's record is this one's first 20 bytes (position, size, seals): it adds
         # the rest, so parked records arrive whole, a run at a time.
         tail = _RECORD.pack(0, 0, 0, _FLAGS, 0, 0, 0, 0, 0)[KEEPER_RECORD.size:]
         try:
-            blobs = (self._store.records([run[1:] for run in runs], tail, read_direct)
+            blobs = (self._store.records([run[1:] for run in runs], tail, read_direct, advance)
                      if runs else [])
         except OSError as e:  # a keeper is gone: its files cannot be carried
             raise LuoError(errnos.EIO, f"cannot read parked files: {e}") from None
@@ -218,7 +230,8 @@ class MemfdHandler:
             at = run.first + run.count
         chunks += direct[taken:]
         try:
-            return self._kho.store_records(b"".join(chunks), _RECORD.size)
+            with trace.span("store records in preserved memory", "memfd", files=total):
+                return self._kho.store_records(b"".join(chunks), _RECORD.size)
         except MemoryError:
             raise LuoError(errnos.ENOMEM, "no preserved memory left for memfd records") from None
 

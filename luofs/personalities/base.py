@@ -23,7 +23,7 @@ from typing import Callable, ClassVar
 
 from kho import Handover, IncomingHandover, LuoImage, PhysicalMemory, publish_luo
 
-from .. import device_adapter
+from .. import device_adapter, trace
 from ..core import HandlerRegistry, LuoError
 from ..core.faults import Faults
 from ..core.state import GlobalState
@@ -73,11 +73,12 @@ class KernelParts:
         """Publish LUO's image and the devices' state, finalize KHO: (root address, size).
         On failure `undo` thaws what the freeze did, and the error is a LuoError."""
         try:
-            self.faults.check("kho.finalize")
-            self.slabs.flush()
-            self.publish_luo(image)
-            device_adapter.publish(self.handover, devices_blob)
-            root = self.handover.finalize()
+            with trace.span("finalize KHO", "kho"):
+                self.faults.check("kho.finalize")
+                self.slabs.flush()
+                self.publish_luo(image)
+                device_adapter.publish(self.handover, devices_blob)
+                root = self.handover.finalize()
         except LuoError:
             if undo:
                 undo()
@@ -95,7 +96,8 @@ class KernelParts:
                   dropped: int = 0) -> tuple[HandOver, dict[str, list[int]]]:
         """The HandOver for `carried` sessions (CarriedSession) and its fd groups;
         `dropped`: what came in and ends with this kernel, unretrieved."""
-        fds, parked = self.store.split(f.file for s in carried for f in s.files)
+        with trace.span("list the files to hand over", "kernel"):
+            fds, parked = self.store.split(f.file for s in carried for f in s.files)
         message = HandOver(root_phys=root[0], root_size=root[1],
                            liveupdate_number=self.liveupdate_number,
                            sessions=len(carried), files=sum(len(s.files) for s in carried),
@@ -161,7 +163,8 @@ class Personality(abc.ABC):
     def refuse_lost_files(self) -> None:
         """A freeze cannot carry files whose keeper died: refuse it, naming them, and
         serve on (the files are gone either way; what is left is not lost silently)."""
-        lost = self.parts.store.lost(self.outgoing_files())
+        with trace.span("check the file keepers", "kernel"):
+            lost = self.parts.store.lost(self.outgoing_files())
         if lost:
             raise LuoError(errnos.EIO, f"{sum(lost.values())} preserved file(s) died with "
                                        f"their file keeper: {describe_lost(lost)}; close "

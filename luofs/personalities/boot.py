@@ -16,7 +16,7 @@ import logging
 
 from kho import PhysicalMemory
 
-from .. import device_adapter
+from .. import device_adapter, trace
 from ..core.faults import NONE, Faults
 from ..filestore import FileStore
 from ..gcpause import gc_paused
@@ -44,14 +44,17 @@ def handover_boot(abi: str, ram_fd: int, handover: HandOver, fds: dict[str, list
     cls = load(abi)
     memory = PhysicalMemory.adopt(ram_fd)
     try:
-        store, sources = FileStore.adopt(fds.get(FILES, []), handover.parked,
-                                         fds.get(KEEPERS, []), handover.keeper_pids)
+        with trace.span("adopt the handed-over files", "kernel"):
+            store, sources = FileStore.adopt(fds.get(FILES, []), handover.parked,
+                                             fds.get(KEEPERS, []), handover.keeper_pids)
     except ValueError as e:
         raise Panic(str(e)) from None
     try:
-        incoming = inc.load_root(memory, handover.root_phys, handover.root_size)
+        with trace.span("load KHO's root", "kho"):
+            incoming = inc.load_root(memory, handover.root_phys, handover.root_size)
         parts = KernelParts.build(memory, faults, handover.next_number, store, incoming)
-        personality = cls.thaw(parts, handover, sources)
+        with trace.span(f"thaw ({abi})", "luo"):
+            personality = cls.thaw(parts, handover, sources)
     except Panic:
         store.release(sources)
         raise
@@ -89,8 +92,11 @@ def _attach_devices(personality: Personality, device_fd: int | None) -> None:
     """Bind drivers to the machine's devices, re-attaching those the previous kernel
     handed over (a damaged devices subtree only means fresh probes, never a panic)."""
     parts = personality.parts
-    personality.devices = device_adapter.attach(parts.memory, parts.handover.preserved,
-                                                device_fd, parts.incoming,
-                                                personality.device_state)
+    if device_fd is None:
+        return
+    with trace.span("attach devices", "device"):
+        personality.devices = device_adapter.attach(
+            parts.memory, parts.handover.preserved, device_fd, parts.incoming,
+            personality.device_state, trace.Late(parts.liveupdate_number))
     if personality.devices is not None and isinstance(personality, RfcPersonality):
         personality.device_participant = device_adapter.DeviceParticipant(personality.devices)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kho import read_luo_header, KhoFormatError
 
-from .. import device_adapter
+from .. import device_adapter, trace
 from ..core import Luo, LuoError, Request, Session
 from ..core.serialize import incoming_sessions, luo_image
 from ..fs.escape import escape_name
@@ -86,12 +86,14 @@ class Mainline(Personality):
         inc.check_count(header.files, sources)
 
         def load_incoming():  # at the first open of the device
-            try:
-                image, handed = inc.decode(parts.memory, blob, parts.store, sources,
-                                           parts.handlers)
-            except Panic as e:  # every open of the device fails with EIO from now on
-                raise LuoError(errnos.EIO, str(e)) from None
-            return incoming_sessions(image, parts.handlers, handed)
+            with trace.Late(parts.liveupdate_number).span(
+                    "decode incoming sessions (first open)", "luo", files=header.files):
+                try:
+                    image, handed = inc.decode(parts.memory, blob, parts.store, sources,
+                                               parts.handlers)
+                except Panic as e:  # every open of the device fails with EIO from now on
+                    raise LuoError(errnos.EIO, str(e)) from None
+                return incoming_sessions(image, parts.handlers, handed)
 
         return cls(parts, Luo(parts.handlers, liveupdate_number=parts.liveupdate_number,
                               load_incoming=load_incoming, updated=header.sessions > 0,
@@ -131,14 +133,17 @@ class Mainline(Personality):
         self.refuse_lost_files()
         devices_blob = None
         if self.devices is not None:  # the device layer freezes first, all in one
-            devices_blob = device_adapter.freeze(self.devices)
+            with trace.span("freeze devices", "device"):
+                devices_blob = device_adapter.freeze(self.devices)
         try:
             carried = self.luo.reboot()
         except LuoError:
             if self.devices is not None:
                 device_adapter.cancel(self.devices)
             raise
-        image = luo_image(self.parts.liveupdate_number, carried, {})
+        trace.progress("writing the hand-over")
+        with trace.span("write LUO's image", "luo"):
+            image = luo_image(self.parts.liveupdate_number, carried, {})
         root = self.parts.finalize(image, devices_blob, self.undo_freeze)
         return self.parts.hand_over(root, carried, self._preserved_devices(), self._dropped())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from .. import trace
 from ..core import CarriedSession
 from ..core.rfc_sysfs import render_state
 from ..core.serialize import luo_image
@@ -102,8 +103,11 @@ class RfcPersonality(Personality):
     def freeze(self):
         self.refuse_lost_files()
         if self.state.reboot():  # PREPARED (or FROZEN) hands LUO data over
+            trace.progress("writing the hand-over")
             carried = self._carried()
-            image = luo_image(self.parts.liveupdate_number, carried, self.subsystems.export())
+            with trace.span("write LUO's image", "luo"):
+                image = luo_image(self.parts.liveupdate_number, carried,
+                                  self.subsystems.export())
             blob = self.device_participant.blob if self.device_participant else None
             root = self.parts.finalize(image, blob, self.state.cancel)
         else:  # not prepared: a plain kexec, nothing carried

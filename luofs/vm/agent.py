@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from .. import participants, wire
+from .. import participants, trace, wire
 from ..client import LiveUpdate, Session
 from . import qemu, vm_dir
 from .qmp import QmpError
@@ -169,7 +169,9 @@ class Agent:
                 return {"ok": False, "errno": getattr(e, "errno", None) or errno.EIO,
                         "error": f"VM {self.machine.name}: {e}"}
             self.prepared = {"t_stop": t_stop, "t_saved": t_saved,
-                             "t_prepared": time.monotonic(), "state_bytes": os.fstat(state).st_size}
+                             "t_prepared": time.monotonic(), "state_bytes": os.fstat(state).st_size,
+                             "update": self.listener.update, "pid": os.getpid(),
+                             "generation": self.generation}
         finally:
             os.close(state)
         return {"ok": True}
@@ -275,11 +277,38 @@ def incoming(root: str, name: str, go: socket.socket) -> int:
                      "load": _ms(t["loaded"] - t["started"]),
                      "cont": _ms(t["cont"] - t["loaded"])}}
     agent.write_status("running")  # what this update cost, before anyone is told it is done
+    _trace(root, agent, times, t_go, t)  # before the answer: the update waits for it
     wire.send(go, {"ok": True, **agent.last_update})
     go.close()
     agent.after_resume()
     agent.serve()
     return 0
+
+
+def _trace(root: str, agent: Agent, times: dict, t_go: float, t: dict) -> None:
+    """This VM's part of the update's trace (luofs/trace.py): the previous VMM's stop and
+    save, then ours, and the guest's whole pause (time.monotonic is the trace's clock)."""
+    if not times.get("update"):
+        return
+    name = agent.machine.name
+    rec = trace.Recorder(os.path.join(wire.state_dir(root), trace.DIRECTORY), f"VMM {name}, "
+                         f"generation {agent.generation}")
+    rec.begin(times["update"])
+    old = {"pid": times["pid"], "tid": times["pid"],
+           "proc": f"VMM {name}, generation {times['generation']}"}
+
+    def span(what: str, start: float, end: float, **where) -> None:
+        rec.add("X", what, "vmm", round(start * 1e9), round((end - start) * 1e9), **where)
+
+    span("stop the guest and save it", times["t_stop"], times["t_saved"], **old)
+    span("preserve its state", times["t_saved"], times["t_prepared"], **old)
+    span("guest paused", times["t_stop"], t["cont"])
+    span("wait for the update", times["t_prepared"], t_go)
+    span("retrieve the session", t_go, t["retrieved"])
+    span("start QEMU", t["retrieved"], t["started"])
+    span("load the state", t["started"], t["loaded"])
+    span("continue the guest", t["loaded"], t["cont"])
+    rec.flush()
 
 
 def _take_over(root: str, name: str) -> tuple[Agent, dict]:

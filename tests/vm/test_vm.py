@@ -15,10 +15,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from luofs import cli, vm
+from luofs import cli, trace_view, vm
 from luofs.testing import booted
 from luofs.vm import accel, guest, qemu
 from luofs.vm.qmp import QmpError
+
+from ..trace_format import check
 
 MiB = 1 << 20
 QEMU = os.environ.get("LUOFS_QEMU") or shutil.which("qemu-system-x86_64")
@@ -122,6 +124,12 @@ def test_a_guest_lives_through_two_chained_updates():
             assert bad == [] and seed_word == seed and heartbeat >= before
         result = vm.check(inst.root)
         assert result["errors"] == 0 and result["words"] == (hi - lo) // 4
+        _n, events = trace_view.read(inst.state_dir, 2)  # the VMMs' part of the last update
+        vmm = {e["name"]: e for e in events if e["cat"] == "vmm"}
+        assert vmm["guest paused"]["dur"] / 1e6 == pytest.approx(update["pause_ms"], abs=0.01)
+        assert vmm["stop the guest and save it"]["proc"] == "VMM vm0, generation 1"
+        assert vmm["start QEMU"]["proc"] == "VMM vm0, generation 2"
+        check(trace_view.chrome(events, 2))
 
 
 def test_the_saved_state_loads_only_over_the_guests_own_ram(tmp_path):
