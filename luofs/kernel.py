@@ -181,13 +181,15 @@ class Kernel:
         t_mount = trace.clock()
         with Mount(self.fs, self.root, self.root_fd) as mount:
             trace.complete("mount", "kernel", t_mount, trace.clock())
-            self.barrier = ReleaseBarrier(self.root)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pyfuse3.main)
                 self._send(Ready(pid=os.getpid(), mnt_id=self.fs.mnt_id,
                                  liveupdate_number=self.personality.parts.liveupdate_number,
                                  lost=self.personality.lost_at_boot))
                 trace.instant("serving", "kernel")
+                # After Ready: its thread's start is not in the blackout. Before any await:
+                # no freeze can be asked for before it exists.
+                self.barrier = ReleaseBarrier(self.root)
                 await self.control_loop(nursery.cancel_scope)
             with trace.span("unmount", "kernel"):
                 mount.unmount()
