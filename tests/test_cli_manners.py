@@ -8,10 +8,12 @@ import sys
 import threading
 import time
 
-from luofs import cli, participants
+from luofs import cli
 from luofs.mounts import mount_entry
 from luofs.testing import booted
 from luofs.wire import state_dir
+
+from .test_participants import Fake
 
 LUOFS = [sys.executable, "-m", "luofs"]
 
@@ -42,50 +44,37 @@ def test_every_printing_command_takes_a_closed_pipe_quietly():
             assert (out.returncode, out.stderr) == (cli.EXIT_CLOSED_PIPE, ""), command
 
 
-class Blocking:
-    """A participant whose prepare waits until the test lets it go."""
+def blocking_participant(state: str):
+    """A participant whose prepare waits until the test sets the returned `go` event."""
+    asked, go = threading.Event(), threading.Event()
 
-    def __init__(self, state: str):
-        self.listener = participants.Listener(state, "slow")
-        self.asked, self.go = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                op = self.listener.serve_one(self._answer)
-            except OSError:
-                return
-            if op == "shutdown":
-                return
-
-    def _answer(self, op):
-        if op == "prepare":
-            self.asked.set()
-            self.go.wait(30)
+    def prepare(op):
+        asked.set()
+        go.wait(30)
         return {"ok": True}
+
+    return Fake(state, "slow", {"prepare": prepare}), asked, go
 
 
 def test_ctrl_c_in_kexec_says_the_update_goes_on_and_it_does():
     with booted() as inst:
-        slow = Blocking(inst.state_dir)
+        slow, asked, go = blocking_participant(inst.state_dir)
         try:
             proc = subprocess.Popen([*LUOFS, "kexec", "--root", inst.root],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert slow.asked.wait(30), "the machine never asked the participant"
+            assert asked.wait(30), "the machine never asked the participant"
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=30)
             assert proc.returncode == cli.EXIT_INTERRUPTED
             assert "Traceback" not in err
             assert "interrupted; the machine carries the live update through" in err
         finally:
-            slow.go.set()
+            go.set()
         deadline = time.monotonic() + 30
         while inst.status()["machine"]["kexecs"] < 1:  # the update ends without the CLI
             assert time.monotonic() < deadline, "the update did not finish"
             time.sleep(0.05)
-        slow.listener.close()
+        slow.close()
 
 
 def _processes_naming(text: str) -> list[int]:
