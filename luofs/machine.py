@@ -29,7 +29,7 @@ from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
 
-from . import limits, participants, protocol, userspace
+from . import limits, participants, protocol, spawn, userspace
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
@@ -39,6 +39,7 @@ from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, Kex
                        KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
 from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
                               Started, Unmounted)
+from .protocol_vmm import KvmRegister, KvmRetrieve, Spawn
 
 log = logging.getLogger("luofs.machine")
 
@@ -75,10 +76,16 @@ class Machine:
         self.devices = DeviceHost(RamView(os.dup(self.ram)), topology) if topology.devices else None
         self.image = LoadedImage()  # what kexec_file_load (`luofs kexec --load`) loaded
         self.userspace = userspace.Userspace(self.root, state, config.init, dict(config.init_env))
+        # The next kernel's, made ahead of time when a program asks to start there (a
+        # VMM's successor): luofs/spawn.py; it becomes the current one at the kexec.
+        self.next_userspace: userspace.Userspace | None = None
+        self.old_userspace: userspace.Userspace | None = None  # ended, being collected
         self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.kho_dump,
                          KexecRequest: lambda r: userspace.kexec(self, r),
                          KexecLoad: lambda r: userspace.kexec_load(self, r),
-                         ColdBoot: self.restart, Shutdown: self.stop}
+                         ColdBoot: self.restart, Shutdown: self.stop,
+                         Spawn: lambda r, fds: spawn.serve(self, r, fds),
+                         KvmRegister: self.to_kernel, KvmRetrieve: self.to_kernel}
 
     @property
     def kernel_log(self) -> str:
@@ -139,7 +146,7 @@ class Machine:
 
     def cold_boot(self) -> None:
         """Kernel #0 on fresh memory: nothing is carried."""
-        self.userspace.stop("cold boot")
+        userspace.stop_all(self, "cold boot")
         if self.devices is not None:
             self.devices.reset_all()  # before RAM is cleared under their DMA
         os.ftruncate(self.ram, 0)  # forget every page of a previous life
@@ -161,7 +168,8 @@ class Machine:
                          "nothing was changed")
         nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
         try:  # user-space participants (a VMM) get ready first: luofs/participants.py
-            update = participants.prepare(self.state)
+            update = (participants.prepare(self.state) if self.kernel_config.abi == "mainline"
+                      else participants.Update([], self.state))  # RFC: the kernel's subsystems
         except participants.Refused as e:
             self.standby = nxt  # nothing reached it: still the next kernel
             return Error(str(e), e.errno)
@@ -189,6 +197,7 @@ class Machine:
         self.kernel = nxt
         t_ready = time.perf_counter()
         written_after = self._records_written()
+        userspace.adopt_next(self)  # (a userspace made ahead of time gets this kernel's files)
         update.resume()  # before the standby kernel's start competes for the CPU
         self._prepare_standby()
         self.kexecs += 1
@@ -278,7 +287,8 @@ class Machine:
                 if key.data is self.control:
                     request = self.control.ready(key.fileobj)
                     if request is not None:
-                        self.control.reply(request[0], self.respond(request[1]))
+                        conn, message, fds = request
+                        self.control.reply(conn, *self.respond(message, fds))
                         break  # the kernel may have changed (its fd freed): watch anew first
                 elif key.data == "kernel" and watched is self.kernel:
                     if self._kernel_spoke() is None:
@@ -323,7 +333,7 @@ class Machine:
         self.panic = (f"kernel #{self.kernel.number} died (status {code}); "
                       f"see {self.kernel_log}")
         log.error("%s", self.panic)
-        self.userspace.stop("kernel panic")
+        userspace.stop_all(self, "kernel panic")
         self.kernel.sock.close()
         self.kernel = None
         detach_mount(self.root)
@@ -352,7 +362,18 @@ class Machine:
             "devices": self.devices.status() if self.devices else [],
             "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
             "panic": self.panic, "kernel_problem": problem,
-            "userspace": self.userspace.status(), "next_kernel": self.image.status()})
+            "userspace": self.userspace.status(), "next_kernel": self.image.status(),
+            "next_userspace": self.next_userspace.status() if self.next_userspace else None})
+
+    def to_kernel(self, request, fds: dict | None = None):
+        """A request the running kernel answers (a VMM's to the kvm subsystem): (reply,
+        its fds)."""
+        if self.kernel is None:
+            raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
+        reply, reply_fds = self.kernel.ask(request, fds=fds)
+        if reply is None:
+            raise KernelError(f"kernel #{self.kernel.number} died answering {request.TAG}")
+        return reply, reply_fds
 
     def kho_dump(self, request: KhoDumpRequest):
         if self.kernel is None:
@@ -382,19 +403,23 @@ class Machine:
         detach_mount(self.root)
 
     def _stop_all(self) -> None:
-        """The userspace, the standby kernel, the running one and its mount."""
-        self.userspace.stop("shutdown")
+        """The userspaces, the standby kernel, the running one and its mount."""
+        userspace.stop_all(self, "shutdown")
         self._drop_standby()
         self._stop_kernel()
 
-    def respond(self, request):
-        """The reply to one client request: an Error for anything that fails; nothing a
-        client sends ends the machine."""
+    def respond(self, request, fds: dict | None = None) -> tuple:
+        """(reply, its fds) to one client request: an Error for anything that fails;
+        nothing a client sends ends the machine. A request's fds are closed here: a
+        handler passes on copies (to a kernel, to a program it starts)."""
         handler = self.handlers.get(type(request))
+        reply_fds = {}
         try:
             if handler is None:
                 raise KernelError(f"{request.TAG} is not a request the machine takes")
-            reply = handler(request)
+            reply = handler(request, fds) if request.FD_GROUPS else handler(request)
+            if isinstance(reply, tuple):
+                reply, reply_fds = reply
         except KernelError as e:
             reply = Error(str(e))
         except OSError as e:  # e.g. a kernel that stopped answering: the machine stays up
@@ -403,7 +428,9 @@ class Machine:
         except Exception as e:  # a bug must cost one request, never the preserved state
             log.exception("%s failed", request.TAG)
             reply = Error(f"{request.TAG}: internal error: {e!r}")
-        return reply
+        finally:
+            protocol.close_fds(fds or {})
+        return reply, reply_fds
 
     def _drop_standby(self) -> None:
         if self.standby is not None:

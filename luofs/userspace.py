@@ -65,6 +65,7 @@ class Userspace:
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.pid1: int | None = None
+        self.held = False  # made ahead of time: PID 1 waits for release()
         self._pidfd: int | None = None
         self.kernel: int | None = None
         self.ended: str | None = None  # how the last userspace ended, once it has
@@ -73,9 +74,11 @@ class Userspace:
 
     # ---- life cycle -------------------------------------------------------------
 
-    def start(self, kernel: int, debugfs: bool = False) -> None:
-        """Start kernel #`kernel`'s userspace; on failure there is none (status says why)."""
+    def start(self, kernel: int, debugfs: bool = False, hold: bool = False) -> None:
+        """Start kernel #`kernel`'s userspace; on failure there is none (status says why).
+        `hold`: made ahead of time for the next kernel; PID 1 waits for release()."""
         self.kernel, self.pid1, self.ended, self._killed_for = kernel, None, None, None
+        self.held = False
         launcher = launcher_path()
         if os.geteuid() != 0:
             self.ended = "none: namespaces need root"
@@ -83,7 +86,8 @@ class Userspace:
         if not os.path.exists(launcher):
             self.ended = f"none: {launcher} is not built (make native)"
             return
-        argv = [launcher, self.root, *(["--debugfs"] if debugfs else [])]
+        argv = [launcher, self.root, *(["--debugfs"] if debugfs else []),
+                *(["--hold"] if hold else [])]
         for name, value in self.env.items():
             argv += ["--setenv", f"{name}={value}"]
         argv += ["--", *self.init] if self.init else []
@@ -97,9 +101,28 @@ class Userspace:
             return
         self.pid1 = int(word.split()[1])
         self._pidfd = os.pidfd_open(self.pid1)  # a zombie at worst: its parent waits for...
-        self.proc.stdin.close()  # ...this, before it reaps PID 1
+        if hold:
+            self.held = True
+        else:
+            self.proc.stdin.close()  # ...this, before it reaps PID 1
         log.info("kernel #%d's userspace: PID 1 is %d (%s)", kernel, self.pid1,
                  " ".join(self.init) if self.init else "reaper")
+
+    def release(self, kernel: int, debugfs: bool) -> None:
+        """A userspace made ahead of time becomes kernel #`kernel`'s: its files are bound
+        to that kernel's mount, and a held PID 1 goes on (becomes init or the reaper)."""
+        if not self.running():
+            return
+        self.kernel = kernel
+        _rebind(self.pid1, self.root, debugfs)
+        if self.held:
+            self.held = False
+            try:
+                self.proc.stdin.write(b"g")
+                self.proc.stdin.close()
+            except OSError:
+                pass  # it ended meanwhile: running() will say how
+        log.info("kernel #%d's userspace (made ahead of time): PID 1 is %d", kernel, self.pid1)
 
     def end(self, why: str = "live update") -> None:
         """Kill PID 1 (the kernel then kills the whole namespace); returns at once."""
@@ -111,6 +134,9 @@ class Userspace:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.held:  # its launcher waits for the word to release PID 1: never now
+            self.held = False
+            self.proc.stdin.close()
 
     def wait(self) -> None:
         """Until every process of the ended userspace is gone."""
@@ -274,11 +300,53 @@ def kexec(machine, request):
         if machine.kernel is not None:  # the freeze refused: the old kernel keeps serving
             machine.kernel_config = dataclasses.replace(machine.kernel_config, cmdline=running)
         else:  # no kernel: nothing may live on in a userspace of a dead one
-            machine.userspace.stop("kernel panic")
+            stop_all(machine, "kernel panic")
         return reply
     machine.image.unload()  # a kexec consumes the loaded image
-    machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
+    old, machine.old_userspace = machine.old_userspace, None
+    if old is not None:  # the next one was made ahead of time, and runs already
+        old.wait()  # (its processes' end, the old QEMU's teardown say, is off the pause)
+    else:
+        machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
     return reply
+
+
+def next_userspace(machine) -> Userspace:
+    """The next kernel's userspace, made now (PID 1 held) unless it exists: programs
+    that must start before the freeze, as the next kernel is loaded before it, start
+    there (luofs/spawn.py). It sees the running kernel's files until adopt_next()."""
+    nxt = machine.next_userspace
+    if nxt is None or not nxt.running():
+        current = machine.userspace
+        nxt = Userspace(machine.root, machine.state, current.init, current.env)
+        number = (machine.kernel.number if machine.kernel is not None else 0) + 1
+        nxt.start(number, machine.kernel_config.debugfs, hold=True)
+        machine.next_userspace = nxt
+    return nxt
+
+
+def adopt_next(machine) -> None:
+    """The next kernel serves: a userspace made for it ahead of time gets its files
+    and its PID 1 goes on; it becomes the current one (the old one ended at the
+    freeze; kexec() collects it). With --keep-userspace the old one stays current and
+    the made one stays the next (bound to this kernel too)."""
+    nxt = machine.next_userspace
+    if nxt is None or not nxt.running():
+        machine.next_userspace = None
+        return
+    nxt.release(machine.kernel.number, machine.kernel_config.debugfs)
+    if machine.userspace.keep_next:
+        return
+    machine.old_userspace, machine.userspace = machine.userspace, nxt
+    machine.next_userspace = None
+
+
+def stop_all(machine, why: str) -> None:
+    """Every userspace of the machine ends: the current one, one made ahead of time."""
+    for us in (machine.userspace, machine.next_userspace, machine.old_userspace):
+        if us is not None:
+            us.stop(why)
+    machine.next_userspace = machine.old_userspace = None
 
 
 def kexec_load(machine, request):
