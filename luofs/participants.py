@@ -144,7 +144,9 @@ def prepare(state_dir: str) -> Update:
 
 
 def shutdown(state_dir: str) -> None:
-    Update(_registered(state_dir))._tell(PowerOff(), PREPARE_TIMEOUT)
+    """The machine powers off: every participant ends, and every successor."""
+    Update(_registered(state_dir) + _registered(state_dir, True))._tell(PowerOff(),
+                                                                       PREPARE_TIMEOUT)
 
 
 _OPS = {Prepare: "prepare", Cancel: "cancel", Resume: "resume", PowerOff: "shutdown"}
