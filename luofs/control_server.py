@@ -152,11 +152,15 @@ class ControlServer:
                 del self.waiting[conn]
                 self._answer_now(conn, Error(f"no request within {CLIENT_TIMEOUT:.0f} s"))
 
-    def reply(self, conn: socket.socket, reply, fds: dict | None = None) -> None:
+    def reply(self, conn: socket.socket, reply, fds: dict | None = None,
+              gate: threading.Event | None = None) -> None:
         """Send `reply` (and its fds, which this closes) and close, on a thread: a client
         that does not read costs the machine nothing (the thread gives up after
-        REPLY_TIMEOUT)."""
+        REPLY_TIMEOUT). With `gate`, only once it is set (the request's last step runs
+        while the machine serves others)."""
         def send() -> None:
+            if gate is not None:
+                gate.wait()
             with conn:
                 conn.settimeout(REPLY_TIMEOUT)
                 try:

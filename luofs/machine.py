@@ -17,6 +17,7 @@ replaced (RELOAD_RETRIES); any failure of one client request is that request's E
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import selectors
@@ -64,6 +65,8 @@ class Machine:
         self.panic: str | None = None
         self.started = time.time()
         self.running = True
+        self.resuming: participants.Resuming | None = None  # an update's last step
+        self.reply_gate = None  # the reply to the request being served waits for it
         self.kexecs = 0
         self.last_blackout_ms: float | None = None
         self.sel = selectors.DefaultSelector()
@@ -158,6 +161,9 @@ class Machine:
         self._prepare_standby()
 
     def kexec(self, _request=None):
+        if self.resuming is not None:
+            return Error("the previous live update's successors are still taking over",
+                         errno.EBUSY)
         if self.kernel is None:
             return Error(f"no kernel is running ({self.panic or 'stopped'}); "
                          "`luofs boot` starts a fresh one")
@@ -198,8 +204,9 @@ class Machine:
         t_ready = time.perf_counter()
         written_after = self._records_written()
         userspace.adopt_next(self)  # (a userspace made ahead of time gets this kernel's files)
-        update.resume()  # before the standby kernel's start competes for the CPU
-        self._prepare_standby()
+        # The successors take over (on a thread: one may need the machine meanwhile);
+        # the standby kernel's start and the old userspace's end wait until they have.
+        self.resuming = participants.Resuming(update)
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) * 1000, 3)
         log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
@@ -283,12 +290,20 @@ class Machine:
         watched = None
         while self.running:
             watched = self._watch(watched)
+            if self.resuming is not None and not self.resuming.watched:
+                self.sel.register(self.resuming, selectors.EVENT_READ, "resumed")
+                self.resuming.watched = True
             for key, _ in self.sel.select(timeout=self.control.timeout(1.0)):
+                if key.data == "resumed":
+                    self._updated()
+                    break
                 if key.data is self.control:
                     request = self.control.ready(key.fileobj)
                     if request is not None:
                         conn, message, fds = request
-                        self.control.reply(conn, *self.respond(message, fds))
+                        reply, reply_fds = self.respond(message, fds)
+                        gate, self.reply_gate = self.reply_gate, None
+                        self.control.reply(conn, reply, reply_fds, gate)
                         break  # the kernel may have changed (its fd freed): watch anew first
                 elif key.data == "kernel" and watched is self.kernel:
                     if self._kernel_spoke() is None:
@@ -296,6 +311,15 @@ class Machine:
                         break
             self.control.expire()  # after the reads: a request that came in time is served
         self.shutdown()
+
+    def _updated(self) -> None:
+        """The successors have taken over: the standby kernel starts loading, the old
+        userspace's end (the old QEMU's teardown, say) is collected, kexec answers."""
+        self.sel.unregister(self.resuming)
+        resuming, self.resuming = self.resuming, None
+        self._prepare_standby()
+        userspace.collect_old(self)
+        resuming.close()
 
     def _watch(self, watched: KernelProcess | None) -> KernelProcess | None:
         """Watch the running kernel's socket, and no other: a socket of a kernel that is
@@ -404,6 +428,8 @@ class Machine:
 
     def _stop_all(self) -> None:
         """The userspaces, the standby kernel, the running one and its mount."""
+        if self.resuming is not None:  # (its thread ends with the successors' sockets)
+            self.resuming.gate.set()
         userspace.stop_all(self, "shutdown")
         self._drop_standby()
         self._stop_kernel()

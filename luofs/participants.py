@@ -33,6 +33,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 
 from . import protocol
 from .protocol import Error, Ok
@@ -122,6 +123,38 @@ class Update:
         if self.state_dir is None:
             return {}
         return self._tell(Resume(), RESUME_TIMEOUT, _registered(self.state_dir, True))
+
+
+class Resuming:
+    """Update.resume() on a thread of its own: a successor may need the machine while it
+    takes over (an RFC VMM retrieves its VM from the kernel through it), so the machine
+    serves on meanwhile. `wake` becomes readable when it is done; `gate` is set once the
+    machine has finished the update (its reply to `kexec` waits for it)."""
+
+    def __init__(self, update: Update):
+        self.gate = threading.Event()
+        self.watched = False  # the machine's selector has it
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self.replies: dict = {}
+        if update.state_dir is None or not _registered(update.state_dir, True):
+            self._done(update, run=False)  # nobody to wait for
+            return
+        threading.Thread(target=self._done, args=(update,), name="resume", daemon=True).start()
+
+    def _done(self, update: Update, run: bool = True) -> None:
+        try:
+            if run:
+                self.replies = update.resume()
+        finally:
+            os.write(self._wake_w, b".")
+
+    def fileno(self) -> int:
+        return self._wake_r
+
+    def close(self) -> None:
+        self.gate.set()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 def prepare(state_dir: str) -> Update:

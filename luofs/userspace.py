@@ -303,11 +303,10 @@ def kexec(machine, request):
             stop_all(machine, "kernel panic")
         return reply
     machine.image.unload()  # a kexec consumes the loaded image
-    old, machine.old_userspace = machine.old_userspace, None
-    if old is not None:  # the next one was made ahead of time, and runs already
-        old.wait()  # (its processes' end, the old QEMU's teardown say, is off the pause)
-    else:
+    if machine.old_userspace is None:  # none was made ahead of time: start it now
         machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
+    if machine.resuming is not None:  # the machine answers once the successors took over
+        machine.reply_gate = machine.resuming.gate
     return reply
 
 
@@ -339,6 +338,14 @@ def adopt_next(machine) -> None:
         return
     machine.old_userspace, machine.userspace = machine.userspace, nxt
     machine.next_userspace = None
+
+
+def collect_old(machine) -> None:
+    """The old userspace, ended at the freeze, is gone (off the pause: its processes'
+    end, the old QEMU's teardown say, overlaps the successors' start)."""
+    old, machine.old_userspace = machine.old_userspace, None
+    if old is not None:
+        old.wait()
 
 
 def stop_all(machine, why: str) -> None:
