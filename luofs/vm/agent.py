@@ -233,12 +233,11 @@ class Agent:
             protocol.close_fds(fds)
 
     # -- the loop ------------------------------------------------------------------------------
-    def registered(self) -> None:
-        """Running: known to the kernel or the machine, its successor on the way."""
+    def register(self) -> None:
+        """Known to whoever prepares it for the next update: the machine (a participant)
+        and, under the RFCs, the kernel's kvm subsystem."""
         self.carrier.register(self.machine, self.ram, self.generation)
         self.listener = participants.Listener(wire.state_dir(self.root), self.machine.name)
-        self.start_successor()
-        self.write_status("running")
 
     def serve(self) -> None:
         self.running = True

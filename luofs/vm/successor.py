@@ -79,7 +79,8 @@ def incoming(root: str, name: str, abi: str, generation: int, peer: socket.socke
         except OSError:
             pass
         peer.close()
-    agent.registered()  # off the pause: the guest runs
+    agent.start_successor()
+    agent.write_status("running")
     agent.serve()
     return 0
 
@@ -106,7 +107,12 @@ def _resume(op: str, root: str, name: str, abi: str, generation: int,
             "stop_and_save": _ms(saved.t_saved - saved.t_stop),
             "preserve_state": _ms(saved.t_prepared - saved.t_saved),
             "update_until_go": _ms(t_go - saved.t_prepared), **parts}
-    agent.write_status("running")  # what this update cost, before anyone is told it is done
+    try:  # (the guest runs: off its pause) before the update is done, so the next one has it
+        agent.register()
+    except (OSError, ValueError) as e:
+        log.error("VM %s runs but is not registered: %s", name, e)
+        agent.error = f"not registered for the next update: {getattr(e, 'strerror', None) or e}"
+    agent.write_status("running", agent.error)  # what the update cost, before anyone is told
     outcome["agent"] = agent
     return {"ok": True}
 
