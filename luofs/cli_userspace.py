@@ -121,12 +121,15 @@ def run(root: str, command: list[str], env: dict, status, name: str) -> int:
             raise CliError(f"{command[0]}: {e.strerror}") from None
     if not us.get("running"):
         raise CliError(f"kernel #{us.get('kernel')} has no userspace: {us.get('ended')}")
+    from .freezer import of_process
+
+    cgroup = of_process(us["pid"])  # (read while our /proc is the host's)
     try:
         pid1 = userspace.join(us["pid"])
     except OSError as e:
         raise CliError(f"cannot join the userspace of kernel #{us['kernel']}: "
                        f"{e.strerror}") from None
-    return userspace.run_joined(command, env, pid1, name)
+    return userspace.run_joined(command, env, pid1, name, cgroup)
 
 
 def status_lines(machine: dict) -> list[str]:

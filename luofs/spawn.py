@@ -50,7 +50,7 @@ def serve(machine, request: Spawn, fds: dict):
         return Error(f"{helper} is not built (make native)")
     # Without namespaces (no root), a plain process, as `luofs run` starts then.
     argv = [helper, str(us.pid1 or "-"), *(a for fd in passed for a in ("--fd", str(fd))),
-            "--", *request.argv]
+            *(["--cgroup", us.cgroup.path] if us.cgroup else []), "--", *request.argv]
     try:
         proc = subprocess.Popen(argv, env=dict(request.env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=stdio, pass_fds=passed)

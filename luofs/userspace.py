@@ -27,6 +27,7 @@ its PID 1's SIGKILL is killed itself (its death signal takes PID 1's namespace).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import select
@@ -34,7 +35,11 @@ import signal
 import subprocess
 import sys
 
+from . import freezer
+from .freezer import Cgroup
+
 log = logging.getLogger("luofs.userspace")
+_SERIAL = itertools.count()  # cgroup names: one per userspace the machine makes
 
 USERSPACE_START_TIMEOUT = 10.0
 USERSPACE_STOP_TIMEOUT = 10.0
@@ -66,6 +71,8 @@ class Userspace:
         self.proc: subprocess.Popen | None = None
         self.pid1: int | None = None
         self.held = False  # made ahead of time: PID 1 waits for release()
+        self.cgroup: Cgroup | None = None  # frozen at a kexec, so its end can wait
+        self._frozen = False
         self._pidfd: int | None = None
         self.kernel: int | None = None
         self.ended: str | None = None  # how the last userspace ended, once it has
@@ -86,8 +93,10 @@ class Userspace:
         if not os.path.exists(launcher):
             self.ended = f"none: {launcher} is not built (make native)"
             return
+        self.cgroup = Cgroup.make(f"luofs-userspace-{os.getpid()}-{next(_SERIAL)}")
         argv = [launcher, self.root, *(["--debugfs"] if debugfs else []),
-                *(["--hold"] if hold else [])]
+                *(["--hold"] if hold else []),
+                *(["--cgroup", self.cgroup.path] if self.cgroup else [])]
         for name, value in self.env.items():
             argv += ["--setenv", f"{name}={value}"]
         argv += ["--", *self.init] if self.init else []
@@ -125,23 +134,34 @@ class Userspace:
         log.info("kernel #%d's userspace (made ahead of time): PID 1 is %d", kernel, self.pid1)
 
     def end(self, why: str = "live update") -> None:
-        """Kill PID 1 (the kernel then kills the whole namespace); returns at once."""
+        """No process of it runs from now on: at a live update its cgroup is frozen (and
+        killed by wait(), when the machine can spare the CPU), else PID 1 is killed (the
+        kernel then kills the whole namespace). Returns at once."""
         if self.keep_next and why == "live update":
             return
         if self._pidfd is not None and self.running():
             self._killed_for = why
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if why == "live update" and self.cgroup is not None and self.cgroup.freeze():
+                self._frozen = True
+            else:
+                self._kill()
         if self.held:  # its launcher waits for the word to release PID 1: never now
             self.held = False
             self.proc.stdin.close()
+
+    def _kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def wait(self) -> None:
         """Until every process of the ended userspace is gone."""
         if self.proc is None:
             return
+        if self._frozen and self._pidfd is not None:
+            self._frozen = False
+            self._kill()
         try:
             self.proc.wait(USERSPACE_STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -199,6 +219,9 @@ class Userspace:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
         self.pid1 = None
         what = "init" if self.init else "PID 1"
         if word.startswith("exit "):
@@ -242,13 +265,16 @@ def join(pid1: int) -> int:
     return pidfd
 
 
-def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int, name: str) -> int:
-    """Fork a child (it is born in the joined PID namespace), exec argv (which runs
-    program `name`) there, relay signals, and return its status as a shell reports it
-    (128 + signal)."""
+def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int, name: str,
+               cgroup: str | None = None) -> int:
+    """Fork a child (it is born in the joined PID namespace, and joins `cgroup`: the
+    userspace's, so a kexec freezes it with the rest), exec argv (which runs program
+    `name`) there, relay signals, and return its status as a shell reports it (128 +
+    signal)."""
     pid = os.fork()
     if pid == 0:
         try:
+            freezer.join(cgroup)
             os.execvpe(argv[0], argv, env)
         except OSError as e:
             print(f"luofs run: {argv[0]}: {e.strerror}", file=sys.stderr)

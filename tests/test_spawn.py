@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from luofs import spawn
+from luofs import freezer, spawn
 from luofs.testing import booted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
@@ -126,3 +126,33 @@ def test_the_next_init_waits_for_the_next_kernel(tmp_path):
             wait_for(lambda: log.read_text().count("\n") == 2)
     finally:
         del os.environ["LOG"]
+
+
+def test_the_old_userspace_stops_at_the_freeze_and_ends_after_the_successors(tmp_path):
+    """With a userspace made ahead of time, the old one is frozen at the freeze (no process
+    of it runs again) and killed once the successors have taken over."""
+    from .test_participants import Fake
+
+    beats = tmp_path / "beats"
+    program = ("import os, time\nfd = os.open(%r, os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
+               "while True:\n    os.write(fd, b'%%f\\n' %% time.monotonic())\n"
+               "    time.sleep(0.002)\n" % str(beats))
+    with booted() as inst:
+        beating = spawn.spawn(inst.root, [os.sys.executable, "-c", program])
+        spawn.spawn(inst.root, ["sleep", "100"], "next")  # the next userspace, made now
+        resumed = []
+
+        def slow_resume(op):
+            resumed.append(time.monotonic())
+            resumed.append(not gone(beating.pid))  # frozen, not ended yet (with cgroup v2)
+            time.sleep(0.5)  # the old userspace must not run meanwhile
+            return {"ok": True}
+
+        successor = Fake(inst.state_dir, "late", {"resume": slow_resume}, successor=True)
+        wait_for(lambda: beats.exists() and beats.read_text().count("\n") > 10)
+        inst.kexec()
+        assert successor.ops == ["resume"] and gone(beating.pid)
+        last = float(beats.read_text().split()[-1])
+        assert last < resumed[0]  # frozen before the successors were asked
+        assert resumed[1] == (freezer.of_process(os.getpid()) is not None)  # its end waited
+        successor.close()

@@ -1,7 +1,7 @@
 /*
  * luofs-spawn: start a program inside a kernel's userspace (luofs/spawn.py).
  *
- *   luofs-spawn PID1|- [--fd FD]... -- PROG [ARG]...
+ *   luofs-spawn PID1|- [--fd FD]... [--cgroup DIR] -- PROG [ARG]...
  *
  * Joins the user, mount and PID namespaces of PID1 (setns(2) on its pidfd; "-"
  * joins nothing: a machine without userspaces starts a plain process) and forks
@@ -14,7 +14,9 @@
  * the program's pid in the caller's namespace (read from a pidfd of it, through
  * the host's procfs), and exits. The machine uses it for programs that must live
  * in a userspace their requester cannot join itself: a VMM in the old kernel's
- * userspace starting its successor in the next kernel's.
+ * userspace starting its successor in the next kernel's. With --cgroup it first
+ * joins DIR, the userspace's cgroup, so that a kexec freezes the program with the
+ * rest of it (luofs/freezer.py).
  *
  * Unhappy paths print "error: WHAT: REASON" and exit 1 with nothing started: PID1
  * gone, a namespace that cannot be joined, PROG that cannot be executed (the
@@ -144,14 +146,22 @@ static void middle(char **prog, const int *fds, int nfds, int sock, int report)
 
 int main(int argc, char **argv)
 {
-	int fds[MAX_FDS], nfds = 0, pidfd, fdinfo, sv[2], report[2], i = 2, err = 0;
-	char cwd[PATH_MAX];
+	int fds[MAX_FDS], nfds = 0, pidfd, fdinfo, sv[2], report[2], i = 2, err = 0, fd;
+	const char *cgroup = NULL;
+	char cwd[PATH_MAX], path[PATH_MAX];
 	pid_t pid;
 
-	while (i + 1 < argc && !strcmp(argv[i], "--fd") && nfds < MAX_FDS)
-		fds[nfds++] = atoi(argv[(i += 2) - 1]);
+	while (i + 1 < argc && nfds < MAX_FDS) {
+		if (!strcmp(argv[i], "--fd"))
+			fds[nfds++] = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--cgroup"))
+			cgroup = argv[i + 1];
+		else
+			break;
+		i += 2;
+	}
 	if (argc < 2 || i >= argc || strcmp(argv[i], "--") || i + 1 >= argc) {
-		fprintf(stderr, "usage: luofs-spawn PID1|- [--fd FD]... -- PROG [ARG]...\n");
+		fprintf(stderr, "usage: luofs-spawn PID1|- [--fd FD]... [--cgroup DIR] -- PROG [ARG]...\n");
 		return 64;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -161,6 +171,13 @@ int main(int argc, char **argv)
 	fdinfo = open("/proc/self/fdinfo", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fdinfo < 0)
 		return fail("open /proc/self/fdinfo");
+	if (cgroup) { /* writing 0 moves the writer; its children are born there */
+		snprintf(path, sizeof(path), "%s/cgroup.procs", cgroup);
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, "0", 1) != 1)
+			return fail("join the userspace's cgroup");
+		close(fd);
+	}
 	if (strcmp(argv[1], "-")) {
 		pidfd = (int)syscall(SYS_pidfd_open, (pid_t)atoi(argv[1]), 0);
 		if (pidfd < 0)

@@ -5,7 +5,8 @@
  * by a user namespace that maps every id to itself (root there is root for files,
  * but cannot remount the host's file systems or reboot it).
  *
- *   luofs-userspace ROOT [--debugfs] [--hold] [--setenv NAME=VALUE]... [-- INIT [ARG]...]
+ *   luofs-userspace ROOT [--debugfs] [--hold] [--cgroup DIR] [--setenv NAME=VALUE]...
+ *                   [-- INIT [ARG]...]
  *
  * The machine starts one after each kernel serves ROOT. This process makes the
  * mount namespace and forks PID 1 of the new PID namespace: INIT if given (with
@@ -18,7 +19,8 @@
  * loaded before a kexec (so a VMM's successor can start in it before the
  * freeze): PID 1 only reaps until the machine writes a byte to stdin (after
  * --rebind gave the namespace the next kernel's files), then becomes INIT or
- * the reaper.
+ * the reaper. --cgroup puts PID 1 (and so everything of the userspace, never this
+ * process) into the cgroup v2 directory DIR, which a kexec freezes (luofs/freezer.py).
  * Ending PID 1 (the machine's SIGKILL at a kexec, or INIT exiting) makes the
  * kernel kill every process of the namespace; this process exits after them.
  * `luofs run` joins a userspace with setns(2) on PID 1's pidfd.
@@ -70,6 +72,7 @@ struct options {
 	const char *root;
 	bool debugfs;
 	bool hold;
+	const char *cgroup;
 	const char *setenv[MAX_SETENV];
 	int nsetenv;
 	char **init; /* NULL: be a reaper */
@@ -339,13 +342,32 @@ static void reap_forever(void)
 	}
 }
 
+/* PID 1 joins o->cgroup (writing 0 moves the writer), before it has any child. */
+static bool join_cgroup(const struct options *o)
+{
+	char path[PATH_MAX];
+	int fd;
+	bool ok;
+
+	if (!o->cgroup)
+		return true;
+	snprintf(path, sizeof(path), "%s/cgroup.procs", o->cgroup);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ok = fd >= 0 && write(fd, "0", 1) == 1;
+	if (!ok)
+		failed("join %s", o->cgroup);
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
 /* PID 1: finish the namespace, tell the parent through `ready`, become init. */
 static void pid1(const struct options *o, int ready, int go)
 {
 	int null;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (!mount_proc(o)) {
+	if (!join_cgroup(o) || !mount_proc(o)) {
 		if (write(ready, error, strlen(error)) < 0)
 			_exit(2);
 		_exit(1);
@@ -381,6 +403,8 @@ static int parse(int argc, char **argv, struct options *o)
 			o->debugfs = true;
 		} else if (!strcmp(argv[i], "--hold")) {
 			o->hold = true;
+		} else if (!strcmp(argv[i], "--cgroup") && i + 1 < argc) {
+			o->cgroup = argv[++i];
 		} else if (!strcmp(argv[i], "--setenv") && i + 1 < argc && o->nsetenv < MAX_SETENV &&
 			   strchr(argv[i + 1], '=')) {
 			o->setenv[o->nsetenv++] = argv[++i];
@@ -405,7 +429,7 @@ int main(int argc, char **argv)
 	if (argc >= 4 && !strcmp(argv[1], "--rebind"))
 		return rebind((pid_t)atoi(argv[2]), argv[3]);
 	if (parse(argc, argv, &o) != 0) {
-		fprintf(stderr, "usage: luofs-userspace /ROOT [--debugfs] [--hold] [--setenv NAME=VALUE]... "
+		fprintf(stderr, "usage: luofs-userspace /ROOT [--debugfs] [--hold] [--cgroup DIR] [--setenv NAME=VALUE]... "
 				"[-- INIT [ARG]...]\n       luofs-userspace --rebind PID1 /ROOT\n");
 		return 64;
 	}
