@@ -40,9 +40,12 @@ from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, Kex
                        KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
 from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
                               Started, Unmounted)
-from .protocol_vmm import KvmRegister, KvmRetrieve, Spawn
+from .protocol_vmm import KvmRegister, KvmRetrieve, KvmVm, Spawn
 
 log = logging.getLogger("luofs.machine")
+
+# What the running kernel answers to each request the machine passes on to it.
+_ANSWERS = {KhoDumpRequest: KhoDumpReply, KvmRegister: Ok, KvmRetrieve: KvmVm}
 
 KERNEL_START_TIMEOUT = 60.0
 KERNEL_STATUS_TIMEOUT = 5.0
@@ -83,7 +86,7 @@ class Machine:
         # VMM's successor): luofs/spawn.py; it becomes the current one at the kexec.
         self.next_userspace: userspace.Userspace | None = None
         self.old_userspace: userspace.Userspace | None = None  # ended, being collected
-        self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.kho_dump,
+        self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.to_kernel,
                          KexecRequest: lambda r: userspace.kexec(self, r),
                          KexecLoad: lambda r: userspace.kexec_load(self, r),
                          ColdBoot: self.restart, Shutdown: self.stop,
@@ -390,24 +393,16 @@ class Machine:
             "next_userspace": self.next_userspace.status() if self.next_userspace else None})
 
     def to_kernel(self, request, fds: dict | None = None):
-        """A request the running kernel answers (a VMM's to the kvm subsystem): (reply,
-        its fds)."""
+        """A request the running kernel answers (kho-dump; a VMM's to the kvm subsystem):
+        (its reply, which must be the request's or Error, and the reply's fds)."""
         if self.kernel is None:
             raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
         reply, reply_fds = self.kernel.ask(request, fds=fds)
-        if reply is None:
-            raise KernelError(f"kernel #{self.kernel.number} died answering {request.TAG}")
-        return reply, reply_fds
-
-    def kho_dump(self, request: KhoDumpRequest):
-        if self.kernel is None:
-            raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
-        reply, fds = self.kernel.ask(request)
-        protocol.close_fds(fds)
-        if not isinstance(reply, (KhoDumpReply, Error)):
-            raise KernelError(f"kernel #{self.kernel.number} answered kho-dump with "
+        if not isinstance(reply, (_ANSWERS[type(request)], Error)):
+            protocol.close_fds(reply_fds)
+            raise KernelError(f"kernel #{self.kernel.number} answered {request.TAG} with "
                               f"{reply.TAG if reply is not None else 'nothing: it died'}")
-        return reply
+        return reply, reply_fds
 
     def restart(self, _request=None) -> Ok:
         """Cold boot: a fresh kernel #0 on fresh memory (after a panic)."""

@@ -35,6 +35,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 
 from .. import participants, protocol, spawn, wire
@@ -81,11 +82,21 @@ class Agent:
         self.error: str | None = None  # why it stopped, when it was not asked to
         self.handed_over = False  # the successor took over: the VM is its now
         self.running = False
+        self._spawning: threading.Thread | None = None
+        self.status_stale = False  # a successor started since the status was written
         self.log_file = open(os.path.join(machine.directory, "agent.log"), "ab")
 
     # -- the successor ----------------------------------------------------------------------
-    def start_successor(self) -> None:
-        """The next VMM, in the next kernel's userspace; without one an update is refused."""
+    def start_successor(self) -> threading.Thread:
+        """The next VMM, in the next kernel's userspace; without one an update is refused.
+        Asked of the machine on a thread: the machine may be waiting for this VMM
+        meanwhile (a kexec that asks it to prepare), and this request waits for it."""
+        if self._spawning is None or not self._spawning.is_alive():
+            self._spawning = threading.Thread(target=self._spawn_successor, daemon=True)
+            self._spawning.start()
+        return self._spawning
+
+    def _spawn_successor(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-m", "luofs.vm.successor", "--root", self.root, "--name",
                 self.machine.name, "--abi", self.abi, "--generation", str(self.generation + 1),
@@ -100,6 +111,7 @@ class Agent:
         finally:
             theirs.close()
         self.successor, self.successor_pid, self.successor_ready = ours, spawned.pid, False
+        self.status_stale = True
 
     def wait_successor(self, timeout: float) -> None:
         if self.successor is not None and not self.successor_ready:
@@ -141,6 +153,7 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------------
     def write_status(self, state: str, error: str | None = None) -> None:
+        self.status_stale = False
         write_status(self.machine.directory, {
             "name": self.machine.name, "state": state, "error": error, "abi": self.abi,
             "generation": self.generation, "accel": self.machine.accel, "ram": self.machine.ram,
@@ -245,7 +258,9 @@ class Agent:
         try:
             while self.running:
                 sources = [self.listener, qemu_exit, self.successor, self.carrier_driver()]
-                ready = select.select([s for s in sources if s is not None], [], [], 5.0)[0]
+                ready = select.select([s for s in sources if s is not None], [], [], 1.0)[0]
+                if self.status_stale and self.prepared is None:
+                    self.write_status("running", self.error)
                 if qemu_exit in ready:
                     self.error = f"QEMU exited with status {self.proc.wait()}"
                     log.error("VM %s: %s", self.machine.name, self.error)
@@ -268,6 +283,8 @@ class Agent:
         unless it took over)."""
         if self.listener is not None:
             self.listener.close()
+        if self._spawning is not None:  # a successor on its way must hear it too
+            self._spawning.join(10.0)
         if self.successor is not None:
             if not self.handed_over:
                 self.tell_successor(StandDown())
@@ -313,7 +330,7 @@ def fresh(root: str, machine: qemu.Machine, abi: str) -> Agent:
         if not agent.carrier.machine_prepares:
             agent.carrier.register(machine, ram, 0)
         agent.listener = participants.Listener(wire.state_dir(root), machine.name)
-        agent.start_successor()
+        agent.start_successor().join()  # (nothing waits for this VMM yet)
         agent.write_status("running")
     except BaseException:
         agent.end()

@@ -79,8 +79,7 @@ def incoming(root: str, name: str, abi: str, generation: int, peer: socket.socke
         except OSError:
             pass
         peer.close()
-    agent.start_successor()
-    agent.write_status("running")
+    agent.start_successor()  # (its pid goes into the status once it runs)
     agent.serve()
     return 0
 
