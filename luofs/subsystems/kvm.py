@@ -39,6 +39,7 @@ import socket
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from kho import MEMFD_COMPATIBLE as MEMFD
 from kho import KhoFormatError
 from kho.handover import read_subtree
 
@@ -49,7 +50,6 @@ from ..core.handler import freeze_all
 from ..core.state import State
 from ..core.subsystem_registry import Subsystem, SubsystemRegistry
 from ..fdutil import OwnedFile
-from ..handlers.memfd import COMPATIBLE as MEMFD
 from ..protocol import Error, Ok
 from ..protocol_participant import Cancel, Prepare
 from ..protocol_vmm import KvmRegister, KvmVm, VmSaved
@@ -328,6 +328,9 @@ class KvmSubsystem:
                 self.handler.finish(f, d, vm.retrieved, private)
                 if vm.retrieved and f is not None:
                     f.close()  # LUO's reference; the VMM has its own
+        for file in self._handed.values():  # (of a VM whose retrieve failed half-way)
+            file.close()
+        self._handed = {}
 
     # ---- the hand-over and the views ----------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass

@@ -21,6 +21,8 @@ from luofs.subsystems import kvm_node
 from luofs.testing import booted
 from luofs.vm.carry import Kvm
 
+from .test_rfc_profiles import write
+
 LU = "sys/kernel/liveupdate"
 MiB = 1 << 20
 
@@ -30,14 +32,6 @@ def raises_errno(code, fn, *args):
         fn(*args)
     assert e.value.errno == code, f"expected {errno.errorcode[code]}, got {e.value}"
     return e.value
-
-
-def write(inst, name, data: bytes):
-    fd = os.open(inst.path(LU, name), os.O_WRONLY)
-    try:
-        return os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def kvm_view(inst) -> list[str]:
