@@ -23,6 +23,7 @@ from luofs.vm.carry import Kvm
 
 from .test_rfc_profiles import write
 
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount tests need root")
 LU = "sys/kernel/liveupdate"
 MiB = 1 << 20
 
