@@ -8,8 +8,10 @@ So each userspace's PID 1 joins a cgroup of its own in the unified hierarchy; th
 kexec freezes that cgroup (cgroup.freeze), and the machine kills the userspace once
 the successors have taken over. A frozen process is still killed by SIGKILL.
 
-Unhappy path: no writable cgroup2 mount (no root, a cgroup v1-only host): `make()`
-gives None and the userspace is killed at the freeze instead, as before.
+Unhappy paths: no writable cgroup2 mount (no root, a cgroup v1-only host): `make()`
+gives None and the userspace is killed at the freeze instead, as before. A machine
+that is killed leaves its (empty) cgroups behind: the next `make()` sweeps those of
+machines that are gone.
 """
 
 from __future__ import annotations
@@ -61,6 +63,25 @@ def join(path: str | None) -> None:
         log.warning("cannot join %s: %s", path, e)
 
 
+PREFIX = "luofs-userspace-"  # then the machine's pid, and a serial number
+
+
+def _sweep(parent: str) -> None:
+    """Remove what machines that died left (a killed machine cleans nothing up): only
+    cgroups of machines that are gone, and only empty ones (rmdir refuses others)."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(PREFIX):].partition("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
+
+
 class Cgroup:
     def __init__(self, path: str):
         self.path = path
@@ -71,7 +92,9 @@ class Cgroup:
         mount, own = _mount(), _own_path()
         if mount is None or own is None or os.geteuid() != 0:
             return None
-        path = os.path.join(mount, own.lstrip("/"), name)
+        parent = os.path.join(mount, own.lstrip("/"))
+        _sweep(parent)
+        path = os.path.join(parent, name)
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:

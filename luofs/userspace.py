@@ -93,7 +93,7 @@ class Userspace:
         if not os.path.exists(launcher):
             self.ended = f"none: {launcher} is not built (make native)"
             return
-        self.cgroup = Cgroup.make(f"luofs-userspace-{os.getpid()}-{next(_SERIAL)}")
+        self.cgroup = Cgroup.make(f"{freezer.PREFIX}{os.getpid()}-{next(_SERIAL)}")
         argv = [launcher, self.root, *(["--debugfs"] if debugfs else []),
                 *(["--hold"] if hold else []),
                 *(["--cgroup", self.cgroup.path] if self.cgroup else [])]
