@@ -460,7 +460,7 @@ class Machine:
 
     def shutdown(self) -> None:
         self.control.close()  # from now on `luofs` sees no machine here
-        participants.shutdown(self.state)  # (they live outside the userspaces)
+        participants.shutdown(self.state)  # (told first: they end in order, then the rest)
         self._stop_all()
         if self.devices is not None:
             self.devices.close()

@@ -15,10 +15,11 @@ under the RFCs (on the socket it registered with).
              is not sent) into a memfd; the carrier takes it; tell the successor
              when the guest stopped
     cancel   the update was refused: resume the guest; tell the successor
-    after    this VMM ends with its userspace at the freeze (its QEMU with it: the
-             RAM and state are the kernel's by then, and the kernel reaps the old
-             QEMU's mapping while the successor resumes the guest); one that lives
-             on (`luofs kexec --keep-userspace`) ends when its successor took over
+    after    this VMM stops with its userspace at the freeze (frozen, its QEMU with
+             it: the RAM and state are the kernel's by then) and is killed once the
+             successor has resumed the guest, so the old QEMU's teardown is not in
+             the pause; one that lives on (`luofs kexec --keep-userspace`) ends when
+             its successor took over
 
 Unhappy paths: QEMU dies (the VMM ends, unregisters and stands its successor
 down); prepare fails (the guest is resumed and the update refused with the errno);
