@@ -20,7 +20,7 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE = os.path.join(HERE, "native")
 RUNTIME = ["libluofs-shim.so", "luofs-supervise", "luofs-userspace", "libluofs-records.so",
-           "luoctl"]
+           "luoctl", "luofs-spawn"]
 GUEST = "luofs-guest.elf"  # a 32-bit x86 image: built where gcc targets x86
 HEADER = os.path.join("include", "linux", "liveupdate.h")
 TOOLS = {"gcc": "gcc", "make": "make", "ld": "binutils"}  # tool: its Debian package

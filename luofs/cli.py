@@ -354,7 +354,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status = add("status", cmd_status, "show the machine, the kernel and its sessions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     vm = add("vm", cmd_vm, "a QEMU virtual machine whose guest RAM is a preserved memfd: it "
-             "pauses at each live update and goes on in the next kernel")
+             "pauses at each live update and goes on in the next kernel. Its VMM runs in "
+             "the kernel's userspace; mainline: it preserves the VM in a LUO session and the "
+             "kexec prepares it; RFC profiles: the VM is the kvm subsystem's, and the state "
+             "machine's PREPARE stops and saves it (sysfs prepare / EVENT_PREPARE)")
     vm.add_argument("action", choices=["start", "status", "check", "stop"],
                     help="start a VM; show it and its last update's pause; make the guest "
                          "re-check all its RAM; stop it")

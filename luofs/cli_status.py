@@ -61,6 +61,12 @@ def _print_kernel(k: dict, m: dict) -> None:
         print(f"/dev/liveupdate: {'open' if k['device_open'] else 'closed'}")
     for name, data in k.get("subsystems", {}).items():
         print(f"subsystem:       {name} data {data:#x}")
+    kvm = k.get("kvm") or {}
+    for vm in kvm.get("outgoing", []):
+        print(f"kvm vm:          {vm['name']}, {vm['ram'] >> 20} MiB, {vm['stage']}")
+    for vm in kvm.get("incoming", []):
+        print(f"kvm vm:          {vm['name']} handed over ({vm['state_bytes']} bytes of state), "
+              f"{'retrieved' if vm['retrieved'] else 'not retrieved'}")
     if "files" in k:
         print(f"files:           outgoing tokens {k['files']['outgoing']}, "
               f"incoming {k['files']['incoming']}")

@@ -150,17 +150,21 @@ def run(root: str, command: list[str], env: dict, status, name: str) -> int:
             raise CliError(f"{command[0]}: {e.strerror}") from None
     if not us.get("running"):
         raise CliError(f"kernel #{us.get('kernel')} has no userspace: {us.get('ended')}")
+    from .freezer import of_process
+
+    cgroup = of_process(us["pid"])  # (read while our /proc is the host's)
     try:
         pid1 = userspace.join(us["pid"])
     except OSError as e:
         raise CliError(f"cannot join the userspace of kernel #{us['kernel']}: "
                        f"{e.strerror}") from None
-    return userspace.run_joined(command, env, pid1, name)
+    return userspace.run_joined(command, env, pid1, name, cgroup)
 
 
 def status_lines(machine: dict) -> list[str]:
     """`luofs status`: the userspace, and a loaded next kernel."""
     us, image, lines = machine.get("userspace"), machine.get("next_kernel"), []
+    made = machine.get("next_userspace")
     if us is not None and str(us["ended"]).startswith("none:"):
         lines.append(f"userspace:       none ({us['ended'][6:]}): luofs run runs plain "
                      "processes")
@@ -168,6 +172,9 @@ def status_lines(machine: dict) -> list[str]:
         who = " ".join(us["init"]) if us["init"] else "reaper"
         state = f"PID 1 is pid {us['pid']}" if us["running"] else f"ended: {us['ended']}"
         lines.append(f"userspace:       kernel #{us['kernel']}, init {who}; {state}")
+    if made is not None and made["running"]:
+        lines.append(f"next userspace:  made ahead of time for kernel #{made['kernel']} "
+                     f"(PID 1 is pid {made['pid']}, waiting for the kexec)")
     if image is not None and image["loaded"]:
         cmdline = image["cmdline"] if image["cmdline"] is not None else "(the running one)"
         lines.append(f"next kernel:     loaded, cmdline {cmdline}")

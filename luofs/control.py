@@ -47,11 +47,18 @@ def request(root: str, msg, timeout: float | None = 60.0, on_progress=None):
     return exchange(root, msg, timeout, on_progress)[0]
 
 
-def exchange(root: str, msg, timeout: float | None = 60.0, on_progress=None):
+def request_fds(root: str, msg, fds: dict, timeout: float | None = 60.0):
+    """`msg` with its fd groups; (reply, the reply's fd groups: the caller closes them)."""
+    reply, _pid, reply_fds = exchange(root, msg, timeout, fds=fds, keep_fds=True)
+    return reply, reply_fds
+
+
+def exchange(root: str, msg, timeout: float | None = 60.0, on_progress=None,
+             fds: dict | None = None, keep_fds: bool = False):
     """(reply, the machine's pid as the kernel reports the socket's peer: never as the
-    peer says). Only a machine of root, of this user or of the state dir's owner counts.
-    Progress messages before the reply go to `on_progress` (each wait for the next
-    message has the whole `timeout`)."""
+    peer says), and the reply's fds with `keep_fds`. Only a machine of root, of this
+    user or of the state dir's owner counts. Progress messages before the reply go to
+    `on_progress` (each wait for the next message has the whole `timeout`)."""
     path = wire.control_path(root)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         sock.settimeout(timeout)
@@ -71,23 +78,25 @@ def exchange(root: str, msg, timeout: float | None = 60.0, on_progress=None):
                                  pid)
         try:
             try:
-                protocol.send(sock, msg)
+                protocol.send(sock, msg, fds)
             except BrokenPipeError:
                 pass  # it answered and closed at once (a refusal): read that answer
-            reply, fds = protocol.recv(sock)
+            reply, reply_fds = protocol.recv(sock)
             while isinstance(reply, protocol.Progress):
+                protocol.close_fds(reply_fds)
                 if on_progress is not None:
                     on_progress(reply)
-                reply, fds = protocol.recv(sock)
+                reply, reply_fds = protocol.recv(sock)
         except socket.timeout:
             raise MachineTimeout(f"the luofs machine of {root} (pid {pid}) did not answer "
                                  f"within {timeout:.0f} s{stopped_note(pid)}", pid) from None
         except ConnectionResetError:
-            reply, fds = None, {}
-        protocol.close_fds(fds)
+            reply, reply_fds = None, {}
+        if not keep_fds:
+            protocol.close_fds(reply_fds)
     if reply is None:
         raise MachineGone("the luofs machine closed the connection")
-    return reply, pid
+    return (reply, pid, reply_fds) if keep_fds else (reply, pid)
 
 
 def process_state(pid: int) -> str:

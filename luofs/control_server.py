@@ -13,6 +13,8 @@ protocol.MAX_REQUEST (the machine serves on); a client that says nothing in time
 never reads its reply (closed); more than MAX_CLIENTS waiting (the newest is closed).
 A client that watches a long request (`luofs kexec` on a terminal) gets Progress
 messages before its reply; one its socket has no room for is dropped, never waited for.
+Fds travel only with the requests whose type declares fd groups (a VMM's Spawn and
+kvm requests); any other request's are closed unread, and so are a reply's once sent.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ class ControlServer:
         first = min(deadline for deadline, _refusal in self.waiting.values())
         return max(0.0, min(longest, first - time.monotonic()))
 
-    def ready(self, sock: socket.socket) -> tuple[socket.socket, object] | None:
-        """`sock` can be read: (connection, request) once a whole request is in."""
+    def ready(self, sock: socket.socket) -> tuple[socket.socket, object, dict] | None:
+        """`sock` can be read: (connection, request, its fd groups) once a whole request
+        is in; the caller owns the fds."""
         if sock is self.listener:
             self._accept()
             return None
@@ -110,11 +113,10 @@ class ControlServer:
         except OSError:
             sock.close()
             return None
-        protocol.close_fds(fds)  # no request carries fds: never keep what a client sends
         if request is None:
             sock.close()
             return None
-        return sock, request
+        return sock, request, fds  # (decode let through only the groups its type declares)
 
     def _accept(self) -> None:
         try:
@@ -172,16 +174,23 @@ class ControlServer:
                 del self.waiting[conn]
                 self._answer_now(conn, Error(f"no request within {CLIENT_TIMEOUT:.0f} s"))
 
-    def reply(self, conn: socket.socket, reply) -> None:
-        """Send `reply` and close, on a thread: a client that does not read costs the
-        machine nothing (the thread gives up after REPLY_TIMEOUT)."""
+    def reply(self, conn: socket.socket, reply, fds: dict | None = None,
+              gate: threading.Event | None = None) -> None:
+        """Send `reply` (and its fds, which this closes) and close, on a thread: a client
+        that does not read costs the machine nothing (the thread gives up after
+        REPLY_TIMEOUT). With `gate`, only once it is set (the request's last step runs
+        while the machine serves others)."""
         def send() -> None:
+            if gate is not None:
+                gate.wait()
             with conn:
                 conn.settimeout(REPLY_TIMEOUT)
                 try:
-                    protocol.send(conn, reply)
+                    protocol.send(conn, reply, fds)
                 except OSError as e:
                     log.warning("control socket: reply %s not delivered: %s", reply.TAG, e)
+                finally:
+                    protocol.close_fds(fds or {})
 
         threading.Thread(target=send, name="control-reply").start()
 

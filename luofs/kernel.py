@@ -42,6 +42,8 @@ from .protocol import (FILES, KEEPERS, RAM, Error, KhoDumpReply, KhoDumpRequest,
                        Shutdown, StatusRequest)
 from .protocol_kernel import (Crashing, Failed, KernelBoot, KernelConfig, KernelStatus, Loaded,
                               MountRoot, Panicked, Ready, Reboot, TraceFlush, Unmounted)
+from .protocol_vmm import KvmRegister, KvmRetrieve
+from .uapi import errnos
 
 log = logging.getLogger("luofs.kernel")
 
@@ -232,7 +234,6 @@ class Kernel:
                 log.error("control message rejected: %s", e)
                 self._send(Error(f"bad request: {e}"))
                 continue
-            protocol.close_fds(fds)
             if message is None:  # a kernel without a machine stops
                 log.warning("machine went away; shutting down")
                 cancel.cancel()
@@ -242,12 +243,13 @@ class Kernel:
                 with trace.span("let pending releases land", "kernel"):
                     await self.settle_releases()
             try:
-                if self.obey(message, cancel):
+                if self.obey(message, cancel, fds):
                     return
             except OSError as e:  # a reply that could not be sent must not stop the kernel
                 log.error("control message %s: %s", message.TAG, e)
             finally:
                 trace.watch(None)
+                protocol.close_fds(fds)  # what a request kept, it copied
 
     def _watch_update(self, message: Reboot) -> None:
         """Open the update's trace window; send progress if someone watches it."""
@@ -271,7 +273,7 @@ class Kernel:
         if self.barrier is not None:
             await self.barrier.wait()
 
-    def obey(self, message, cancel: trio.CancelScope) -> bool:
+    def obey(self, message, cancel: trio.CancelScope, fds: dict | None = None) -> bool:
         """Carry out one command of the machine; True when the kernel is done serving."""
         if isinstance(message, StatusRequest):
             self._send(KernelStatus({"pid": os.getpid(), **self.personality.status()}))
@@ -291,9 +293,29 @@ class Kernel:
             if recorder is not None:
                 recorder.flush()
             self._send(Ok())
+        elif isinstance(message, (KvmRegister, KvmRetrieve)):
+            self.kvm_request(message, fds or {})
         else:
             self._send(Error(f"{message.TAG} is not a request a kernel takes"))
         return False
+
+    def kvm_request(self, message, fds: dict) -> None:
+        """A VMM's request to the kvm subsystem (RFC profiles), forwarded by the machine."""
+        handler = getattr(self.personality, "kvm_request", None)
+        if handler is None:
+            self._send(Error(f"{self.personality.name} has no kvm subsystem (the subsystem "
+                             "API is the RFCs'; mainline VMMs preserve their VMs in sessions)",
+                             errnos.EOPNOTSUPP))
+            return
+        try:
+            reply, reply_fds = handler(message, fds)
+        except LuoError as e:
+            self._send(Error(e.reason, e.errno))
+            return
+        try:
+            self._send(reply, reply_fds)
+        finally:
+            protocol.close_fds(reply_fds)
 
     def reboot(self, cancel: trio.CancelScope) -> bool:
         """The old kernel's half of a live update: freeze, hand over, stop serving."""

@@ -109,9 +109,10 @@ class KernelProcess:
             raise KernelError(getattr(message, "error", None) or f"unexpected message {message}")
         return message
 
-    def ask(self, message, timeout: float = 60.0):
+    def ask(self, message, timeout: float = 60.0, fds: dict | None = None):
         """(reply, fd groups); (None, {}) if the kernel died. KernelError if it does not
-        answer in time (its late reply is skipped by the next ask)."""
+        answer in time (its late reply is skipped by the next ask). `fds` go with the
+        message (the caller keeps its own)."""
         self.sock.settimeout(timeout)
         try:
             while self.owed:  # a late reply to an earlier request is no answer to this one
@@ -120,7 +121,7 @@ class KernelProcess:
                 self.owed -= 1
                 if late is None:
                     return None, {}
-            protocol.send(self.sock, message)
+            protocol.send(self.sock, message, fds)
             try:
                 return self.recv()
             except socket.timeout:

@@ -20,6 +20,7 @@ replaced (RELOAD_RETRIES); any failure of one client request is that request's E
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import selectors
@@ -32,7 +33,7 @@ from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
 
-from . import limits, participants, protocol, trace, userspace
+from . import limits, participants, protocol, spawn, trace, userspace
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
 from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
@@ -43,8 +44,12 @@ from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, Kex
                        KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
 from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
                               Started, Unmounted)
+from .protocol_vmm import KvmRegister, KvmRetrieve, KvmVm, Spawn
 
 log = logging.getLogger("luofs.machine")
+
+# What the running kernel answers to each request the machine passes on to it.
+_ANSWERS = {KhoDumpRequest: KhoDumpReply, KvmRegister: Ok, KvmRetrieve: KvmVm}
 
 KERNEL_START_TIMEOUT = 60.0
 KERNEL_STATUS_TIMEOUT = 5.0
@@ -67,6 +72,9 @@ class Machine:
         self.panic: str | None = None
         self.started = time.time()
         self.running = True
+        self.resuming: participants.Resuming | None = None  # an update's last step
+        self.reply_gate = None  # the reply to the request being served waits for it
+        self.end_trace = None  # an update's trace, ended once its successors took over
         self.kexecs = 0
         self.last_blackout_ms: float | None = None
         self.sel = selectors.DefaultSelector()
@@ -81,10 +89,16 @@ class Machine:
         self.devices = DeviceHost(RamView(os.dup(self.ram)), topology) if topology.devices else None
         self.image = LoadedImage()  # what kexec_file_load (`luofs kexec --load`) loaded
         self.userspace = userspace.Userspace(self.root, state, config.init, dict(config.init_env))
-        self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.kho_dump,
+        # The next kernel's, made ahead of time when a program asks to start there (a
+        # VMM's successor): luofs/spawn.py; it becomes the current one at the kexec.
+        self.next_userspace: userspace.Userspace | None = None
+        self.old_userspace: userspace.Userspace | None = None  # ended, being collected
+        self.handlers = {StatusRequest: self.status, KhoDumpRequest: self.to_kernel,
                          KexecRequest: lambda r: userspace.kexec(self, r),
                          KexecLoad: lambda r: userspace.kexec_load(self, r),
-                         ColdBoot: self.restart, Shutdown: self.stop}
+                         ColdBoot: self.restart, Shutdown: self.stop,
+                         Spawn: lambda r, fds: spawn.serve(self, r, fds),
+                         KvmRegister: self.to_kernel, KvmRetrieve: self.to_kernel}
 
     @property
     def kernel_log(self) -> str:
@@ -145,7 +159,7 @@ class Machine:
 
     def cold_boot(self) -> None:
         """Kernel #0 on fresh memory: nothing is carried."""
-        self.userspace.stop("cold boot")
+        userspace.stop_all(self, "cold boot")
         if self.devices is not None:
             self.devices.reset_all()  # before RAM is cleared under their DMA
         os.ftruncate(self.ram, 0)  # forget every page of a previous life
@@ -157,6 +171,9 @@ class Machine:
         self._prepare_standby()
 
     def kexec(self, _request=None):
+        if self.resuming is not None:
+            return Error("the previous live update's successors are still taking over",
+                         errno.EBUSY)
         if self.kernel is None:
             return Error(f"no kernel is running ({self.panic or 'stopped'}); "
                          "`luofs boot` starts a fresh one")
@@ -170,8 +187,11 @@ class Machine:
             nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
         try:  # user-space participants (a VMM) get ready first: luofs/participants.py
             self.updates.phase("preparing participants")
+            number = trace.recorder().update
             with trace.span("participants prepare", "machine"):
-                update = participants.prepare(self.state, trace.recorder().update)
+                update = (participants.prepare(self.state, number)
+                          if self.kernel_config.abi == "mainline"  # RFC: the kernel's kvm
+                          else participants.Update([], self.state, number))
         except participants.Refused as e:
             self.standby = nxt  # nothing reached it: still the next kernel
             trace.instant("refused", "machine", error=str(e))
@@ -213,10 +233,11 @@ class Machine:
         trace.complete("hand over", "machine", t_reply, t_handed)
         trace.complete("next kernel comes up", "machine", t_handed, t_ready)
         trace.complete("blackout", "machine", t_freeze, t_ready, records=blackout_records)
+        userspace.adopt_next(self)  # (a userspace made ahead of time gets this kernel's files)
+        # The successors take over (on a thread: one may need the machine meanwhile);
+        # the standby kernel's start and the old userspace's end wait until they have.
         self.updates.phase("resuming participants")
-        with trace.span("participants resume", "machine"):
-            update.resume()  # before the standby kernel's start competes for the CPU
-        self._prepare_standby()
+        self.resuming = participants.Resuming(update)
         self.kexecs += 1
         self.last_blackout_ms = round((t_ready - t_freeze) / 1e6, 3)
         log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
@@ -307,16 +328,24 @@ class Machine:
         watched = None
         while self.running:
             watched = self._watch(watched)
+            if self.resuming is not None and not self.resuming.watched:
+                self.sel.register(self.resuming, selectors.EVENT_READ, "resumed")
+                self.resuming.watched = True
             for key, _ in self.sel.select(timeout=self.control.timeout(1.0)):
+                if key.data == "resumed":
+                    self._updated()
+                    break
                 if key.data is self.control:
                     request = self.control.ready(key.fileobj)
                     if request is not None:
-                        self.client = request[0]
+                        conn, message, fds = request
+                        self.client = conn  # (a kexec's progress goes to it)
                         try:
-                            reply = self.respond(request[1])
+                            reply, reply_fds = self.respond(message, fds)
                         finally:
                             self.client = None
-                        self.control.reply(request[0], reply)
+                        gate, self.reply_gate = self.reply_gate, None
+                        self.control.reply(conn, reply, reply_fds, gate)
                         break  # the kernel may have changed (its fd freed): watch anew first
                 elif key.data == "kernel" and watched is self.kernel:
                     if self._kernel_spoke() is None:
@@ -324,6 +353,18 @@ class Machine:
                         break
             self.control.expire()  # after the reads: a request that came in time is served
         self.shutdown()
+
+    def _updated(self) -> None:
+        """The successors have taken over: the standby kernel starts loading, the old
+        userspace's end (the old QEMU's teardown, say) is collected, kexec answers."""
+        self.sel.unregister(self.resuming)
+        resuming, self.resuming = self.resuming, None
+        self._prepare_standby()
+        userspace.collect_old(self)
+        if self.end_trace is not None:  # before kexec's answer: `luofs trace` finds it all
+            end_trace, self.end_trace = self.end_trace, None
+            end_trace()
+        resuming.close()
 
     def _watch(self, watched: KernelProcess | None) -> KernelProcess | None:
         """Watch the running kernel's socket, and no other: a socket of a kernel that is
@@ -361,7 +402,7 @@ class Machine:
         self.panic = (f"kernel #{self.kernel.number} died (status {code}); "
                       f"see {self.kernel_log}")
         log.error("%s", self.panic)
-        self.userspace.stop("kernel panic")
+        userspace.stop_all(self, "kernel panic")
         self.kernel.sock.close()
         self.kernel = None
         detach_mount(self.root)
@@ -390,17 +431,20 @@ class Machine:
             "devices": self.devices.status() if self.devices else [],
             "kexecs": self.kexecs, "last_blackout_ms": self.last_blackout_ms,
             "panic": self.panic, "kernel_problem": problem,
-            "userspace": self.userspace.status(), "next_kernel": self.image.status()})
+            "userspace": self.userspace.status(), "next_kernel": self.image.status(),
+            "next_userspace": self.next_userspace.status() if self.next_userspace else None})
 
-    def kho_dump(self, request: KhoDumpRequest):
+    def to_kernel(self, request, fds: dict | None = None):
+        """A request the running kernel answers (kho-dump; a VMM's to the kvm subsystem):
+        (its reply, which must be the request's or Error, and the reply's fds)."""
         if self.kernel is None:
             raise KernelError(f"no kernel is running ({self.panic or 'stopped'})")
-        reply, fds = self.kernel.ask(request)
-        protocol.close_fds(fds)
-        if not isinstance(reply, (KhoDumpReply, Error)):
-            raise KernelError(f"kernel #{self.kernel.number} answered kho-dump with "
+        reply, reply_fds = self.kernel.ask(request, fds=fds)
+        if not isinstance(reply, (_ANSWERS[type(request)], Error)):
+            protocol.close_fds(reply_fds)
+            raise KernelError(f"kernel #{self.kernel.number} answered {request.TAG} with "
                               f"{reply.TAG if reply is not None else 'nothing: it died'}")
-        return reply
+        return reply, reply_fds
 
     def restart(self, _request=None) -> Ok:
         """Cold boot: a fresh kernel #0 on fresh memory (after a panic)."""
@@ -420,19 +464,25 @@ class Machine:
         detach_mount(self.root)
 
     def _stop_all(self) -> None:
-        """The userspace, the standby kernel, the running one and its mount."""
-        self.userspace.stop("shutdown")
+        """The userspaces, the standby kernel, the running one and its mount."""
+        if self.resuming is not None:  # (its thread ends with the successors' sockets)
+            self.resuming.gate.set()
+        userspace.stop_all(self, "shutdown")
         self._drop_standby()
         self._stop_kernel()
 
-    def respond(self, request):
-        """The reply to one client request: an Error for anything that fails; nothing a
-        client sends ends the machine."""
+    def respond(self, request, fds: dict | None = None) -> tuple:
+        """(reply, its fds) to one client request: an Error for anything that fails;
+        nothing a client sends ends the machine. A request's fds are closed here: a
+        handler passes on copies (to a kernel, to a program it starts)."""
         handler = self.handlers.get(type(request))
+        reply_fds = {}
         try:
             if handler is None:
                 raise KernelError(f"{request.TAG} is not a request the machine takes")
-            reply = handler(request)
+            reply = handler(request, fds) if request.FD_GROUPS else handler(request)
+            if isinstance(reply, tuple):
+                reply, reply_fds = reply
         except KernelError as e:
             reply = Error(str(e))
         except OSError as e:  # e.g. a kernel that stopped answering: the machine stays up
@@ -441,7 +491,9 @@ class Machine:
         except Exception as e:  # a bug must cost one request, never the preserved state
             log.exception("%s failed", request.TAG)
             reply = Error(f"{request.TAG}: internal error: {e!r}")
-        return reply
+        finally:
+            protocol.close_fds(fds or {})
+        return reply, reply_fds
 
     def _drop_standby(self) -> None:
         if self.standby is not None:
@@ -450,7 +502,7 @@ class Machine:
 
     def shutdown(self) -> None:
         self.control.close()  # from now on `luofs` sees no machine here
-        participants.shutdown(self.state)  # (they live outside the userspaces)
+        participants.shutdown(self.state)  # (told first: they end in order, then the rest)
         self._stop_all()
         if self.devices is not None:
             self.devices.close()

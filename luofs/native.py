@@ -36,8 +36,10 @@ USERSPACE = Piece("luofs-userspace", "LUOFS_USERSPACE",
 RECORDS = Piece("libluofs-records.so", "LUOFS_RECORDS_LIB",
                 "the file keepers' records helper (without it they read in Python)")
 LUOCTL = Piece("luoctl", "LUOFS_LUOCTL", "a shell client of /dev/liveupdate")
+SPAWN = Piece("luofs-spawn", "LUOFS_SPAWN",
+              "starts a VMM's successor in a kernel's userspace (luofs vm)")
 GUEST = Piece("luofs-guest.elf", "LUOFS_GUEST", "the test guest of luofs vm")
-PIECES = (SHIM, SUPERVISOR, USERSPACE, RECORDS, LUOCTL, GUEST)
+PIECES = (SHIM, SUPERVISOR, USERSPACE, RECORDS, LUOCTL, SPAWN, GUEST)
 HEADER = os.path.join("include", "linux", "liveupdate.h")  # shipped beside them
 
 

@@ -3,14 +3,19 @@
 Mainline Linux tells user space nothing about a coming kexec: whoever triggers it
 tells the programs that must get ready (a VMM stops its guests and saves their
 state). In luofs the machine is that orchestrator. A participant registers by
-listening on a socket in the instance's `participants/` directory; at `kexec` the
+listening on a socket in the instance's `participants/` directory, and its
+successor — started ahead of time in the next kernel's userspace, as the next
+kernel is loaded ahead of time — on one in `participants/next/`. At `kexec` the
 machine, with the next kernel loaded and before it asks the kernel to freeze:
 
     prepare   each participant, in name order; one refusal cancels those already
               prepared and refuses the update (Refused, with the participant's errno)
+              (mainline only: under the RFC profiles the kernel's subsystems are the
+              participants, and a VMM is the kvm subsystem's, luofs/subsystems/kvm.py)
     cancel    the kernel refused the freeze: every prepared participant resumes
-    resume    the next kernel serves: each participant hands over to its successor
-              in the new kernel's userspace and answers when that one runs
+    resume    the next kernel serves and its userspace runs: each successor takes
+              over (the old participants ended with the old userspace) and answers
+              once it has; under every ABI
     shutdown  the machine powers off: participants end
 
 One typed request (luofs/protocol_participant.py) and one Ok or Error per connection.
@@ -29,6 +34,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 
 from . import protocol, trace
 from .protocol import Error, Ok
@@ -37,6 +43,7 @@ from .protocol_participant import Cancel, PowerOff, Prepare, Resume
 log = logging.getLogger("luofs.participants")
 
 DIRECTORY = "participants"
+NEXT = "next"  # successors, in the next kernel's userspace
 PREPARE_TIMEOUT = 30.0
 RESUME_TIMEOUT = 60.0
 
@@ -76,28 +83,31 @@ def ask(path: str, message, timeout: float):
     return reply
 
 
-def socket_path(state_dir: str, name: str) -> str:
-    return os.path.join(directory(state_dir), f"{name}.sock")
+def socket_path(state_dir: str, name: str, successor: bool = False) -> str:
+    return os.path.join(directory(state_dir), *([NEXT] if successor else []), f"{name}.sock")
 
 
-def _registered(state_dir: str) -> list[tuple[str, str]]:
+def _registered(state_dir: str, successors: bool = False) -> list[tuple[str, str]]:
+    where = os.path.join(directory(state_dir), *([NEXT] if successors else []))
     try:
-        names = sorted(os.listdir(directory(state_dir)))
+        names = sorted(os.listdir(where))
     except FileNotFoundError:
         return []
-    return [(n.removesuffix(".sock"), os.path.join(directory(state_dir), n))
-            for n in names if n.endswith(".sock")]
+    return [(n.removesuffix(".sock"), os.path.join(where, n)) for n in names if n.endswith(".sock")]
 
 
 class Update:
     """The participants prepared for one live update."""
 
-    def __init__(self, prepared: list[tuple[str, str]]):
+    def __init__(self, prepared: list[tuple[str, str]], state_dir: str | None = None,
+                 number: int = 0):
         self.prepared = prepared
+        self.state_dir = state_dir
+        self.number = number  # the update, for the participants' traces (0: untraced)
 
-    def _tell(self, request, timeout: float) -> dict:
+    def _tell(self, request, timeout: float, whom=None) -> dict:
         replies = {}
-        for name, path in self.prepared:
+        for name, path in self.prepared if whom is None else whom:
             try:
                 with trace.span(f"{_OPS[type(request)]} {name}", "participant"):
                     reply = ask(path, request, timeout) or Error("gone")
@@ -112,13 +122,50 @@ class Update:
         return self._tell(Cancel(), PREPARE_TIMEOUT)
 
     def resume(self) -> dict:
-        return self._tell(Resume(), RESUME_TIMEOUT)
+        """Every successor registered (a successor whose predecessor was not prepared
+        finds nothing carried, and says so)."""
+        if self.state_dir is None:
+            return {}
+        return self._tell(Resume(self.number), RESUME_TIMEOUT, _registered(self.state_dir, True))
+
+
+class Resuming:
+    """Update.resume() on a thread of its own: a successor may need the machine while it
+    takes over (an RFC VMM retrieves its VM from the kernel through it), so the machine
+    serves on meanwhile. `wake` becomes readable when it is done; `gate` is set once the
+    machine has finished the update (its reply to `kexec` waits for it)."""
+
+    def __init__(self, update: Update):
+        self.gate = threading.Event()
+        self.watched = False  # the machine's selector has it
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self.replies: dict = {}
+        if update.state_dir is None or not _registered(update.state_dir, True):
+            self._done(update, run=False)  # nobody to wait for
+            return
+        threading.Thread(target=self._done, args=(update,), name="resume", daemon=True).start()
+
+    def _done(self, update: Update, run: bool = True) -> None:
+        try:
+            if run:
+                with trace.span("participants resume", "machine"):
+                    self.replies = update.resume()
+        finally:
+            os.write(self._wake_w, b".")
+
+    def fileno(self) -> int:
+        return self._wake_r
+
+    def close(self) -> None:
+        self.gate.set()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 def prepare(state_dir: str, number: int = 0) -> Update:
     """Ask every registered participant to prepare for the update to kernel #`number`
     (0: its trace is not recorded); Refused if one cannot."""
-    update = Update([])
+    update = Update([], state_dir, number)
     for name, path in _registered(state_dir):
         try:
             with trace.span(f"prepare {name}", "participant"):
@@ -137,7 +184,9 @@ def prepare(state_dir: str, number: int = 0) -> Update:
 
 
 def shutdown(state_dir: str) -> None:
-    Update(_registered(state_dir))._tell(PowerOff(), PREPARE_TIMEOUT)
+    """The machine powers off: every participant ends, and every successor."""
+    Update(_registered(state_dir) + _registered(state_dir, True))._tell(PowerOff(),
+                                                                       PREPARE_TIMEOUT)
 
 
 _OPS = {Prepare: "prepare", Cancel: "cancel", Resume: "resume", PowerOff: "shutdown"}
@@ -146,17 +195,18 @@ _OPS = {Prepare: "prepare", Cancel: "cancel", Resume: "resume", PowerOff: "shutd
 class Listener:
     """A participant's registration: a listening socket that the machine will find."""
 
-    def __init__(self, state_dir: str, name: str):
-        os.makedirs(directory(state_dir), exist_ok=True)
-        self.path = socket_path(state_dir, name)
+    def __init__(self, state_dir: str, name: str, successor: bool = False):
+        self.path = socket_path(state_dir, name, successor)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            os.unlink(self.path)  # a dead predecessor's; a live one would have removed it
+            os.unlink(self.path)  # a predecessor's, dead or stepping down
         except FileNotFoundError:
             pass
         self.sock.bind(self.path)
         self.sock.listen(4)
-        self.update = 0  # the update the last Prepare announced (its trace), 0 if untraced
+        self.update = 0  # the update the last Prepare or Resume named (its trace), 0: none
+        self._inode = os.stat(self.path).st_ino
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -172,7 +222,7 @@ class Listener:
                 op = _OPS.get(type(message))
                 if op is None:
                     raise protocol.ProtocolError(f"not a participant's request: {message!r}")
-                if isinstance(message, Prepare):
+                if isinstance(message, (Prepare, Resume)):
                     self.update = message.update
             except protocol.ProtocolError as e:
                 log.error("participant request: %s", e)
@@ -196,8 +246,9 @@ class Listener:
             pass
 
     def close(self) -> None:
-        try:
-            os.unlink(self.path)
+        try:  # only our own: a successor may have taken the name meanwhile
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
         self.sock.close()

@@ -21,7 +21,9 @@ class Cancel(Message, tag="participant-cancel"):
 
 
 class Resume(Message, tag="participant-resume"):
-    """The next kernel serves: hand over to your successor there."""
+    """The next kernel serves: hand over to your successor there. `update` as Prepare's."""
+
+    update: int = 0
 
 
 class PowerOff(Message, tag="participant-power-off"):

@@ -27,16 +27,19 @@ its PID 1's SIGKILL is killed itself (its death signal takes PID 1's namespace).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
 import subprocess
 import sys
 
-from . import native, trace
+from . import freezer, native, trace
+from .freezer import Cgroup
 from .waitfd import readable
 
 log = logging.getLogger("luofs.userspace")
+_SERIAL = itertools.count()  # cgroup names: one per userspace the machine makes
 
 USERSPACE_START_TIMEOUT = 10.0
 USERSPACE_STOP_TIMEOUT = 10.0
@@ -60,6 +63,9 @@ class Userspace:
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.pid1: int | None = None
+        self.held = False  # made ahead of time: PID 1 waits for release()
+        self.cgroup: Cgroup | None = None  # frozen at a kexec, so its end can wait
+        self._frozen = False
         self._pidfd: int | None = None
         self.kernel: int | None = None
         self.ended: str | None = None  # how the last userspace ended, once it has
@@ -68,9 +74,11 @@ class Userspace:
 
     # ---- life cycle -------------------------------------------------------------
 
-    def start(self, kernel: int, debugfs: bool = False) -> None:
-        """Start kernel #`kernel`'s userspace; on failure there is none (status says why)."""
+    def start(self, kernel: int, debugfs: bool = False, hold: bool = False) -> None:
+        """Start kernel #`kernel`'s userspace; on failure there is none (status says why).
+        `hold`: made ahead of time for the next kernel; PID 1 waits for release()."""
         self.kernel, self.pid1, self.ended, self._killed_for = kernel, None, None, None
+        self.held = False
         launcher = launcher_path()
         if os.geteuid() != 0:
             self.ended = "none: namespaces need root"
@@ -78,7 +86,10 @@ class Userspace:
         if not os.path.exists(launcher):
             self.ended = f"none: {launcher} is not built ({native.how_to_build()})"
             return
-        argv = [launcher, self.root, *(["--debugfs"] if debugfs else [])]
+        self.cgroup = Cgroup.make(f"{freezer.PREFIX}{os.getpid()}-{next(_SERIAL)}")
+        argv = [launcher, self.root, *(["--debugfs"] if debugfs else []),
+                *(["--hold"] if hold else []),
+                *(["--cgroup", self.cgroup.path] if self.cgroup else [])]
         for name, value in self.env.items():
             argv += ["--setenv", f"{name}={value}"]
         argv += ["--", *self.init] if self.init else []
@@ -92,25 +103,58 @@ class Userspace:
             return
         self.pid1 = int(word.split()[1])
         self._pidfd = os.pidfd_open(self.pid1)  # a zombie at worst: its parent waits for...
-        self.proc.stdin.close()  # ...this, before it reaps PID 1
+        if hold:
+            self.held = True
+        else:
+            self.proc.stdin.close()  # ...this, before it reaps PID 1
         log.info("kernel #%d's userspace: PID 1 is %d (%s)", kernel, self.pid1,
                  " ".join(self.init) if self.init else "reaper")
 
+    def release(self, kernel: int, debugfs: bool) -> None:
+        """A userspace made ahead of time becomes kernel #`kernel`'s: its files are bound
+        to that kernel's mount, and a held PID 1 goes on (becomes init or the reaper)."""
+        if not self.running():
+            return
+        self.kernel = kernel
+        _rebind(self.pid1, self.root, debugfs)
+        if self.held:
+            self.held = False
+            try:
+                self.proc.stdin.write(b"g")
+                self.proc.stdin.close()
+            except OSError:
+                pass  # it ended meanwhile: running() will say how
+        log.info("kernel #%d's userspace (made ahead of time): PID 1 is %d", kernel, self.pid1)
+
     def end(self, why: str = "live update") -> None:
-        """Kill PID 1 (the kernel then kills the whole namespace); returns at once."""
+        """No process of it runs from now on: at a live update its cgroup is frozen (and
+        killed by wait(), when the machine can spare the CPU), else PID 1 is killed (the
+        kernel then kills the whole namespace). Returns at once."""
         if self.keep_next and why == "live update":
             return
         if self._pidfd is not None and self.running():
             self._killed_for = why
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if why == "live update" and self.cgroup is not None and self.cgroup.freeze():
+                self._frozen = True
+            else:
+                self._kill()
+        if self.held:  # its launcher waits for the word to release PID 1: never now
+            self.held = False
+            self.proc.stdin.close()
+
+    def _kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def wait(self) -> None:
         """Until every process of the ended userspace is gone."""
         if self.proc is None:
             return
+        if self._frozen and self._pidfd is not None:
+            self._frozen = False
+            self._kill()
         try:
             self.proc.wait(USERSPACE_STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -170,6 +214,9 @@ class Userspace:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
         self.pid1 = None
         what = "init" if self.init else "PID 1"
         if word.startswith("exit "):
@@ -213,13 +260,16 @@ def join(pid1: int) -> int:
     return pidfd
 
 
-def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int, name: str) -> int:
-    """Fork a child (it is born in the joined PID namespace), exec argv (which runs
-    program `name`) there, relay signals, and return its status as a shell reports it
-    (128 + signal)."""
+def run_joined(argv: list[str], env: dict[str, str], pid1_fd: int, name: str,
+               cgroup: str | None = None) -> int:
+    """Fork a child (it is born in the joined PID namespace, and joins `cgroup`: the
+    userspace's, so a kexec freezes it with the rest), exec argv (which runs program
+    `name`) there, relay signals, and return its status as a shell reports it (128 +
+    signal)."""
     pid = os.fork()
     if pid == 0:
         try:
+            freezer.join(cgroup)
             os.execvpe(argv[0], argv, env)
         except OSError as e:
             print(f"luofs run: {argv[0]}: {e.strerror}", file=sys.stderr)
@@ -258,8 +308,12 @@ def kexec(machine, request):
     try:
         reply = _kexec(machine, request)
     finally:
-        machine.updates.end(number, started,
-                            machine.kernel if isinstance(reply, KexecDone) else None)
+        kernel = machine.kernel if isinstance(reply, KexecDone) else None
+        end = lambda: machine.updates.end(number, started, kernel)  # noqa: E731
+        if kernel is not None and machine.resuming is not None:
+            machine.end_trace = end  # the successors' part belongs to this update
+        else:
+            end()
     return reply
 
 
@@ -286,12 +340,61 @@ def _kexec(machine, request):
         if machine.kernel is not None:  # the freeze refused: the old kernel keeps serving
             machine.kernel_config = dataclasses.replace(machine.kernel_config, cmdline=running)
         else:  # no kernel: nothing may live on in a userspace of a dead one
-            machine.userspace.stop("kernel panic")
+            stop_all(machine, "kernel panic")
         return reply
     machine.image.unload()  # a kexec consumes the loaded image
     machine.updates.phase("starting the next userspace")
-    machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
+    if machine.old_userspace is None:  # none was made ahead of time: start it now
+        machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
+    if machine.resuming is not None:  # the machine answers once the successors took over
+        machine.reply_gate = machine.resuming.gate
     return reply
+
+
+def next_userspace(machine) -> Userspace:
+    """The next kernel's userspace, made now (PID 1 held) unless it exists: programs
+    that must start before the freeze, as the next kernel is loaded before it, start
+    there (luofs/spawn.py). It sees the running kernel's files until adopt_next()."""
+    nxt = machine.next_userspace
+    if nxt is None or not nxt.running():
+        current = machine.userspace
+        nxt = Userspace(machine.root, machine.state, current.init, current.env)
+        number = (machine.kernel.number if machine.kernel is not None else 0) + 1
+        nxt.start(number, machine.kernel_config.debugfs, hold=True)
+        machine.next_userspace = nxt
+    return nxt
+
+
+def adopt_next(machine) -> None:
+    """The next kernel serves: a userspace made for it ahead of time gets its files
+    and its PID 1 goes on; it becomes the current one (the old one ended at the
+    freeze; kexec() collects it). With --keep-userspace the old one stays current and
+    the made one stays the next (bound to this kernel too)."""
+    nxt = machine.next_userspace
+    if nxt is None or not nxt.running():
+        machine.next_userspace = None
+        return
+    nxt.release(machine.kernel.number, machine.kernel_config.debugfs)
+    if machine.userspace.keep_next:
+        return
+    machine.old_userspace, machine.userspace = machine.userspace, nxt
+    machine.next_userspace = None
+
+
+def collect_old(machine) -> None:
+    """The old userspace, ended at the freeze, is gone (off the pause: its processes'
+    end, the old QEMU's teardown say, overlaps the successors' start)."""
+    old, machine.old_userspace = machine.old_userspace, None
+    if old is not None:
+        old.wait()
+
+
+def stop_all(machine, why: str) -> None:
+    """Every userspace of the machine ends: the current one, one made ahead of time."""
+    for us in (machine.userspace, machine.next_userspace, machine.old_userspace):
+        if us is not None:
+            us.stop(why)
+    machine.next_userspace = machine.old_userspace = None
 
 
 def kexec_load(machine, request):

@@ -14,8 +14,8 @@ class Fake:
     """A participant that records what it is asked and answers `answers.get(op, ok)`
     (or what calling it returns)."""
 
-    def __init__(self, state_dir, name, answers=None):
-        self.listener = participants.Listener(state_dir, name)
+    def __init__(self, state_dir, name, answers=None, successor=False):
+        self.listener = participants.Listener(state_dir, name, successor)
         self.answers = answers or {}
         self.ops = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -44,13 +44,25 @@ def kexec(root, capsys):
     return code, capsys.readouterr().err
 
 
-def test_participants_prepare_before_and_resume_after_an_update(capsys):
+def test_participants_prepare_before_and_successors_resume_after_an_update(capsys):
     with booted() as inst:
         a, b = Fake(inst.state_dir, "a"), Fake(inst.state_dir, "b")
+        next_a = Fake(inst.state_dir, "a", successor=True)
         assert kexec(inst.root, capsys)[0] == 0
-        assert a.ops == b.ops == ["prepare", "resume"]
-    a.thread.join(5)  # the machine powered off: every participant was told
-    assert a.ops[-1] == "shutdown" and b.ops[-1] == "shutdown"
+        assert a.ops == b.ops == ["prepare"]  # (they end with the old userspace)
+        assert next_a.ops == ["resume"]
+    for fake in (a, b, next_a):
+        fake.thread.join(5)  # the machine powered off: every participant was told
+        assert fake.ops[-1] == "shutdown"
+
+
+def test_under_the_rfc_profiles_the_machine_asks_only_successors(capsys):
+    with booted(["--abi", "rfc-v2"]) as inst:
+        a, next_a = Fake(inst.state_dir, "a"), Fake(inst.state_dir, "a", successor=True)
+        assert kexec(inst.root, capsys)[0] == 0
+        assert a.ops == [] and next_a.ops == ["resume"]  # the kernel's subsystems prepare
+        a.close()
+        next_a.close()
 
 
 def test_a_refusal_cancels_the_prepared_and_refuses_the_update(capsys):
@@ -66,7 +78,7 @@ def test_a_refusal_cancels_the_prepared_and_refuses_the_update(capsys):
         b.answers.clear()
         assert kexec(inst.root, capsys)[0] == 0
         assert inst.status()["kernel"]["liveupdate_number"] == 1
-        assert b.ops == ["prepare", "prepare", "resume"]
+        assert b.ops == ["prepare", "prepare"]
         a.close()
         b.close()
 

@@ -10,19 +10,24 @@ import types
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from luofs import protocol, protocol_keeper, wire
+from luofs import protocol, protocol_keeper, protocol_vmm, wire
 from luofs.protocol import (FILES, KEEPERS, RAM, Error, HandOver, KhoDumpRequest, ParkedRun,
                             ProtocolError, decode, encode)
 from luofs.protocol_kernel import KernelBoot, KernelConfig
 
-assert protocol_keeper.Records  # every channel's types registered
+assert protocol_keeper.Records and protocol_vmm.Spawn  # every channel's types registered
 
 MESSAGES = sorted(protocol._TYPES.values(), key=lambda cls: cls.TAG)
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.text(),
                     lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
 SPECIAL = {KhoDumpRequest: st.builds(KhoDumpRequest, st.sampled_from(["in", "out"]),
-                                     st.sampled_from(["json", "dts"]))}
+                                     st.sampled_from(["json", "dts"])),
+           protocol_vmm.Spawn: st.builds(protocol_vmm.Spawn,
+                                         st.lists(st.text(), min_size=1, max_size=3).map(tuple),
+                                         st.dictionaries(st.text(max_size=5), st.text(),
+                                                         max_size=2),
+                                         st.sampled_from(protocol_vmm.WHERE))}
 
 
 def values(tp):

@@ -30,7 +30,7 @@ def test_a_descriptor_above_1023_is_waited_for():
 
 def test_shutdown_from_a_process_holding_many_descriptors(tmp_path):
     """The fixture's shutdown waits on the machine's pidfd: numbered above 1023 here."""
-    script = f"""
+    script = """
 import os, resource
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 from typing import Callable
 

@@ -1,5 +1,5 @@
 """What the two RFC personalities share: LUO's global state machine, the subsystem
-registry with its `mm` subsystem, and the device layer as a participant.
+registry with its `mm` and `kvm` subsystems, and the device layer as a participant.
 
 DOC: Under the RFCs user space (or the kernel) moves the global state with events;
 the participants (RFC v2's file table, every registered subsystem, the device layer)
@@ -22,7 +22,9 @@ from ..core.state import Event, GlobalState
 from ..core.subsystem_registry import SubsystemRegistry
 from ..fs.nodes import DynamicDir, Node, TextFile
 from ..gcpause import gc_paused
-from ..subsystems import MmSubsystem
+from ..protocol import Ok
+from ..protocol_vmm import KvmRetrieve
+from ..subsystems import KvmSubsystem, MmSubsystem
 from . import incoming as inc
 from .base import KernelParts, Personality
 
@@ -44,6 +46,8 @@ class RfcPersonality(Personality):
                                             faults=parts.faults)
         self.mm = MmSubsystem(parts.memory, parts.handover.preserved, parts.liveupdate_number)
         self.mm.register(self.subsystems)
+        self.kvm = KvmSubsystem(parts)  # the VMs: their VMMs register them (KvmRegister)
+        self.kvm.register(self.subsystems, lambda: state.state, image, handed)
 
     def _participants(self) -> list:
         """Read at each event: later registrations count."""
@@ -54,12 +58,15 @@ class RfcPersonality(Personality):
         return []
 
     def _carried(self) -> list[CarriedSession]:
-        """What LUO's image carries besides the subsystems' data."""
+        """The files LUO's image carries for this ABI (the kvm subsystem adds its own)."""
         return []
 
     def _dropped(self) -> int:
         """What came in, was never taken, and ends with this kernel."""
         return 0
+
+    def dropped(self) -> int:
+        return self._dropped() + int(self.kvm.unretrieved() > 0)
 
     @classmethod
     def cold(cls, parts: KernelParts) -> "RfcPersonality":
@@ -87,11 +94,12 @@ class RfcPersonality(Personality):
         }
 
     def _subsystem_files(self, intern) -> dict[bytes, Node]:
-        registry, mm = self.subsystems, self.mm
+        registry = self.subsystems
+        views = {self.mm.handle: self.mm.describe, self.kvm.handle: self.kvm.describe}
 
         def render(handle) -> bytes:
             text = f"data=0x{registry.data(handle):x}\n".encode() if handle in registry else b""
-            return text + (mm.describe() if handle is mm.handle else b"")
+            return text + (views[handle]() if handle in views else b"")
 
         return {h.name.encode(): intern(("subsystem", h.name),
                                         lambda h=h: TextFile(lambda: render(h)))
@@ -104,7 +112,7 @@ class RfcPersonality(Personality):
         self.refuse_lost_files()
         if self.state.reboot():  # PREPARED (or FROZEN) hands LUO data over
             trace.progress("writing the hand-over")
-            carried = self._carried()
+            carried = self._carried() + self.kvm.carried()
             with trace.span("write LUO's image", "luo"):
                 image = luo_image(self.parts.liveupdate_number, carried,
                                   self.subsystems.export())
@@ -114,7 +122,7 @@ class RfcPersonality(Personality):
             carried = []
             root = self.parts.finalize(None, None, None)
         devices = tuple(self.devices.preserved_paths()) if self.devices else ()
-        return self.parts.hand_over(root, carried, devices, self._dropped())
+        return self.parts.hand_over(root, carried, devices, self.dropped())
 
     def undo_freeze(self) -> None:
         if self.parts.handover.finalized:
@@ -125,4 +133,12 @@ class RfcPersonality(Personality):
     def status(self) -> dict:
         out = super().status()
         out["subsystems"] = self.subsystems.export()
+        out["kvm"] = self.kvm.status()
         return out
+
+    def kvm_request(self, request, fds: dict):
+        """KvmRegister / KvmRetrieve from a VMM: (reply, its fds); LuoError if refused."""
+        if isinstance(request, KvmRetrieve):
+            return self.kvm.retrieve_vm(request.name)
+        self.kvm.register_vm(request, fds)
+        return Ok(), {}

@@ -47,7 +47,8 @@ class RfcV2(RfcPersonality):
         super().__init__(parts, image, handed)
         handed = handed or {}
         carried = [(f.token, f.compatible, f.data, handed.get(f.compatible, {}).get(f.data))
-                   for s in (image.sessions if image else []) for f in s.files]
+                   for s in (image.sessions if image else []) if s.name == V2_SESSION
+                   for f in s.files]
         try:
             self.files = RfcV2Files(parts.handlers, lambda: self.state.state, incoming=carried)
         except LuoError as e:

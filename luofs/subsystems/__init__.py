@@ -1,5 +1,7 @@
-"""Built-in in-kernel participants of the RFC subsystem API (spec/rfc.md §5)."""
+"""Built-in in-kernel participants of the RFC subsystem API (spec/rfc.md §5): mm
+keeps pages, kvm carries the running VMs (kvm_node.py: its KHO node)."""
 
+from .kvm import KvmSubsystem
 from .mm import MmSubsystem
 
-__all__ = ["MmSubsystem"]
+__all__ = ["KvmSubsystem", "MmSubsystem"]

@@ -19,7 +19,9 @@ EMFILE = 24
 ENOTTY = 25
 EFBIG = 27
 ENOSPC = 28
+EPROTO = 71
 EOPNOTSUPP = 95
+ETIMEDOUT = 110
 
 
 def errno_name(value: int) -> str:

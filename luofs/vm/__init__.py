@@ -6,12 +6,16 @@
     vm.check(root)                              # the guest re-checks all its RAM
     vm.stop(root)
 
-Map: agent.py is the VMM (an update participant, and its successor in the next
-kernel); qemu.py the QEMU command line; qmp.py the monitor; accel.py KVM or TCG;
-guest.py what the test guest (native/guest) prints and writes; linux_guest.py the
-same for the Linux test guest (native/linux-guest, `--kernel`). Unhappy paths:
-start() raises VmError with the agent's reason (QEMU missing, no mainline luofs
-kernel at root, the name taken, RAM that does not fit in the machine's memory); check() raises VmError when the guest does not answer.
+Map: agent.py is the VMM (in the running kernel's userspace), successor.py the
+next VMM (in the next kernel's, started before the freeze); carry.py how the VM
+crosses an update (a LUO session under mainline, the kvm subsystem under the RFC
+profiles); qemu.py the QEMU command line; qmp.py the monitor; accel.py KVM or TCG;
+guest.py what the test guest (native/guest) prints and writes; linux_guest.py
+the same for the Linux test guest (native/linux-guest, `--kernel`). Unhappy paths:
+start() raises VmError with the agent's reason (QEMU missing, no luofs kernel at
+root, the name taken, RAM that does not fit in the machine's memory); check()
+raises VmError when the guest does not answer. status() gives pids as the caller's
+namespace sees them (the VMM's own are its userspace's).
 """
 
 from __future__ import annotations
@@ -19,11 +23,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 
-from .. import participants, wire
+from .. import participants, spawn, wire
 from ..protocol_participant import PowerOff
 from .guest import SerialLog
 
@@ -54,16 +57,20 @@ def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | Non
         accel = accel or _accel.choose(qemu.binary())
     except qemu.QemuMissing as e:
         raise VmError(str(e)) from None
-    _mainline(root)
+    abi = _abi(root)
     read_end, write_end = os.pipe()
     log_path = os.path.join(wire.state_dir(root), f"vm-{name}.log")
-    with open(log_path, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "luofs.vm.agent", "--root", root, "--name", name,
-                          "--ram", str(ram), "--accel", accel, "--ready-fd", str(write_end),
-                          "--", *qemu_args],
-                         pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True)  # it outlives this command, as the machine does
-    os.close(write_end)
+    try:  # in the running kernel's userspace (it outlives this command, as the machine does)
+        with open(log_path, "ab") as log:
+            spawn.spawn(root, [sys.executable, "-m", "luofs.vm.agent", "--root", root, "--name",
+                               name, "--ram", str(ram), "--accel", accel, "--abi", abi,
+                               "--ready-fd", "3", "--", *qemu_args],
+                        "current", [write_end], log.fileno())
+    except OSError as e:
+        os.close(read_end)
+        raise VmError(f"cannot start the VMM: {e.strerror}") from None
+    finally:
+        os.close(write_end)
     with os.fdopen(read_end) as ready:
         line = ready.readline().strip()
     if not line.startswith("ready"):
@@ -71,7 +78,8 @@ def start(root: str, ram: int, name: str = "vm0", qemu_args=(), accel: str | Non
     return status(root, name)
 
 
-def _mainline(root: str) -> None:
+def _abi(root: str) -> str:
+    """The running kernel's ABI: mainline VMMs use sessions, RFC ones the kvm subsystem."""
     from ..client import status as machine_status
 
     try:
@@ -80,18 +88,23 @@ def _mainline(root: str) -> None:
         kernel = None
     if not kernel:
         raise VmError(f"no luofs kernel serves {root} (luofs boot --root {root})")
-    if kernel["abi"] != "mainline":
-        raise VmError(f"luofs vm needs the mainline ABI; {root} runs {kernel['abi']} "
-                      "(a VMM as an RFC subsystem is not written yet)")
+    return kernel["abi"]
 
 
 def status(root: str, name: str = "vm0") -> dict:
+    """The VM's status; its VMM's and QEMU's pids as our PID namespace names them (None
+    once gone)."""
     path = os.path.join(vm_dir(os.path.realpath(root), name), "status.json")
     try:
         with open(path) as f:
-            return json.load(f)
+            info = json.load(f)
     except FileNotFoundError:
         raise VmError(f"no VM {name!r} on {root}") from None
+    namespace = info.get("pid_ns")
+    if namespace is not None:
+        for key in ("agent_pid", "qemu_pid"):
+            info[key] = spawn.host_pid(namespace, info[key])
+    return info
 
 
 def serial(root: str, name: str = "vm0") -> SerialLog:
@@ -118,6 +131,8 @@ def stop(root: str, name: str = "vm0") -> None:
     """End the VM: its QEMU, its next VMM, its session; returns once its agent is gone."""
     info = status(root, name)
     path = participants.socket_path(wire.state_dir(os.path.realpath(root)), name)
+    if info["agent_pid"] is None:
+        return
     try:
         pidfd = os.pidfd_open(info["agent_pid"])
     except ProcessLookupError:

@@ -11,7 +11,10 @@ from . import VmError, check, start, status, stop
 
 
 def _describe_update(update: dict) -> str:
+    """(When the guest stopped is the predecessor's word: without it, no pause.)"""
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in update["parts_ms"].items())
+    if update["pause_ms"] is None:
+        return f"the guest stopped at an unknown time; resuming it took: {parts}"
     return (f"guest-visible pause {update['pause_ms']:.1f} ms ({update['accel'].upper()}, "
             f"{update['ram'] >> 20} MiB, state {update['state_bytes'] / 1024:.0f} KiB): {parts}")
 

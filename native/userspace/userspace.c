@@ -5,7 +5,8 @@
  * by a user namespace that maps every id to itself (root there is root for files,
  * but cannot remount the host's file systems or reboot it).
  *
- *   luofs-userspace ROOT [--debugfs] [--setenv NAME=VALUE]... [-- INIT [ARG]...]
+ *   luofs-userspace ROOT [--debugfs] [--hold] [--cgroup DIR] [--setenv NAME=VALUE]...
+ *                   [-- INIT [ARG]...]
  *
  * The machine starts one after each kernel serves ROOT. This process makes the
  * mount namespace and forks PID 1 of the new PID namespace: INIT if given (with
@@ -14,6 +15,12 @@
  * runs and, once its stdin is closed (the machine holds a pidfd of PID 1 by
  * then: until this process reaps it, N cannot name another process), waits and
  * prints how PID 1 ended: "exit STATUS" or "signal SIGNO".
+ * --hold makes the next kernel's userspace ahead of time, as the next kernel is
+ * loaded before a kexec (so a VMM's successor can start in it before the
+ * freeze): PID 1 only reaps until the machine writes a byte to stdin (after
+ * --rebind gave the namespace the next kernel's files), then becomes INIT or
+ * the reaper. --cgroup puts PID 1 (and so everything of the userspace, never this
+ * process) into the cgroup v2 directory DIR, which a kexec freezes (luofs/freezer.py).
  * Ending PID 1 (the machine's SIGKILL at a kexec, or INIT exiting) makes the
  * kernel kill every process of the namespace; this process exits after them.
  * `luofs run` joins a userspace with setns(2) on PID 1's pidfd.
@@ -44,6 +51,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -63,6 +71,8 @@
 struct options {
 	const char *root;
 	bool debugfs;
+	bool hold;
+	const char *cgroup;
 	const char *setenv[MAX_SETENV];
 	int nsetenv;
 	char **init; /* NULL: be a reaper */
@@ -302,6 +312,21 @@ static void enter_user_namespace(void)
 	exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
 }
 
+/* --hold: reap whatever ends until the launcher closes `go` (EOF), then go on. */
+static void hold_until_go(int go)
+{
+	struct pollfd p = { .fd = go, .events = POLLIN };
+	char c;
+
+	for (;;) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if (poll(&p, 1, 200) > 0 && read(go, &c, 1) <= 0)
+			break;
+	}
+	close(go);
+}
+
 static void reap_forever(void)
 {
 	sigset_t set;
@@ -317,13 +342,32 @@ static void reap_forever(void)
 	}
 }
 
+/* PID 1 joins o->cgroup (writing 0 moves the writer), before it has any child. */
+static bool join_cgroup(const struct options *o)
+{
+	char path[PATH_MAX];
+	int fd;
+	bool ok;
+
+	if (!o->cgroup)
+		return true;
+	snprintf(path, sizeof(path), "%s/cgroup.procs", o->cgroup);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ok = fd >= 0 && write(fd, "0", 1) == 1;
+	if (!ok)
+		failed("join %s", o->cgroup);
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
 /* PID 1: finish the namespace, tell the parent through `ready`, become init. */
-static void pid1(const struct options *o, int ready)
+static void pid1(const struct options *o, int ready, int go)
 {
 	int null;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (!mount_proc(o)) {
+	if (!join_cgroup(o) || !mount_proc(o)) {
 		if (write(ready, error, strlen(error)) < 0)
 			_exit(2);
 		_exit(1);
@@ -338,6 +382,8 @@ static void pid1(const struct options *o, int ready)
 	for (int i = 0; i < o->nsetenv; i++)
 		putenv((char *)o->setenv[i]);
 	close(ready); /* EOF without a word: PID 1 runs */
+	if (go >= 0)
+		hold_until_go(go);
 	if (!o->init)
 		reap_forever();
 	execvp(o->init[0], o->init);
@@ -355,6 +401,10 @@ static int parse(int argc, char **argv, struct options *o)
 	for (; i < argc; i++) {
 		if (!strcmp(argv[i], "--debugfs")) {
 			o->debugfs = true;
+		} else if (!strcmp(argv[i], "--hold")) {
+			o->hold = true;
+		} else if (!strcmp(argv[i], "--cgroup") && i + 1 < argc) {
+			o->cgroup = argv[++i];
 		} else if (!strcmp(argv[i], "--setenv") && i + 1 < argc && o->nsetenv < MAX_SETENV &&
 			   strchr(argv[i + 1], '=')) {
 			o->setenv[o->nsetenv++] = argv[++i];
@@ -371,7 +421,7 @@ static int parse(int argc, char **argv, struct options *o)
 int main(int argc, char **argv)
 {
 	struct options o = { 0 };
-	int ready[2], status;
+	int ready[2], go[2] = { -1, -1 }, status;
 	char word[sizeof(error)];
 	ssize_t n;
 	pid_t pid;
@@ -379,7 +429,7 @@ int main(int argc, char **argv)
 	if (argc >= 4 && !strcmp(argv[1], "--rebind"))
 		return rebind((pid_t)atoi(argv[2]), argv[3]);
 	if (parse(argc, argv, &o) != 0) {
-		fprintf(stderr, "usage: luofs-userspace /ROOT [--debugfs] [--setenv NAME=VALUE]... "
+		fprintf(stderr, "usage: luofs-userspace /ROOT [--debugfs] [--hold] [--cgroup DIR] [--setenv NAME=VALUE]... "
 				"[-- INIT [ARG]...]\n       luofs-userspace --rebind PID1 /ROOT\n");
 		return 64;
 	}
@@ -390,7 +440,8 @@ int main(int argc, char **argv)
 		printf("error: unshare(CLONE_NEWNS | CLONE_NEWPID): %s\n", strerror(errno));
 		return 1;
 	}
-	if (!build_mounts(&o) || pipe2(ready, O_CLOEXEC) != 0) {
+	if (!build_mounts(&o) || pipe2(ready, O_CLOEXEC) != 0 ||
+	    (o.hold && pipe2(go, O_CLOEXEC) != 0)) {
 		printf("error: %s\n", error);
 		return 1;
 	}
@@ -401,9 +452,13 @@ int main(int argc, char **argv)
 	}
 	if (pid == 0) {
 		close(ready[0]);
-		pid1(&o, ready[1]);
+		if (go[1] >= 0)
+			close(go[1]);
+		pid1(&o, ready[1], go[0]);
 	}
 	close(ready[1]);
+	if (go[0] >= 0)
+		close(go[0]);
 	n = read(ready[0], word, sizeof(word) - 1);
 	close(ready[0]);
 	if (n > 0) {
@@ -415,6 +470,8 @@ int main(int argc, char **argv)
 	printf("pid %d\n", (int)pid);
 	while (read(STDIN_FILENO, word, 1) < 0 && errno == EINTR)
 		;
+	if (go[1] >= 0) /* held: that byte (or EOF) lets PID 1 go */
+		close(go[1]);
 	while (waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR)
 			return 1;

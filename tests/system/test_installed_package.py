@@ -263,7 +263,7 @@ def test_the_installed_doctor_finds_the_packaged_pieces(installed, tmp_path):
     report = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
     assert result.returncode == 0, result.stdout
     for name in ("libluofs-shim.so", "luofs-supervise", "luofs-userspace",
-                 "libluofs-records.so", "luoctl", "luofs-guest.elf"):
+                 "libluofs-records.so", "luoctl", "luofs-spawn", "luofs-guest.elf"):
         assert report[name]["ok"] and report[name]["detail"] == (
             f"{venv}/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages/"
             f"luofs/_native/{name} (package)"), report[name]
