@@ -188,12 +188,13 @@ def test_participants_are_told_the_update_and_traced():
     from ..test_participants import Fake
 
     with booted() as inst:
-        fake = Fake(inst.state_dir, "a")
+        fake, successor = Fake(inst.state_dir, "a"), Fake(inst.state_dir, "a", successor=True)
         client.kexec(inst.root)
-        assert fake.listener.update == 1
+        assert fake.listener.update == successor.listener.update == 1
         names = {e["name"] for e in events_of(inst, 1)}
         assert {"participants prepare", "prepare a", "participants resume", "resume a"} <= names
         fake.close()
+        successor.close()
 
 
 def test_no_trace_without_recording_and_luofs_trace_says_why(capsys, monkeypatch):
