@@ -30,13 +30,14 @@ a Prepare announces (its trace: luofs/trace.py) is the Listener's `update`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import socket
 import threading
 
-from . import protocol, trace
+from . import protocol, trace, wire
 from .protocol import Error, Ok
 from .protocol_participant import Cancel, PowerOff, Prepare, Resume
 
@@ -70,6 +71,8 @@ def ask(path: str, message, timeout: float):
             except FileNotFoundError:
                 pass
             return None
+        if isinstance(message, (Prepare, Resume)):  # its pid in the trace: as we see it
+            message = dataclasses.replace(message, pid=wire.peer_credentials(sock)[0])
         protocol.send(sock, message)
         try:
             reply, fds = protocol.recv(sock, protocol.MAX_REQUEST)
@@ -206,6 +209,7 @@ class Listener:
         self.sock.bind(self.path)
         self.sock.listen(4)
         self.update = 0  # the update the last Prepare or Resume named (its trace), 0: none
+        self.pid = 0  # our pid as the machine sees it, from the same message (0: unknown)
         self._inode = os.stat(self.path).st_ino
 
     def fileno(self) -> int:
@@ -223,7 +227,7 @@ class Listener:
                 if op is None:
                     raise protocol.ProtocolError(f"not a participant's request: {message!r}")
                 if isinstance(message, (Prepare, Resume)):
-                    self.update = message.update
+                    self.update, self.pid = message.update, message.pid
             except protocol.ProtocolError as e:
                 log.error("participant request: %s", e)
                 self._answer(conn, Error(str(e), errno.EPROTO))

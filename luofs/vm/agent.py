@@ -183,7 +183,7 @@ class Agent:
             self.qmp.execute("cont")
             raise
         self.prepared = VmSaved(t_stop, t_saved, time.monotonic(), os.fstat(state).st_size,
-                                os.getpid())
+                                self.listener.pid if self.listener else 0)
         self.tell_successor(self.prepared)
         return self.prepared, state
 

@@ -63,7 +63,7 @@ def incoming(root: str, name: str, abi: str, generation: int, peer: socket.socke
         if listener in ready:
             outcome = {}
             op = listener.serve_one(lambda op: _resume(op, root, name, abi, generation, saved,
-                                                       outcome, listener.update))
+                                                       outcome, listener))
             if op == "shutdown":
                 listener.close()
                 return 0
@@ -85,7 +85,7 @@ def incoming(root: str, name: str, abi: str, generation: int, peer: socket.socke
 
 
 def _resume(op: str, root: str, name: str, abi: str, generation: int,
-            saved: VmSaved | None, outcome: dict, update: int) -> dict:
+            saved: VmSaved | None, outcome: dict, listener: participants.Listener) -> dict:
     if op != "resume":
         return {"ok": op == "shutdown"}
     t_go = time.monotonic()
@@ -112,33 +112,38 @@ def _resume(op: str, root: str, name: str, abi: str, generation: int,
         log.error("VM %s runs but is not registered: %s", name, e)
         agent.error = f"not registered for the next update: {getattr(e, 'strerror', None) or e}"
     agent.write_status("running", agent.error)  # what the update cost, before anyone is told
-    if update and saved is not None:  # before the answer: the update's trace waits for it
-        _trace(root, agent, saved, t_go, t, update)
+    if listener.update and saved is not None:  # before the answer: the trace waits for it
+        _trace(root, agent, saved, t_go, t, listener.update, listener.pid)
     outcome["agent"] = agent
     return {"ok": True}
 
 
-def _trace(root: str, agent: Agent, saved: VmSaved, t_go: float, t: dict, update: int) -> None:
+def _trace(root: str, agent: Agent, saved: VmSaved, t_go: float, t: dict, update: int,
+           pid: int) -> None:
     """This VM's part of update `update`'s trace (luofs/trace.py): the previous VMM's stop
-    and save, then ours, and the guest's whole pause (time.monotonic is the trace's clock)."""
+    and save, then ours, and the guest's whole pause (time.monotonic is the trace's clock).
+    Pids are the machine's view (ours in this userspace would collide: both VMMs are
+    pid 3 or so in theirs); the previous VMM's is 0 where the machine did not prepare it
+    (RFC profiles), and its row then shares ours."""
     name = agent.machine.name
     rec = trace.Recorder(os.path.join(wire.state_dir(root), trace.DIRECTORY),
                          f"VMM {name}, generation {agent.generation}")
     rec.begin(update)
+    ours = {"pid": pid, "tid": pid} if pid else {}
     old = {"pid": saved.pid, "tid": saved.pid,
-           "proc": f"VMM {name}, generation {agent.generation - 1}"}
+           "proc": f"VMM {name}, generation {agent.generation - 1}"} if saved.pid else ours
 
     def span(what: str, start: float, end: float, **where) -> None:
         rec.add("X", what, "vmm", round(start * 1e9), round((end - start) * 1e9), **where)
 
     span("stop the guest and save it", saved.t_stop, saved.t_saved, **old)
     span("preserve its state", saved.t_saved, saved.t_prepared, **old)
-    span("guest paused", saved.t_stop, t["cont"])
-    span("wait for the update", saved.t_prepared, t_go)
-    span("retrieve the VM", t_go, t["retrieved"])
-    span("start QEMU", t["retrieved"], t["started"])
-    span("load the state", t["started"], t["loaded"])
-    span("continue the guest", t["loaded"], t["cont"])
+    span("guest paused", saved.t_stop, t["cont"], **ours)
+    span("wait for the update", saved.t_prepared, t_go, **ours)
+    span("retrieve the VM", t_go, t["retrieved"], **ours)
+    span("start QEMU", t["retrieved"], t["started"], **ours)
+    span("load the state", t["started"], t["loaded"], **ours)
+    span("continue the guest", t["loaded"], t["cont"], **ours)
     rec.flush()
 
 

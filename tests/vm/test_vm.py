@@ -129,6 +129,9 @@ def test_a_guest_lives_through_two_chained_updates():
         assert vmm["guest paused"]["dur"] / 1e6 == pytest.approx(update["pause_ms"], abs=0.01)
         assert vmm["stop the guest and save it"]["proc"] == "VMM vm0, generation 1"
         assert vmm["start QEMU"]["proc"] == "VMM vm0, generation 2"
+        # Each VMM on its own row, under its pid as the host sees it (in their userspaces
+        # both have the same small pid): the running one is the one the status names.
+        assert vmm["start QEMU"]["pid"] == info["agent_pid"] != vmm["stop the guest and save it"]["pid"]
         check(trace_view.chrome(events, 2))
 
 
