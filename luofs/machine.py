@@ -2,10 +2,11 @@
 
 It owns the emulated physical memory (a sparse memfd), the control socket the
 `luofs` command talks to (luofs/control_server.py: who may, and for how long), and
-each kernel process (luofs/kernel_process.py). A live update starts the next kernel
-ahead of time (it imports and waits, as `kexec -l` loads an image), then asks the
-running kernel to freeze and hand over, and passes what it handed over — the RAM,
-the KHO root address and the preserved files themselves — to the next.
+each kernel process (luofs/kernel_process.py). A live update (luofs/machine_kexec.py)
+starts the next kernel ahead of time (it imports and waits, as `kexec -l` loads an
+image), then asks the running kernel to freeze and hand over, and passes what it
+handed over — the RAM, the KHO root address and the preserved files themselves — to
+the next.
 It never imports pyfuse3 or trio: it must stay small and always responsive.
 
 Each live update is traced (luofs/trace.py, luofs/machine_trace.py): the machine
@@ -14,13 +15,12 @@ records what it drives; a client that watches gets Progress before the reply.
 Unhappy paths: a refused freeze leaves the old kernel serving (Error with its errno);
 a kernel that dies or panics leaves the machine up without a kernel (`panic`, shown
 by status; `luofs boot` then cold-boots); a next kernel that dies while reloading is
-replaced (RELOAD_RETRIES); any failure of one client request is that request's Error.
+replaced (machine_kexec.py); any failure of one client request is that request's Error.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import selectors
@@ -33,17 +33,16 @@ from devices.host import DeviceHost
 from devices.ram import RamView
 from devices.spec import parse_spec
 
-from . import limits, participants, protocol, spawn, trace, userspace
+from . import limits, machine_kexec, participants, protocol, spawn, userspace
 from .control import stopped_note
 from .control_server import CLIENT_TIMEOUT, ControlServer
-from .kernel_process import KERNEL_STOP_TIMEOUT, KernelError, KernelPanic, KernelProcess
+from .kernel_process import KernelError, KernelProcess
 from .kexec_image import LoadedImage
 from .machine_trace import UpdateTrace
 from .mounts import detach_mount
-from .protocol import (RAM, ColdBoot, Error, HandOver, KexecDone, KexecLoad, KexecRequest,
-                       KhoDumpReply, KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
-from .protocol_kernel import (KernelBoot, KernelStatus, MachineConfig, MountRoot, Ready, Reboot,
-                              Started, Unmounted)
+from .protocol import (RAM, ColdBoot, Error, HandOver, KexecLoad, KexecRequest, KhoDumpReply,
+                       KhoDumpRequest, MachineStatus, Ok, Shutdown, StatusRequest)
+from .protocol_kernel import KernelBoot, KernelStatus, MachineConfig, Ready, Started
 from .protocol_vmm import KvmRegister, KvmRetrieve, KvmVm, Spawn
 
 log = logging.getLogger("luofs.machine")
@@ -53,9 +52,6 @@ _ANSWERS = {KhoDumpRequest: KhoDumpReply, KvmRegister: Ok, KvmRetrieve: KvmVm}
 
 KERNEL_START_TIMEOUT = 60.0
 KERNEL_STATUS_TIMEOUT = 5.0
-
-
-RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-over kept
 
 
 class Machine:
@@ -171,158 +167,7 @@ class Machine:
         self._prepare_standby()
 
     def kexec(self, _request=None):
-        if self.resuming is not None:
-            return Error("the previous live update's successors are still taking over",
-                         errno.EBUSY)
-        if self.kernel is None:
-            return Error(f"no kernel is running ({self.panic or 'stopped'}); "
-                         "`luofs boot` starts a fresh one")
-        old = self.kernel
-        stopped = stopped_note(old.proc.pid)
-        if stopped:  # it could not freeze, and might wake up in the middle of a hand-over
-            return Error(f"kernel #{old.number} (pid {old.proc.pid}) cannot freeze{stopped}; "
-                         "nothing was changed")
-        self.updates.phase("loading the next kernel")
-        with trace.span("load the next kernel", "machine"):
-            nxt = self._load(old.number + 1)  # loaded before the freeze: not in the blackout
-        try:  # user-space participants (a VMM) get ready first: luofs/participants.py
-            self.updates.phase("preparing participants")
-            number = trace.recorder().update
-            with trace.span("participants prepare", "machine"):
-                update = (participants.prepare(self.state, number)
-                          if self.kernel_config.abi == "mainline"  # RFC: the kernel's kvm
-                          else participants.Update([], self.state, number))
-        except participants.Refused as e:
-            self.standby = nxt  # nothing reached it: still the next kernel
-            trace.instant("refused", "machine", error=str(e))
-            return Error(str(e), e.errno)
-        written_before = self._records_written()
-        self.updates.phase("freezing")
-        t_freeze = trace.clock()
-        handover, fds = self._freeze(old, nxt)
-        if not isinstance(handover, HandOver):
-            update.cancel()
-            trace.instant("refused" if handover.errno else "failed", "machine",
-                          error=handover.error)
-            return handover  # the refusal (the old kernel serves on) or the loss
-        t_reply = trace.clock()
-        self.userspace.end()  # the old kernel's userspace ends with it, as at a reboot
-        trace.instant("end the old userspace", "machine")
-        nxt.number = handover.next_number
-        try:
-            self.updates.phase("handing over")
-            sent = self._hand_over(old, nxt, handover, fds)
-            t_handed = trace.clock()
-            self.kernel = None
-            self.updates.phase("starting the next kernel")
-            nxt, ready = self._bring_up(nxt, handover, fds, sent)
-        except KernelError as e:
-            self.panic = str(e)
-            log.error("kernel #%d did not come up: %s", nxt.number, e)
-            return Error(str(e))
-        finally:
-            protocol.close_fds(fds)
-            old.kill()  # (when the next kernel went ahead, its exit did not hold anything up)
-        self.kernel = nxt
-        t_ready = trace.clock()
-        written_after = self._records_written()
-        blackout_records = {label: written_after[label] - n
-                            for label, n in written_before.items()}
-        trace.complete("ask the old kernel to freeze", "machine", t_freeze, t_reply,
-                       sessions=handover.sessions, files=handover.files)
-        trace.complete("hand over", "machine", t_reply, t_handed)
-        trace.complete("next kernel comes up", "machine", t_handed, t_ready)
-        trace.complete("blackout", "machine", t_freeze, t_ready, records=blackout_records)
-        userspace.adopt_next(self)  # (a userspace made ahead of time gets this kernel's files)
-        # The successors take over (on a thread: one may need the machine meanwhile);
-        # the standby kernel's start and the old userspace's end wait until they have.
-        self.updates.phase("resuming participants")
-        self.resuming = participants.Resuming(update)
-        self.kexecs += 1
-        self.last_blackout_ms = round((t_ready - t_freeze) / 1e6, 3)
-        log.info("kexec to #%d: hand-over %.1f ms, old kernel unmounted %.1f ms, next kernel "
-                 "serving %.1f ms; blackout %.1f ms", nxt.number, (t_reply - t_freeze) / 1e6,
-                 (t_handed - t_reply) / 1e6, (t_ready - t_handed) / 1e6, self.last_blackout_ms)
-        if ready.lost:
-            log.error("kexec to #%d lost files with their keepers: %s", nxt.number, ready.lost)
-        return KexecDone(
-            liveupdate_number=nxt.number, sessions=handover.sessions, files=handover.files,
-            blackout_ms=self.last_blackout_ms, freeze_ms=round((t_handed - t_freeze) / 1e6, 3),
-            start_ms=round((t_ready - t_handed) / 1e6, 3), blackout_records=blackout_records,
-            dropped=handover.dropped, lost=ready.lost)
-
-    def _freeze(self, old: KernelProcess, nxt: KernelProcess):
-        """Ask the running kernel to freeze: (HandOver, its fds), or (Error, {}) with the
-        next kernel dropped — the old one serves on, or died and lost what it held."""
-        old.on_progress = self.updates.forward
-        try:
-            reply, fds = old.ask(Reboot(self.updates.progress_ms))
-        except KernelError as e:
-            reply, fds = Error(str(e)), {}
-        finally:
-            old.on_progress = None
-        if isinstance(reply, HandOver):
-            return reply, fds
-        protocol.close_fds(fds)
-        nxt.kill()
-        if reply is None:  # it died mid-freeze: nothing was handed over
-            self.kernel_died()
-            return Error(f"kernel #{old.number} died during the freeze; "
-                         f"preserved state is lost ({self.panic})"), {}
-        if not isinstance(reply, Error):
-            reply = Error(f"kernel #{old.number} answered the freeze with {reply.TAG}")
-        return reply, {}
-
-    def _hand_over(self, old: KernelProcess, nxt: KernelProcess, handover: HandOver,
-                   fds: dict) -> bool:
-        """The next kernel rebuilds from the hand-over while the old one unmounts, and
-        mounts once the mount point is free; True if its boot went ahead so. Not with
-        devices: their drivers must see the old kernel stop before the next one attaches."""
-        sent = self.devices is None and self._send_boot(nxt, handover, fds, hold=True)
-        try:
-            with trace.span("old kernel unmounts", "machine"):
-                unmounted = old.expect(Unmounted, KERNEL_STOP_TIMEOUT)
-            trace.recorder().adopt(unmounted.trace)  # its lines are written after the update
-        except KernelError as e:
-            log.warning("old kernel after the hand-over: %s; detaching its mount", e)
-            detach_mount(self.root)
-        if sent:  # the mount point is free: the next kernel need not wait for the old exit
-            try:
-                protocol.send(nxt.sock, MountRoot())
-            except OSError:
-                pass  # what it said before it went (a panic, say) is read in _start
-        else:
-            with trace.span("old kernel is killed", "machine"):
-                old.kill()
-        if self.devices is not None:  # interrupts latch until the next drivers attach
-            with trace.span("devices: interrupts latch", "machine",
-                            preserved=list(handover.devices)):
-                self.devices.kexec(list(handover.devices))
-        return sent
-
-    def _bring_up(self, nxt: KernelProcess, handover: HandOver, fds: dict,
-                  sent: bool) -> tuple[KernelProcess, Ready]:
-        """The hand-over is complete: the machine keeps the files until a kernel has
-        them, so a next kernel that dies while reloading is simply replaced."""
-        for attempt in range(RELOAD_RETRIES + 1):
-            try:
-                return nxt, self._start(nxt, handover, fds, sent=sent)
-            except KernelPanic:
-                raise
-            except KernelError as e:
-                if attempt == RELOAD_RETRIES:
-                    raise
-                log.error("%s while reloading; starting another kernel", e)
-                trace.instant("next kernel died while reloading", "machine", error=str(e))
-                nxt = self._load(nxt.number)
-                sent = False
-        raise AssertionError("unreachable")
-
-    def _records_written(self) -> dict[str, int]:
-        if self.devices is None:
-            return {}
-        return {d["label"]: d["records_written"] for d in self.devices.status()
-                if d.get("kind") == "dma"}
+        return machine_kexec.kexec(self)
 
     def serve(self) -> None:
         watched = None
