@@ -145,7 +145,7 @@ class OwnedFile:
     """A file the daemon holds a reference to: its own fd on the caller's open file, or,
     once parked (luofs/filestore.py), a (keeper, slot) there instead."""
 
-    __slots__ = ("fd", "fstype", "_closed", "parked", "vault", "pinned")
+    __slots__ = ("fd", "fstype", "_closed", "parked", "vault", "pinned", "ident")
 
     def __init__(self, fd: int, fstype: str = "", parked=None, vault=None):
         self.fd = fd
@@ -154,6 +154,9 @@ class OwnedFile:
         self.parked = parked  # (keeper, slot) while the vault holds the file
         self.vault = vault  # the vault that counts or holds it, if any
         self.pinned = 0  # bytes of the machine's memory this file's preservation holds
+        # (st_dev, st_ino) once a handler has read them: an open file's never change, and
+        # a preserve asks for them right after the handler's check has read them.
+        self.ident = None
 
     @property
     def closed(self) -> bool:

@@ -58,6 +58,9 @@ class CommandTable:
             assert c.nr == self.base + i, f"{c.name} is not at nr {self.base + i:#x}"
         # What by_nr() answers, as one lookup on every ioctl.
         object.__setattr__(self, "index", {c.nr: c for c in self.commands})
+        # The commands by their exact number: a request that finds its command here
+        # passes rules 1 and 3 (its nr exists, its encoding is the command's).
+        object.__setattr__(self, "exact", {c.cmd: c for c in self.commands})
 
     def by_nr(self, nr: int) -> Command | None:
         i = nr - self.base
@@ -122,16 +125,19 @@ class Request:
 
 def check(table: CommandTable, req: Request, direction: Direction | None = None):
     """Rules 1–6 of §4 in order; returns (command, parsed struct)."""
-    nr = ioctl.ioc_nr(req.cmd)
-    command = table.index.get(nr)
-    if command is None:
-        raise LuoError(errnos.EINVAL, f"nr {nr:#x} is not a {table.kind} ioctl")
+    command = table.exact.get(req.cmd)
+    if command is None:  # rule 1 or 3 breaks (rule 2 may come first)
+        nr = ioctl.ioc_nr(req.cmd)
+        command = table.index.get(nr)
+        if command is None:
+            raise LuoError(errnos.EINVAL, f"nr {nr:#x} is not a {table.kind} ioctl")
     if req.arg_fault:
         raise LuoError(errnos.EFAULT, f"{command.name}: the argument pointer is not readable")
     if req.cmd != command.cmd:
         raise LuoError(errnos.ENOTTY,
                        f"{command.name}: request {req.cmd:#x} is not the encoding {command.cmd:#x}")
-    if direction is not None and command.direction not in (None, direction):
+    if (direction is not None and command.direction is not None
+            and command.direction is not direction):
         raise LuoError(errnos.EINVAL,
                        f"{command.name} is only for {command.direction.value} sessions")
     size = req.size

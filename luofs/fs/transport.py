@@ -104,7 +104,7 @@ class IoctlTransport:
                 raise pyfuse3.FUSEError(errno.EBADF)  # only a holder of the device may ioctl
             outcome = self._ioctl(node, req, caller)
             if outcome.file is None:
-                reply = frames.encode_reply(outcome.copy_back)
+                reply = frames.PLAIN_REPLY_HEADER + outcome.copy_back  # encode_reply's
                 if replies is not None and outcome.command.pure:
                     if len(replies) >= MEMO_REPLIES:
                         replies.clear()

@@ -98,12 +98,15 @@ class MemfdHandler:
         if file.is_fuse:  # never stat a FUSE file from the daemon (it may be our own mount)
             return False
         st = os.fstat(file.fd)
+        file.ident = (st.st_dev, st.st_ino)
         return (stat.S_ISREG(st.st_mode) and st.st_nlink == 0
                 and fstatfs_type(file.fd) == TMPFS_MAGIC)
 
     def get_id(self, file: OwnedFile):
-        st = os.fstat(file.fd)
-        return (st.st_dev, st.st_ino)
+        if file.ident is None:
+            st = os.fstat(file.fd)
+            file.ident = (st.st_dev, st.st_ino)
+        return file.ident
 
     def preserve(self, file: OwnedFile) -> int:
         self._faults.check("memfd.preserve")
