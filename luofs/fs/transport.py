@@ -91,7 +91,11 @@ class IoctlTransport:
             reply = replies.get(name)
             if reply is not None and not self.device.rebooting:
                 return reply
-        req = self._decode(frames.frame_from_xattr_name, name)
+        try:  # as _decode(), without its frame: this runs on every ioctl
+            req = frames.decode_request(frames.frame_from_xattr_name(name))
+        except frames.FrameError as e:
+            log.debug("bad request frame: %s", e)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
         if not req.flags.room_for_reply:  # FUSE would say ERANGE only after it ran
             raise pyfuse3.FUSEError(errno.ERANGE)
         on_device = node is self.device_node

@@ -152,17 +152,24 @@ def sized_ok(req: DecodedRequest) -> bool:
     return req.flags.copy_fault or len(req.arg) == min(max(size, 4), MAX_ARG)  # expected_arg_len
 
 
-def _from_hex_name(name: bytes, prefix: bytes) -> bytes:
-    if not name.startswith(prefix):
-        raise FrameError(f"name {name[:16]!r}… lacks the {prefix!r} prefix")
-    digits = name[len(prefix):]
-    # bytes.fromhex would skip white space: only bare hex digits make a frame.
-    if not digits.isalnum():
-        raise FrameError("request name is not hex")
-    try:
-        return bytes.fromhex(digits.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise FrameError("request name is not hex") from None
+def _hex_name_reader(prefix: bytes):
+    """The reader of the frame a name with `prefix` carries (one function per prefix: it
+    runs on every ioctl, and a partial or a second call each time costs more)."""
+    skip = len(prefix)
+
+    def frame_from_name(name: bytes) -> bytes:
+        if not name.startswith(prefix):
+            raise FrameError(f"name {name[:16]!r}… lacks the {prefix!r} prefix")
+        digits = name[skip:]
+        # bytes.fromhex would skip white space: only bare hex digits make a frame.
+        if not digits.isalnum():
+            raise FrameError("request name is not hex")
+        try:
+            return bytes.fromhex(digits.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise FrameError("request name is not hex") from None
+
+    return frame_from_name
 
 
 def request_xattr_name(frame: bytes) -> bytes:
@@ -173,14 +180,9 @@ def request_create_name(frame: bytes) -> bytes:
     return CREATE_PREFIX + frame.hex().encode()
 
 
-# The frame a getxattr (create) name carries; FrameError if it carries none. Plain
-# functions: a partial with a keyword costs more per call, and this runs on every ioctl.
-def frame_from_xattr_name(name: bytes) -> bytes:
-    return _from_hex_name(name, XATTR_PREFIX)
-
-
-def frame_from_create_name(name: bytes) -> bytes:
-    return _from_hex_name(name, CREATE_PREFIX)
+# The frame a getxattr (create) name carries; FrameError if it carries none.
+frame_from_xattr_name = _hex_name_reader(XATTR_PREFIX)
+frame_from_create_name = _hex_name_reader(CREATE_PREFIX)
 
 
 def encode_reply(data: bytes, fd_offset: int = -1, fd_sent: bool = False) -> bytes:
