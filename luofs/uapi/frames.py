@@ -144,12 +144,16 @@ def sized_ok(req: DecodedRequest) -> bool:
     """For size-prefixed ABIs (mainline): the frame carries exactly the bytes its `size`
     calls for (fewer only when the caller's memory faulted). RFC v2 numbers encode the
     size themselves and carry exactly that many bytes."""
-    if req.flags.arg_fault:
+    flags, arg = req.flags, req.arg
+    if flags.arg_fault:
         return True
-    if len(req.arg) < 4:
+    carried = len(arg)
+    if carried < 4:
         return False
-    size = int.from_bytes(req.arg[:4], "little")
-    return req.flags.copy_fault or len(req.arg) == min(max(size, 4), MAX_ARG)  # expected_arg_len
+    if flags.copy_fault:
+        return True
+    size = int.from_bytes(arg[:4], "little")
+    return carried == (4 if size < 4 else MAX_ARG if size > MAX_ARG else size)  # expected_arg_len
 
 
 def _hex_name_reader(prefix: bytes):
