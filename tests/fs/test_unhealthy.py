@@ -47,13 +47,16 @@ def instance(tmp_path):
     assert luofs("boot", "--root", root).returncode == 0
     info = status(root)
     machine, kernel = info["machine"]["pid"], info["kernel"]["pid"]
+    # By pidfd: a pid the test saw die may belong to someone else by the time we clean up.
+    pidfds = [os.pidfd_open(pid) for pid in (machine, kernel)]
     yield root, machine, kernel
-    for pid in (machine, kernel):  # whatever the test left
+    for pidfd in pidfds:  # whatever the test left
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
-                os.kill(pid, sig)
+                signal.pidfd_send_signal(pidfd, sig)
             except ProcessLookupError:
                 pass
+        os.close(pidfd)
     detach_mount(root)
     subprocess.run(["rm", "-rf", wire.state_dir(root)])
 
