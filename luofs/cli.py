@@ -429,5 +429,6 @@ def _main(argv: list[str], command: str | None) -> int:
               file=sys.stderr)
         return 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

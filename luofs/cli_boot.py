@@ -10,8 +10,8 @@ machine that cannot start says why (its log is named).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import signal
 import sys
 
 from .cli import DEFAULT_MEMORY, MACHINE_START_TIMEOUT, CliError, _ask, _machine_answers, _ok, _root, size
@@ -103,23 +103,23 @@ def _machine_config(root: str, args):
 class _DeferredSigint:
     """Ctrl-C held back while the machine is forked (its pid would be lost with it)."""
 
-    def __init__(self):
-        import signal
-
+    def __enter__(self) -> "_DeferredSigint":
         self.pending = False
         try:
             self.previous = signal.signal(signal.SIGINT, self._hold)
             self.armed = True
         except ValueError:  # not the main thread (the CLI called in-process): nothing held
             self.armed = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def _hold(self, signum, frame):
         self.pending = True
 
     def restore(self) -> None:
         """Ctrl-C raises again from now on."""
-        import signal
-
         if self.armed:
             signal.signal(signal.SIGINT, self.previous)
             self.armed = False
@@ -128,17 +128,7 @@ class _DeferredSigint:
         """restore(), then raise the Ctrl-C held back, if any."""
         self.restore()
         if self.pending:
-            self.pending = False
             raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    deferred = _DeferredSigint()
-    try:
-        yield deferred
-    finally:
-        deferred.restore()
 
 
 def _stop_starting_machine(pid: int, root: str) -> None:
@@ -164,7 +154,7 @@ def _start_machine(config, state: str) -> int:
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     log_path = os.path.join(state, "machine.log")
-    with ours, theirs, wire.open_log(log_path) as log_file, _sigint_deferred() as interrupted:
+    with ours, theirs, wire.open_log(log_path) as log_file, _DeferredSigint() as interrupted:
         proc = subprocess.Popen(
             [sys.executable, "-m", "luofs.machine", "--config-fd", str(theirs.fileno()),
              "--state-dir", state],

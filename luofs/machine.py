@@ -70,7 +70,6 @@ class Machine:
         self.running = True
         self.resuming: participants.Resuming | None = None  # an update's last step
         self.reply_gate = None  # the reply to the request being served waits for it
-        self.end_trace = None  # an update's trace, ended once its successors took over
         self.kexecs = 0
         self.last_blackout_ms: float | None = None
         self.sel = selectors.DefaultSelector()
@@ -174,6 +173,7 @@ class Machine:
         while self.running:
             watched = self._watch(watched)
             if self.resuming is not None and not self.resuming.watched:
+                # Here, after _watch: a gone kernel's socket may have held its fd number.
                 self.sel.register(self.resuming, selectors.EVENT_READ, "resumed")
                 self.resuming.watched = True
             for key, _ in self.sel.select(timeout=self.control.timeout(1.0)):
@@ -206,9 +206,7 @@ class Machine:
         resuming, self.resuming = self.resuming, None
         self._prepare_standby()
         userspace.collect_old(self)
-        if self.end_trace is not None:  # before kexec's answer: `luofs trace` finds it all
-            end_trace, self.end_trace = self.end_trace, None
-            end_trace()
+        self.updates.end(self.kernel)  # before kexec's answer: `luofs trace` finds it all
         resuming.close()
 
     def _watch(self, watched: KernelProcess | None) -> KernelProcess | None:

@@ -30,13 +30,19 @@ log = logging.getLogger("luofs.machine")
 RELOAD_RETRIES = 2  # a kernel that dies while reloading is replaced, the hand-over kept
 
 
-def kexec(machine):
+def refusal(machine) -> Error | None:
+    """Why no live update can start now, or None."""
     if machine.resuming is not None:
         return Error("the previous live update's successors are still taking over",
                      errno.EBUSY)
     if machine.kernel is None:
         return Error(f"no kernel is running ({machine.panic or 'stopped'}); "
                      "`luofs boot` starts a fresh one")
+    return None
+
+
+def kexec(machine):
+    """The live update (refusal() has found nothing in its way): KexecDone, or Error."""
     old = machine.kernel
     stopped = stopped_note(old.proc.pid)
     if stopped:  # it could not freeze, and might wake up in the middle of a hand-over
@@ -47,7 +53,7 @@ def kexec(machine):
         nxt = machine._load(old.number + 1)  # loaded before the freeze: not in the blackout
     try:  # user-space participants (a VMM) get ready first: luofs/participants.py
         machine.updates.phase("preparing participants")
-        number = trace.recorder().update
+        number = machine.updates.number
         with trace.span("participants prepare", "machine"):
             update = (participants.prepare(machine.state, number)
                       if machine.kernel_config.abi == "mainline"  # RFC: the kernel's kvm

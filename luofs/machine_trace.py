@@ -13,7 +13,6 @@ client's socket has no room for is dropped.
 from __future__ import annotations
 
 import logging
-import os
 
 from . import protocol, trace
 from .control_server import ProgressRelay
@@ -27,14 +26,17 @@ FLUSH_TIMEOUT = 5.0
 
 class UpdateTrace:
     def __init__(self, state_dir: str):
-        self.directory = (os.path.join(state_dir, trace.DIRECTORY) if trace.enabled_by_env()
+        self.directory = (trace.directory(state_dir) if trace.enabled_by_env()
                           else None)  # None: LUOFS_TRACE=0, nothing is recorded
         trace.setup(self.directory, "machine")
         self.watcher: ProgressRelay | None = None
+        self.number = 0  # the update being traced (0: none)
+        self.started = 0
 
     def begin(self, number: int, client, progress_ms: int | None) -> int:
         """Open update `number`'s trace (0 when none is recorded) and, for a `client`
         that watches, its progress; returns the number traced."""
+        self.started = trace.clock()
         if client is not None and progress_ms is not None:
             self.watcher = ProgressRelay(client, progress_ms)
         if self.directory is None or not number:
@@ -45,6 +47,7 @@ class UpdateTrace:
             log.warning("no trace of update %d: %s", number, e)
             return 0
         trace.recorder().begin(number)
+        self.number = number
         return number
 
     @property
@@ -60,12 +63,12 @@ class UpdateTrace:
         if self.watcher is not None:
             self.watcher.send(message)
 
-    def end(self, number: int, started: int, kernel) -> None:
+    def end(self, kernel) -> None:
         """The update is over; `kernel`: the next kernel if it serves, else None."""
-        self.watcher = None
+        number, self.number, self.watcher = self.number, 0, None
         if not number:
             return
-        trace.complete("live update", "machine", started, trace.clock(), number=number)
+        trace.complete("live update", "machine", self.started, trace.clock(), number=number)
         if kernel is not None:
             try:
                 _reply, fds = kernel.ask(TraceFlush(), timeout=FLUSH_TIMEOUT)

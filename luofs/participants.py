@@ -127,8 +127,6 @@ class Update:
     def resume(self) -> dict:
         """Every successor registered (a successor whose predecessor was not prepared
         finds nothing carried, and says so)."""
-        if self.state_dir is None:
-            return {}
         return self._tell(Resume(self.number), RESUME_TIMEOUT, _registered(self.state_dir, True))
 
 
@@ -142,17 +140,15 @@ class Resuming:
         self.gate = threading.Event()
         self.watched = False  # the machine's selector has it
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
-        self.replies: dict = {}
         if update.state_dir is None or not _registered(update.state_dir, True):
-            self._done(update, run=False)  # nobody to wait for
+            os.write(self._wake_w, b".")  # nobody to wait for
             return
         threading.Thread(target=self._done, args=(update,), name="resume", daemon=True).start()
 
-    def _done(self, update: Update, run: bool = True) -> None:
+    def _done(self, update: Update) -> None:
         try:
-            if run:
-                with trace.span("participants resume", "machine"):
-                    self.replies = update.resume()
+            with trace.span("participants resume", "machine"):
+                update.resume()
         finally:
             os.write(self._wake_w, b".")
 

@@ -21,22 +21,19 @@ helper that says nothing in time.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
 
 from . import native
-from .protocol import Error
+from .protocol import Error, close_fds
 from .protocol_vmm import Spawn, Spawned
 from .userspace import next_userspace
 
 log = logging.getLogger("luofs.machine")
 
 SPAWN_TIMEOUT = 10.0
-
-
-def helper_path() -> str:
-    return native.path(native.SPAWN)
 
 
 def serve(machine, request: Spawn, fds: dict):
@@ -46,7 +43,7 @@ def serve(machine, request: Spawn, fds: dict):
     passed = list(fds.get("fds", []))
     if us.pid1 is None and not str(us.ended).startswith("none:"):
         return Error(f"kernel #{us.kernel} has no userspace: {us.ended}")
-    helper = helper_path()
+    helper = native.path(native.SPAWN)
     if not os.path.exists(helper):
         return Error(native.missing(native.SPAWN))
     # Without namespaces (no root), a plain process, as `luofs run` starts then.
@@ -83,13 +80,11 @@ def spawn(root: str, argv: list[str], where: str = "current", fds=(), stdio: int
     message = Spawn(tuple(argv), passed_env() if env is None else dict(env), where)
     groups = {"fds": list(fds), **({"stdio": [stdio]} if stdio is not None else {})}
     reply, reply_fds = request_fds(root, message, groups, timeout)
-    for group in reply_fds.values():
-        for fd in group:
-            os.close(fd)
+    close_fds(reply_fds)
     if isinstance(reply, Error):
-        raise OSError(reply.errno or 5, reply.error)
+        raise OSError(reply.errno or errno.EIO, reply.error)
     if not isinstance(reply, Spawned):
-        raise OSError(71, f"the machine answered spawn with {reply.TAG}")
+        raise OSError(errno.EPROTO, f"the machine answered spawn with {reply.TAG}")
     return reply
 
 

@@ -40,6 +40,11 @@ log = logging.getLogger("luofs.trace")
 
 clock = time.monotonic_ns
 DIRECTORY = "trace"  # under the instance's state dir
+
+
+def directory(state_dir: str) -> str:
+    """Where an instance's update traces are: STATE/trace."""
+    return os.path.join(state_dir, DIRECTORY)
 KEEP = 32  # update files kept per instance; older ones are removed
 MAX_EVENTS = 20_000
 

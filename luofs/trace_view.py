@@ -16,15 +16,11 @@ from __future__ import annotations
 import json
 import os
 
-from .trace import DIRECTORY, file_name
+from .trace import directory, file_name
 
 
 class TraceMissing(Exception):
     pass
-
-
-def directory(state_dir: str) -> str:
-    return os.path.join(state_dir, DIRECTORY)
 
 
 def updates(state_dir: str) -> list[int]:

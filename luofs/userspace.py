@@ -299,21 +299,20 @@ def kexec(machine, request):
     """KexecRequest: the live update with the loaded (or given) command line; the old
     userspace ends after the freeze, the next one starts once the next kernel serves. A
     refused freeze changes nothing."""
+    from . import machine_kexec
     from .protocol import KexecDone
 
-    started = trace.clock()
-    number = machine.updates.begin(machine.kernel.number + 1 if machine.kernel else 0,
-                                   machine.client, request.progress_ms)
+    refused = machine_kexec.refusal(machine)
+    if refused is not None:  # before a trace is begun: the update under way keeps its own
+        return refused
+    machine.updates.begin(machine.kernel.number + 1, machine.client, request.progress_ms)
     reply = None
     try:
         reply = _kexec(machine, request)
     finally:
-        kernel = machine.kernel if isinstance(reply, KexecDone) else None
-        end = lambda: machine.updates.end(number, started, kernel)  # noqa: E731
-        if kernel is not None and machine.resuming is not None:
-            machine.end_trace = end  # the successors' part belongs to this update
-        else:
-            end()
+        if not isinstance(reply, KexecDone):
+            machine.updates.end(None)
+        # else the successors' part belongs to this update: it ends in Machine._updated
     return reply
 
 
@@ -346,8 +345,7 @@ def _kexec(machine, request):
     machine.updates.phase("starting the next userspace")
     if machine.old_userspace is None:  # none was made ahead of time: start it now
         machine.userspace.after_kexec(machine.kernel.number, machine.kernel_config.debugfs)
-    if machine.resuming is not None:  # the machine answers once the successors took over
-        machine.reply_gate = machine.resuming.gate
+    machine.reply_gate = machine.resuming.gate  # answered once the successors took over
     return reply
 
 

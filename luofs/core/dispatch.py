@@ -56,8 +56,6 @@ class CommandTable:
     def __post_init__(self):
         for i, c in enumerate(self.commands):
             assert c.nr == self.base + i, f"{c.name} is not at nr {self.base + i:#x}"
-        # What by_nr() answers, as one lookup on every ioctl.
-        object.__setattr__(self, "index", {c.nr: c for c in self.commands})
         # The commands by their exact number: a request that finds its command here
         # passes rules 1 and 3 (its nr exists, its encoding is the command's).
         object.__setattr__(self, "exact", {c.cmd: c for c in self.commands})
@@ -128,7 +126,7 @@ def check(table: CommandTable, req: Request, direction: Direction | None = None)
     command = table.exact.get(req.cmd)
     if command is None:  # rule 1 or 3 breaks (rule 2 may come first)
         nr = ioctl.ioc_nr(req.cmd)
-        command = table.index.get(nr)
+        command = table.by_nr(nr)
         if command is None:
             raise LuoError(errnos.EINVAL, f"nr {nr:#x} is not a {table.kind} ioctl")
     if req.arg_fault:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import socket
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -54,6 +53,7 @@ from ..protocol import Error, Ok
 from ..protocol_participant import Cancel, Prepare
 from ..protocol_vmm import KvmRegister, KvmVm, VmSaved
 from ..uapi import errnos
+from ..waitfd import readable
 from . import kvm_node
 from .kvm_node import SUBTREE, VmDescription
 
@@ -193,7 +193,7 @@ class KvmSubsystem:
     def _drop_gone(self) -> None:
         """Forget the VMs whose VMM closed its socket (unless an update holds them)."""
         for vm in list(self.outgoing.values()):
-            if vm.stage == "registered" and _closed(vm.vmm):
+            if vm.stage == "registered" and readable(vm.vmm, 0):
                 log.info("VM %s: its VMM is gone; the VM with it", vm.name)
                 self._forget(vm)
 
@@ -370,14 +370,6 @@ class KvmSubsystem:
                          f"state-token={vm['state_token']:#x} retrieved={int(vm['retrieved'])} "
                          f"qemu-args={json.dumps(vm['qemu_args'])}")
         return "\n".join(lines).encode() + b"\n"
-
-
-def _closed(sock: socket.socket) -> bool:
-    """The peer closed its end (a VMM asks nothing unasked, so readable means EOF)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLHUP)
-    return any(events & (select.POLLHUP | select.POLLERR | select.POLLIN)
-               for _fd, events in poller.poll(0))
 
 
 __all__ = ["KvmSubsystem", "NAME", "SESSION", "VMM_TIMEOUT"]

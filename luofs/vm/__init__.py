@@ -28,6 +28,7 @@ import time
 
 from .. import participants, spawn, wire
 from ..protocol_participant import PowerOff
+from ..waitfd import readable
 from .guest import SerialLog
 
 __all__ = ["start", "status", "stop", "check", "serial", "VmError", "vm_dir"]
@@ -139,13 +140,7 @@ def stop(root: str, name: str = "vm0") -> None:
         return
     try:
         participants.ask(path, PowerOff(), 30.0)
-        if not _wait_fd(pidfd, 30.0):
+        if not readable(pidfd, 30.0):
             raise VmError(f"VM {name}: its agent (pid {info['agent_pid']}) did not end")
     finally:
         os.close(pidfd)
-
-
-def _wait_fd(fd: int, timeout: float) -> bool:
-    from ..waitfd import readable
-
-    return readable(fd, timeout)

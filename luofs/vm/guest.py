@@ -40,9 +40,6 @@ class Printed:
 
     ticks: list[tuple]
 
-    def __init__(self, text: str):
-        raise NotImplementedError
-
     @classmethod
     def read(cls, path: str):
         with open(path, errors="replace") as f:

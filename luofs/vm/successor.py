@@ -126,7 +126,7 @@ def _trace(root: str, agent: Agent, saved: VmSaved, t_go: float, t: dict, update
     pid 3 or so in theirs); the previous VMM's is 0 where the machine did not prepare it
     (RFC profiles), and its row then shares ours."""
     name = agent.machine.name
-    rec = trace.Recorder(os.path.join(wire.state_dir(root), trace.DIRECTORY),
+    rec = trace.Recorder(trace.directory(wire.state_dir(root)),
                          f"VMM {name}, generation {agent.generation}")
     rec.begin(update)
     ours = {"pid": pid, "tid": pid} if pid else {}
