@@ -260,3 +260,33 @@ def test_shutdown_removes_the_traces_with_the_state_dir(tmp_path, capsys):
     finally:
         if os.path.exists(os.path.join(inst.state_dir, "control")):
             inst.shutdown()
+
+
+def test_a_kexec_refused_while_successors_take_over_leaves_the_update_its_trace():
+    """A second `luofs kexec` while the first one's successors take over is EBUSY, and
+    begins no trace of its own: the first update's file keeps every part, resume included."""
+    import threading
+
+    from ..test_participants import Fake
+
+    with booted() as inst:
+        resuming, go = threading.Event(), threading.Event()
+
+        def resume(op):
+            resuming.set()
+            go.wait(30)
+            return {"ok": True}
+
+        successor = Fake(inst.state_dir, "a", {"resume": resume}, successor=True)
+        first = threading.Thread(target=client.kexec, args=(inst.root,))
+        first.start()
+        try:
+            assert resuming.wait(30)
+            assert cli.main(["kexec", "--root", inst.root]) == errno.EBUSY
+        finally:
+            go.set()
+            first.join(60)
+        assert trace_view.updates(inst.state_dir) == [1]
+        names = {e["name"] for e in events_of(inst, 1)}
+        assert {"live update", "participants resume", "resume a"} <= names
+        successor.close()
